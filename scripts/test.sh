@@ -120,7 +120,7 @@ install_package() {
         return
     fi
     log "installing orchestrate[test] (editable) with $PYTHON"
-    "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
     printf '%s\n' "$want" >"$stamp"
 }
 
