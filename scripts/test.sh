@@ -109,7 +109,7 @@ setup_later_services() {
 
 install_package() {
     local cache_dir stamp want
-    cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/orchestrate-test"
+    cache_dir="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/orchestrate-test"
     mkdir -p "$cache_dir"
     stamp="$cache_dir/install-$(printf '%s' "$REPO_ROOT|$PYTHON" | sha256sum | cut -c1-16)"
     want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
