@@ -1,0 +1,446 @@
+"""The operations behind the CLI, as a Python API: deploy, resume, cancel, rollback, delete, read."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from . import config as config_module
+from . import leases, mlmodel
+from .context import DeploymentView, ResourceView, StageContext
+from .engine import Echo, Engine, merged_outputs
+from .errors import ConfigError, EndpointBusy, NotFound, StateError
+from .states import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, DeploymentStatus, ErrorKind, Stage
+from .store import Store, orchestrate_home
+from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
+
+
+@dataclass
+class Client:
+    """One handle on the state store and the engine; the CLI makes one per command."""
+
+    db_url: str | None = None
+    echo: Echo | None = None
+    actor: str | None = None
+    lease_ttl_s: float = leases.DEFAULT_TTL_S
+    runner: leases.Runner = field(default_factory=leases.Runner.current)
+
+    def __post_init__(self) -> None:
+        self.home = orchestrate_home()
+        self.store = Store(self.db_url, actor=self.actor or self.runner.owner.split("/")[0])
+        self.engine = Engine(self.store, self.runner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s)
+
+    def close(self) -> None:
+        self.store.dispose()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        model_uri: str,
+        *,
+        name: str,
+        target: str = "local",
+        config: Mapping[str, Any] | None = None,
+        config_file: str | Path | None = None,
+        detach: bool = False,
+    ) -> int:
+        """Check the input, record the deployment, and run it (unless detached); returns its id.
+
+        Raises ConfigError for bad input (nothing recorded), EndpointBusy when another deployment
+        holds the endpoint."""
+        from targets.base import load_target
+
+        mlmodel.check_endpoint_name(name)
+        plugin = load_target(target)
+        file_values = config_module.load_config_file(config_file) if config_file else {}
+        resolved = config_module.resolve(target, plugin.config_keys, file_values, dict(config or {}))
+        info = mlmodel.read_model(model_uri)
+        plugin.preflight(resolved, self._live_outputs(name))
+        deployment_id, fence = self._create(name, target, str(info.path), info.digest, resolved, None, detach)
+        if fence is not None:
+            self.engine.run(deployment_id, fence)
+        return deployment_id
+
+    def _create(self, name: str, target: str, model_uri: str, digest: str, resolved: dict[str, Any],
+                source_id: int | None, detach: bool) -> tuple[int, Any]:
+        for _ in range(3):  # a concurrent first deploy may insert the endpoint under us
+            try:
+                with self.store.write() as tx:
+                    endpoint = tx.session.execute(
+                        select(Endpoint).where(Endpoint.name == name).with_for_update()
+                    ).scalar_one_or_none()
+                    if endpoint is None:
+                        endpoint = Endpoint(name=name, target=target, config=config_module.redact(resolved))
+                        tx.session.add(endpoint)
+                        tx.session.flush()
+                    elif endpoint.deleted_at is not None:
+                        endpoint.deleted_at = None
+                        endpoint.target = target
+                    elif endpoint.target != target:
+                        raise ConfigError(
+                            f"endpoint {name!r} already exists on target {endpoint.target!r}",
+                            hint=f"choose another --name, or `orchestrate delete {name}` first",
+                        )
+                    self._check_idle(tx.session, endpoint)
+                    deployment = Deployment(
+                        endpoint_id=endpoint.id, target=target, model_uri=model_uri, model_digest=digest,
+                        config=resolved, status=DeploymentStatus.QUEUED.value if detach else DeploymentStatus.RUNNING.value,
+                        source_deployment_id=source_id, previous_live_id=endpoint.live_deployment_id,
+                        actor=self.store.actor, started_at=None if detach else utcnow(),
+                    )
+                    tx.session.add(deployment)
+                    tx.session.flush()
+                    fence = None if detach else leases.take(tx.session, endpoint, deployment.id, self.runner,
+                                                           self.lease_ttl_s)
+                    what = f"rollback to deployment {source_id}" if source_id else f"model {digest[:12]}"
+                    tx.event("deployment_created", f"deployment {deployment.id} of {what} on {name} ({target})",
+                             endpoint_id=endpoint.id, deployment_id=deployment.id,
+                             data={"model_uri": model_uri, "queued": detach})
+                    return deployment.id, fence
+            except IntegrityError:
+                continue
+        raise EndpointBusy(f"endpoint {name!r} is being created by another deploy", hint="try again")
+
+    @staticmethod
+    def _check_idle(session: Any, endpoint: Endpoint) -> None:
+        active = session.execute(
+            select(Deployment).where(
+                Deployment.endpoint_id == endpoint.id,
+                Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
+            ).order_by(Deployment.id)
+        ).scalars().first()
+        if not leases.holder_is_gone(endpoint):
+            raise leases.busy_error(endpoint)
+        if active is not None:
+            raise EndpointBusy(
+                f"endpoint {endpoint.name!r} has unfinished deployment {active.id} ({active.status}, "
+                f"its runner is gone)",
+                hint=f"finish it with `orchestrate resume {active.id}` or end it with `orchestrate cancel {active.id}`",
+            )
+
+    def resume(self, deployment_id: int) -> int:
+        """Take over a failed or abandoned deployment and run it from its first unfinished stage."""
+        with self.store.write() as tx:
+            deployment = self._get(tx.session, deployment_id)
+            status = DeploymentStatus(deployment.status)
+            if status in TERMINAL_STATUSES:
+                raise StateError(
+                    f"deployment {deployment_id} already {status.value}; there is nothing to resume",
+                    hint=f"deploy again, or roll back with `orchestrate rollback NAME --to {deployment_id}`",
+                )
+            endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
+            fence = leases.take(tx.session, endpoint, deployment.id, self.runner, self.lease_ttl_s)
+            other = tx.session.execute(
+                select(Deployment.id).where(
+                    Deployment.endpoint_id == endpoint.id, Deployment.id != deployment.id,
+                    Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
+                )
+            ).scalars().first()
+            if other is not None:
+                raise EndpointBusy(f"endpoint {endpoint.name!r} has unfinished deployment {other}",
+                                   hint=f"resume or cancel deployment {other} first")
+            abandoned = self._abandon_running_attempts(tx.session, deployment.id)
+            if status != DeploymentStatus.RUNNING:
+                deployment.status = DeploymentStatus.RUNNING.value
+            deployment.error = None
+            deployment.finished_at = None
+            deployment.started_at = deployment.started_at or utcnow()
+            tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {self.runner.owner}"
+                     + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
+                     endpoint_id=endpoint.id, deployment_id=deployment.id)
+        self.engine.run(deployment_id, fence)
+        return deployment_id
+
+    @staticmethod
+    def _abandon_running_attempts(session: Any, deployment_id: int) -> int:
+        rows = session.execute(
+            select(StageAttempt).where(StageAttempt.deployment_id == deployment_id,
+                                       StageAttempt.status == AttemptStatus.RUNNING.value)
+        ).scalars().all()
+        for row in rows:
+            row.status = AttemptStatus.ABANDONED.value
+            row.finished_at = utcnow()
+            row.error_kind = ErrorKind.CRASHED.value
+            row.error_message = f"runner {row.runner} stopped during this attempt"
+        return len(rows)
+
+    def cancel(self, deployment_id: int, *, wait_s: float = 600) -> DeploymentStatus:
+        """Stop a deployment at its next stage boundary and release what it created."""
+        with self.store.write() as tx:
+            deployment = self._get(tx.session, deployment_id)
+            status = DeploymentStatus(deployment.status)
+            if status in TERMINAL_STATUSES:
+                raise StateError(f"deployment {deployment_id} already {status.value}; nothing to cancel")
+            endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
+            runner_alive = endpoint.lease_deployment_id == deployment.id and not leases.holder_is_gone(endpoint)
+            if runner_alive:
+                deployment.cancel_requested = True
+                tx.event("cancel_requested", f"cancel of deployment {deployment_id} requested",
+                         endpoint_id=endpoint.id, deployment_id=deployment_id)
+                fence = None
+            else:
+                fence = leases.take(tx.session, endpoint, deployment.id, self.runner, self.lease_ttl_s)
+                self._abandon_running_attempts(tx.session, deployment.id)
+                name = endpoint.name
+        if fence is None:
+            return self._wait_for_end(deployment_id, wait_s)
+        from targets.base import load_target
+
+        with self.store.read() as session:
+            view = DeploymentView.of(session.get_one(Deployment, deployment_id), name)
+        try:
+            with leases.Heartbeat(self.store, fence):
+                return self.engine.abort(view, fence, load_target(view.target), DeploymentStatus.CANCELLED,
+                                         "cancelled by request")
+        finally:
+            leases.release(self.store, fence)
+
+    def _wait_for_end(self, deployment_id: int, wait_s: float) -> DeploymentStatus:
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self.store.read() as session:
+                status = DeploymentStatus(session.get_one(Deployment, deployment_id).status)
+            if status in TERMINAL_STATUSES or status == DeploymentStatus.FAILED or time.monotonic() > deadline:
+                return status
+            time.sleep(0.2)
+
+    def rollback(self, name: str, *, to: int | None = None) -> int:
+        """Redeploy an earlier good deployment's recorded build and config, without rebuilding."""
+        with self.store.read() as session:
+            endpoint = self._endpoint(session, name)
+            if to is None:
+                to = session.execute(
+                    select(Deployment.id).where(
+                        Deployment.endpoint_id == endpoint.id,
+                        Deployment.status == DeploymentStatus.SUCCEEDED.value,
+                        Deployment.id != (endpoint.live_deployment_id or -1),
+                        Deployment.id < (endpoint.live_deployment_id or 1 << 62),
+                    ).order_by(Deployment.id.desc())
+                ).scalars().first()
+                if to is None:
+                    raise ConfigError(f"endpoint {name!r} has no earlier successful deployment to roll back to")
+            source = session.get(Deployment, to)
+            if source is None or source.endpoint_id != endpoint.id:
+                raise NotFound(f"deployment {to} is not a deployment of endpoint {name!r}",
+                               hint=f"see `orchestrate history {name}`")
+            if source.status != DeploymentStatus.SUCCEEDED.value:
+                raise ConfigError(f"deployment {to} {source.status}; only a succeeded deployment can be restored")
+            if source.id == endpoint.live_deployment_id:
+                raise ConfigError(f"deployment {to} is already live on {name!r}")
+            source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
+        target, model_uri, digest, resolved = source_view
+        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, detach=False)
+        self.engine.run(deployment_id, fence)
+        return deployment_id
+
+    def delete(self, name: str) -> list[str]:
+        """Stop everything the endpoint serves with and mark it deleted; returns what was released."""
+        from targets.base import load_target
+
+        with self.store.write() as tx:
+            endpoint = self._endpoint(tx.session, name, lock=True)
+            self._check_idle(tx.session, endpoint)
+            anchor = endpoint.live_deployment_id or tx.session.execute(
+                select(func.max(Deployment.id)).where(Deployment.endpoint_id == endpoint.id)
+            ).scalar()
+            if anchor is None:
+                endpoint.deleted_at = utcnow()
+                tx.event("endpoint_deleted", f"endpoint {name} deleted", endpoint_id=endpoint.id)
+                return []
+            fence = leases.take(tx.session, endpoint, anchor, self.runner, self.lease_ttl_s)
+            view = DeploymentView.of(tx.session.get_one(Deployment, anchor), name)
+        plugin = load_target(view.target)
+        released: list[str] = []
+        try:
+            ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
+                               outputs={}, log_file=self.engine.attempt_log(view.id, Stage.CLEANUP, 0),
+                               echo=self.engine.echo)
+            for resource in ctx.endpoint_resources():
+                if resource.kind in plugin.disposable_kinds:
+                    plugin.release_recorded(ctx, resource)
+                    released.append(f"{resource.kind} {resource.name}")
+            with self.store.write(fence) as tx:
+                endpoint = tx.session.get_one(Endpoint, view.endpoint_id)
+                endpoint.live_deployment_id = None
+                endpoint.deleted_at = utcnow()
+                tx.event("endpoint_deleted", f"endpoint {name} deleted; released {len(released)} resource(s)",
+                         endpoint_id=endpoint.id, data={"released": released})
+        finally:
+            leases.release(self.store, fence)
+        return released
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(session: Any, deployment_id: int) -> Deployment:
+        deployment = session.get(Deployment, deployment_id)
+        if deployment is None:
+            raise NotFound(f"no deployment with id {deployment_id}", hint="see `orchestrate list`")
+        return deployment
+
+    @staticmethod
+    def _endpoint(session: Any, name: str, *, lock: bool = False) -> Endpoint:
+        query = select(Endpoint).where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
+        endpoint = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        if endpoint is None:
+            raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
+        return endpoint
+
+    def _live_outputs(self, name: str) -> dict[str, Any] | None:
+        with self.store.read() as session:
+            endpoint = session.execute(select(Endpoint).where(Endpoint.name == name)).scalar_one_or_none()
+            if endpoint is None or endpoint.live_deployment_id is None or endpoint.deleted_at is not None:
+                return None
+            return merged_outputs(session, endpoint.live_deployment_id)
+
+    def resolve_ref(self, ref: str) -> tuple[int | None, str | None]:
+        """A deployment id or an endpoint name: (deployment id, endpoint name)."""
+        if ref.isdigit():
+            return int(ref), None
+        return None, ref
+
+    def deployment_record(self, deployment_id: int, *, with_attempts: bool = True, describe: bool = False) -> dict[str, Any]:
+        with self.store.read() as session:
+            deployment = self._get(session, deployment_id)
+            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
+            record = _deployment_dict(deployment, endpoint)
+            outputs = merged_outputs(session, deployment.id)
+            if with_attempts:
+                attempts = session.execute(
+                    select(StageAttempt).where(StageAttempt.deployment_id == deployment.id).order_by(StageAttempt.id)
+                ).scalars().all()
+                record["attempts"] = [_attempt_dict(a) for a in attempts]
+                resources = session.execute(
+                    select(Resource).where(Resource.deployment_id == deployment.id).order_by(Resource.id)
+                ).scalars().all()
+                record["resources"] = [_resource_dict(r) for r in resources]
+        record["url"] = outputs.get("url")
+        if describe:
+            from targets.base import load_target
+
+            record["live"] = load_target(record["target"]).describe(outputs)
+        return record
+
+    def endpoint_status(self, name: str) -> dict[str, Any]:
+        with self.store.read() as session:
+            endpoint = self._endpoint(session, name)
+            latest = session.execute(
+                select(Deployment.id).where(Deployment.endpoint_id == endpoint.id).order_by(Deployment.id.desc())
+            ).scalars().first()
+            live_id = endpoint.live_deployment_id
+            lease = None
+            if endpoint.lease_owner is not None:
+                lease = {"owner": endpoint.lease_owner, "deployment_id": endpoint.lease_deployment_id,
+                         "acquired_at": _iso(endpoint.lease_acquired_at),
+                         "expires_at": _iso(endpoint.lease_expires_at),
+                         "holder_gone": leases.holder_is_gone(endpoint)}
+            summary = {"endpoint": endpoint.name, "target": endpoint.target, "live_deployment_id": live_id,
+                       "latest_deployment_id": latest, "lease": lease}
+        summary["live"] = self.deployment_record(live_id, with_attempts=False, describe=True) if live_id else None
+        summary["url"] = summary["live"]["url"] if summary["live"] else None
+        summary["latest"] = (
+            self.deployment_record(latest) if latest is not None and latest != live_id else None
+        )
+        return summary
+
+    def list_deployments(self, *, limit: int = 50, endpoint: str | None = None) -> list[dict[str, Any]]:
+        with self.store.read() as session:
+            query = select(Deployment, Endpoint).join(Endpoint, Deployment.endpoint_id == Endpoint.id)
+            if endpoint:
+                query = query.where(Endpoint.name == endpoint)
+            rows = session.execute(query.order_by(Deployment.id.desc()).limit(limit)).all()
+            return [_deployment_dict(d, e) for d, e in rows]
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        with self.store.read() as session:
+            rows = session.execute(
+                select(Endpoint, Deployment)
+                .outerjoin(Deployment, Deployment.id == Endpoint.live_deployment_id)
+                .where(Endpoint.deleted_at.is_(None))
+                .order_by(Endpoint.name)
+            ).all()
+            return [
+                {"endpoint": e.name, "target": e.target, "live_deployment_id": e.live_deployment_id,
+                 "model_digest": d.model_digest if d else None, "busy": not leases.holder_is_gone(e)}
+                for e, d in rows
+            ]
+
+    def history(self, ref: str, *, limit: int = 200) -> list[dict[str, Any]]:
+        deployment_id, name = self.resolve_ref(ref)
+        with self.store.read() as session:
+            query = select(Event)
+            if deployment_id is not None:
+                self._get(session, deployment_id)
+                query = query.where(Event.deployment_id == deployment_id)
+            else:
+                endpoint = session.execute(select(Endpoint).where(Endpoint.name == name)).scalar_one_or_none()
+                if endpoint is None:
+                    raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
+                query = query.where(Event.endpoint_id == endpoint.id)
+            rows = session.execute(query.order_by(Event.id.desc()).limit(limit)).scalars().all()
+            return [_event_dict(e) for e in reversed(rows)]
+
+    def live_target(self, name: str) -> tuple[Any, dict[str, Any]]:
+        """The target plugin and recorded outputs of the endpoint's live deployment."""
+        from targets.base import load_target
+
+        with self.store.read() as session:
+            endpoint = self._endpoint(session, name)
+            if endpoint.live_deployment_id is None:
+                raise ConfigError(f"endpoint {name!r} has no live deployment",
+                                  hint=f"deploy one: `orchestrate deploy MODEL --name {name}`")
+            outputs = merged_outputs(session, endpoint.live_deployment_id)
+            target = endpoint.target
+        return load_target(target), outputs
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "id": deployment.id,
+        "endpoint": endpoint.name,
+        "target": deployment.target,
+        "status": deployment.status,
+        "current_stage": deployment.current_stage,
+        "live": endpoint.live_deployment_id == deployment.id,
+        "model_uri": deployment.model_uri,
+        "model_digest": deployment.model_digest,
+        "config": config_module.redact(deployment.config),
+        "error": deployment.error,
+        "source_deployment_id": deployment.source_deployment_id,
+        "previous_live_id": deployment.previous_live_id,
+        "actor": deployment.actor,
+        "created_at": _iso(deployment.created_at),
+        "started_at": _iso(deployment.started_at),
+        "finished_at": _iso(deployment.finished_at),
+    }
+
+
+def _attempt_dict(attempt: StageAttempt) -> dict[str, Any]:
+    return {
+        "stage": attempt.stage, "attempt": attempt.attempt, "status": attempt.status, "runner": attempt.runner,
+        "started_at": _iso(attempt.started_at), "finished_at": _iso(attempt.finished_at),
+        "error_kind": attempt.error_kind, "error_class": attempt.error_class,
+        "error_message": attempt.error_message, "outputs": attempt.outputs,
+    }
+
+
+def _resource_dict(resource: Resource) -> dict[str, Any]:
+    view = ResourceView.of(resource)
+    return {"kind": view.kind, "name": view.name, "external_id": view.external_id, "state": view.state.value,
+            "stage": view.stage, "data": view.data}
+
+
+def _event_dict(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "time": _iso(event.time), "actor": event.actor, "kind": event.kind,
+            "deployment_id": event.deployment_id, "message": event.message, "data": event.data}

@@ -1,0 +1,346 @@
+"""The `orchestrate` command line; the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import OrchestrateError
+
+
+class OrchestrateGroup(click.Group):
+    """Turns an expected OrchestrateError into `Error: ...` and its exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestrateError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _client(ctx: click.Context, *, progress: bool = False) -> Any:
+    from .api import Client
+    from .progress import Progress
+
+    reporter = Progress() if progress else None
+    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None)
+    if reporter:
+        client.store.listeners.append(reporter.on_event)
+    ctx.call_on_close(client.close)
+    return client
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+@click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db-url", envvar="ORCHESTRATE_DB_URL", help="State store URL (default: SQLite in ORCHESTRATE_HOME).")
+@click.version_option(package_name="orchestrate")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None) -> None:
+    """Deploy MLflow models safely, resumably, with every step recorded."""
+    ctx.ensure_object(dict)
+    ctx.obj["db_url"] = db_url
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-n", "--name", required=True, help="Endpoint name (letters, digits, hyphens; at most 63).")
+@click.option("-t", "--target", default="local", show_default=True, help="Where to deploy (see `orchestrate targets`).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of target config.")
+@click.option("-C", "assignments", multiple=True, metavar="KEY=VALUE", help="A config value; repeatable.")
+@click.option("--detach", is_flag=True, help="Queue the deployment for a worker and return its id.")
+@json_option
+@click.pass_context
+def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: str | None,
+           assignments: tuple[str, ...], detach: bool, as_json: bool) -> None:
+    """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
+    from .config import parse_assignments
+
+    values = parse_assignments(assignments)
+    client = _client(ctx, progress=not detach)
+    deployment_id = client.deploy(model, name=name, target=target, config=values, config_file=config_file,
+                                  detach=detach)
+    _report_end(client, deployment_id, as_json, detach=detach)
+
+
+def _report_end(client: Any, deployment_id: int, as_json: bool, *, detach: bool = False) -> None:
+    from .errors import DeploymentFailed
+
+    record = client.deployment_record(deployment_id, with_attempts=as_json)
+    if as_json:
+        _print_json(record)
+    elif detach:
+        click.echo(deployment_id)
+    if detach:
+        return
+    if record["status"] != "succeeded":
+        raise DeploymentFailed(
+            f"deployment {deployment_id} on {record['endpoint']} {record['status']}: {record['error']}",
+            hint=f"see `orchestrate status {deployment_id}`",
+        )
+    if not as_json:
+        click.echo(f"deployment {deployment_id} succeeded: {record['endpoint']} is live"
+                   + (f" at {record['url']}" if record.get("url") else ""))
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@json_option
+@click.pass_context
+def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
+    """Where an endpoint (NAME) or a deployment (ID) stands; every endpoint without REF."""
+    client = _client(ctx)
+    if ref is None:
+        rows = client.list_endpoints()
+        if as_json:
+            _print_json(rows)
+            return
+        for row in rows:
+            click.echo(f"{row['endpoint']:<24} {row['target']:<10} live={row['live_deployment_id']}"
+                       f"{'  busy' if row['busy'] else ''}")
+        return
+    deployment_id, name = client.resolve_ref(ref)
+    record = (client.deployment_record(deployment_id, describe=True) if deployment_id is not None
+              else client.endpoint_status(name))
+    if as_json:
+        _print_json(record)
+        return
+    if deployment_id is not None:
+        _echo_deployment(record)
+        return
+    click.echo(f"endpoint {record['endpoint']} ({record['target']})")
+    if record["lease"]:
+        lease = record["lease"]
+        note = " — its runner is gone; resume or cancel it" if lease["holder_gone"] else ""
+        click.echo(f"  busy: deployment {lease['deployment_id']} held by {lease['owner']} since "
+                   f"{lease['acquired_at']}{note}")
+    if record["live"]:
+        click.echo("live:")
+        _echo_deployment(record["live"], indent="  ")
+    else:
+        click.echo("live: nothing")
+    if record["latest"]:
+        click.echo("latest:")
+        _echo_deployment(record["latest"], indent="  ")
+
+
+def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
+    click.echo(f"{indent}deployment {record['id']}: {record['status']}"
+               + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
+               + (" (live)" if record["live"] else ""))
+    click.echo(f"{indent}  model {record['model_uri']} ({record['model_digest'][:12]})")
+    if record.get("url"):
+        click.echo(f"{indent}  url {record['url']}")
+    live = record.get("live")
+    if isinstance(live, dict) and live:
+        facts = ", ".join(f"{k}={v}" for k, v in live.items() if k != "log")
+        click.echo(f"{indent}  {facts}")
+    if record.get("error"):
+        click.echo(f"{indent}  error: {record['error']}")
+    for attempt in record.get("attempts", []):
+        took = attempt["outputs"].get("duration_s")
+        click.echo(f"{indent}  {attempt['stage']:<16} #{attempt['attempt']} {attempt['status']:<10}"
+                   + (f" {took:.2f}s" if isinstance(took, (int, float)) else "")
+                   + (f"  {attempt['error_kind']}: {attempt['error_message'].splitlines()[0]}"
+                      if attempt["error_message"] else ""))
+    for resource in record.get("resources", []):
+        click.echo(f"{indent}  resource {resource['kind']} {resource['name']} {resource['state']}"
+                   + (f" ({resource['external_id']})" if resource["external_id"] else ""))
+
+
+@cli.command("list")
+@click.option("--endpoint", help="Only this endpoint's deployments.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+@click.pass_context
+def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -> None:
+    """Recent deployments, newest first."""
+    rows = _client(ctx).list_deployments(limit=limit, endpoint=endpoint)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
+                   f"{'live' if row['live'] else '':<5} {row['created_at']}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--limit", default=200, show_default=True)
+@json_option
+@click.pass_context
+def history(ctx: click.Context, ref: str, limit: int, as_json: bool) -> None:
+    """The event log of an endpoint (NAME) or a deployment (ID)."""
+    rows = _client(ctx).history(ref, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['time']}  {row['actor']:<24} {row['kind']:<20} {row['message']}")
+
+
+@cli.command()
+@click.argument("deployment_id", type=int)
+@json_option
+@click.pass_context
+def resume(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
+    """Continue a failed or interrupted deployment from its first unfinished stage."""
+    client = _client(ctx, progress=True)
+    client.resume(deployment_id)
+    _report_end(client, deployment_id, as_json)
+
+
+@cli.command()
+@click.argument("deployment_id", type=int)
+@click.pass_context
+def cancel(ctx: click.Context, deployment_id: int) -> None:
+    """Stop a deployment at its next stage boundary and release what it created."""
+    final = _client(ctx, progress=True).cancel(deployment_id)
+    click.echo(f"deployment {deployment_id} {final.value}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--to", "to", type=int, help="Deployment id to restore (default: the one before the live one).")
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
+    """Put an earlier deployment's recorded build back live, without rebuilding."""
+    client = _client(ctx, progress=True)
+    deployment_id = client.rollback(name, to=to)
+    _report_end(client, deployment_id, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_context
+def delete(ctx: click.Context, name: str) -> None:
+    """Stop everything endpoint NAME runs and mark it deleted (its history stays)."""
+    released = _client(ctx, progress=True).delete(name)
+    click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-i", "--input-path", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON or CSV file to send.")
+@click.option("-t", "--content-type", "content_type", type=click.Choice(["json", "csv"]), default=None,
+              help="Input format (default: from the file extension).")
+@click.option("-o", "--output-path", "output_path", type=click.Path(dir_okay=False), help="Write the answer here.")
+@click.pass_context
+def predict(ctx: click.Context, name: str, input_path: str, content_type: str | None, output_path: str | None) -> None:
+    """Send a JSON or CSV file to endpoint NAME's live deployment."""
+    from .errors import TargetError
+
+    kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
+    target, outputs = _client(ctx).live_target(name)
+    answer = target.invoke(outputs, Path(input_path).read_bytes(), "text/csv" if kind == "csv" else "application/json")
+    text = answer.body.decode(errors="replace")
+    if answer.status != 200:
+        raise TargetError(f"endpoint {name} answered HTTP {answer.status}: {text}")
+    if output_path:
+        Path(output_path).write_text(text)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--tail", default=100, show_default=True)
+@click.pass_context
+def logs(ctx: click.Context, name: str, tail: int) -> None:
+    """The last lines of endpoint NAME's live server log."""
+    target, outputs = _client(ctx).live_target(name)
+    click.echo(target.logs(outputs, tail))
+
+
+@cli.command()
+@json_option
+def targets(as_json: bool) -> None:
+    """Installed targets and the config keys each accepts."""
+    from targets.base import available_targets, load_target
+
+    from .config import ENGINE_KEYS
+
+    rows = []
+    for name in sorted(available_targets()):
+        plugin = load_target(name)
+        rows.append({
+            "name": name,
+            "description": plugin.description,
+            "skips": sorted(stage.value for stage in plugin.not_applicable),
+            "config": {key: {"type": spec.type.__name__, "default": spec.default, "help": spec.help}
+                       for key, spec in plugin.config_keys.items()},
+        })
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']}: {row['description']}")
+        for key, spec in row["config"].items():
+            click.echo(f"  {key:<28} {spec['type']:<6} default {spec['default']!r:<12} {spec['help']}")
+    click.echo("every target also accepts: " + ", ".join(k for k in ENGINE_KEYS if "." not in k)
+               + ", max_attempts.<stage>")
+
+
+@cli.group()
+def db() -> None:
+    """State store schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    from . import migrate
+    from .store import Store
+
+    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    migrate.upgrade(store.engine, revision)
+    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="base", show_default=True)
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str) -> None:
+    """Revert migrations down to REVISION (base drops every table)."""
+    from . import migrate
+    from .store import Store
+
+    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    migrate.downgrade(store.engine, revision)
+    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """The schema revision of the state store."""
+    from . import migrate
+    from .store import Store
+
+    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    click.echo(migrate.current_revision(store.engine) or "empty (run `orchestrate db upgrade`)")
+
+
+def main() -> None:
+    cli(prog_name="orchestrate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

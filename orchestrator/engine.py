@@ -1,0 +1,351 @@
+"""The runner: a reconcile loop that drives one deployment through its stages under a lease."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from . import leases
+from .context import DeploymentView, StageContext
+from .errors import DeploymentFailed, LeaseLost, OrchestrateError, RetryableTargetError
+from .faults import Faults
+from .states import (
+    REUSABLE_STAGES,
+    STAGES,
+    AttemptStatus,
+    DeploymentStatus,
+    ErrorKind,
+    ResourceState,
+    Stage,
+    check_transition,
+)
+from .store import Fence, Store
+from .tables import Deployment, Endpoint, Resource, StageAttempt, utcnow
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    initial_s: float
+    max_s: float
+
+    @classmethod
+    def for_stage(cls, config: dict[str, Any], stage: Stage) -> RetryPolicy:
+        return cls(
+            max_attempts=int(config.get(f"max_attempts.{stage.value}") or config.get("max_attempts", 3)),
+            initial_s=float(config.get("retry_initial_s", 1.0)),
+            max_s=float(config.get("retry_max_s", 30.0)),
+        )
+
+
+def stage_outputs(session: Any, deployment_id: int) -> dict[str, dict[str, Any]]:
+    """Outputs of the latest succeeded or skipped attempt of each stage."""
+    rows = session.execute(
+        select(StageAttempt.stage, StageAttempt.outputs)
+        .where(
+            StageAttempt.deployment_id == deployment_id,
+            StageAttempt.status.in_([AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value]),
+        )
+        .order_by(StageAttempt.id)
+    ).all()
+    return {stage: dict(outputs) for stage, outputs in rows}
+
+
+def merged_outputs(session: Any, deployment_id: int) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    by_stage = stage_outputs(session, deployment_id)
+    for stage in STAGES:
+        merged.update(by_stage.get(stage.value, {}))
+    return merged
+
+
+class Engine:
+    """Runs deployments; one Engine per process, one lease per running deployment."""
+
+    def __init__(self, store: Store, runner: leases.Runner, home: Path, *, echo: Echo | None = None,
+                 lease_ttl_s: float = leases.DEFAULT_TTL_S) -> None:
+        self.store = store
+        self.runner = runner
+        self.home = home
+        self.echo: Echo = echo or (lambda _line: None)
+        self.lease_ttl_s = lease_ttl_s
+        self.faults = Faults.from_env()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, deployment_id: int, fence: Fence) -> DeploymentStatus:
+        """Drive the deployment to an end; returns its final status, releases the lease."""
+        from targets.base import load_target
+
+        with self.store.read() as session:
+            target = load_target(session.get_one(Deployment, deployment_id).target)
+        heartbeat = leases.Heartbeat(self.store, fence)
+        try:
+            with heartbeat:
+                return self._loop(deployment_id, fence, target, heartbeat)
+        finally:
+            if not heartbeat.lost:
+                leases.release(self.store, fence)
+
+    def _loop(self, deployment_id: int, fence: Fence, target: Any, heartbeat: leases.Heartbeat) -> DeploymentStatus:
+        while True:
+            if heartbeat.lost:
+                raise LeaseLost(f"deployment {deployment_id}: another runner took the endpoint's lease")
+            view, next_stage, cancel_requested = self._plan(deployment_id)
+            if cancel_requested and next_stage is not None and STAGES.index(next_stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
+                return self.abort(view, fence, target, DeploymentStatus.CANCELLED, "cancelled by request")
+            if next_stage is None:
+                self._finish(view, fence)
+                return DeploymentStatus.SUCCEEDED
+            if next_stage in target.not_applicable:
+                self._record_skipped(view, fence, next_stage, {}, f"{next_stage.value} does not apply to {view.target}")
+                continue
+            if view.source_deployment_id is not None and next_stage in REUSABLE_STAGES:
+                with self.store.read() as session:
+                    reused = stage_outputs(session, view.source_deployment_id).get(next_stage.value, {})
+                self._record_skipped(view, fence, next_stage, reused,
+                                     f"reused from deployment {view.source_deployment_id}")
+                continue
+            try:
+                self._run_stage(view, fence, target, next_stage)
+            except KeyboardInterrupt:
+                self.abort(view, fence, target, DeploymentStatus.FAILED,
+                           f"interrupted during {next_stage.value}", kind=ErrorKind.INTERRUPTED)
+                raise
+            except LeaseLost:
+                raise
+            except OrchestrateError as exc:
+                return self._fail(view, fence, target, next_stage, exc)
+
+    def _plan(self, deployment_id: int) -> tuple[DeploymentView, Stage | None, bool]:
+        with self.store.read() as session:
+            deployment = session.get_one(Deployment, deployment_id)
+            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
+            done = set(stage_outputs(session, deployment_id))
+            view = DeploymentView.of(deployment, endpoint.name)
+            restart = Stage(deployment.restart_stage) if deployment.restart_stage else None
+            cancel_requested = deployment.cancel_requested
+        pending = [s for s in STAGES if s.value not in done]
+        if restart is not None:
+            pending = sorted(set(pending) | {restart}, key=STAGES.index)
+        return view, (pending[0] if pending else None), cancel_requested
+
+    def _run_stage(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage) -> None:
+        policy = RetryPolicy.for_stage(view.config, stage)
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.max_attempts),
+            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s, jitter=policy.initial_s),
+            retry=retry_if_exception_type(RetryableTargetError),
+            reraise=True,
+            sleep=time.sleep,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._attempt(view, fence, target, stage)
+
+    def _attempt(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage) -> None:
+        with self.store.write(fence) as tx:
+            number = 1 + len(tx.session.execute(
+                select(StageAttempt.id).where(StageAttempt.deployment_id == view.id, StageAttempt.stage == stage.value)
+            ).all())
+            row = StageAttempt(deployment_id=view.id, stage=stage.value, attempt=number,
+                               status=AttemptStatus.RUNNING.value, runner=self.runner.owner, started_at=utcnow())
+            tx.session.add(row)
+            tx.session.get_one(Deployment, view.id).current_stage = stage.value
+            tx.session.flush()
+            attempt_id = row.id
+            tx.event("stage_started", f"{stage.value} attempt {number} started",
+                     endpoint_id=view.endpoint_id, deployment_id=view.id,
+                     data={"stage": stage.value, "attempt": number})
+            outputs = merged_outputs(tx.session, view.id)
+            live_id = tx.session.get_one(Endpoint, view.endpoint_id).live_deployment_id
+            live_outputs = merged_outputs(tx.session, live_id) if live_id and live_id != view.id else None
+        ctx = StageContext(
+            store=self.store, fence=fence, deployment=view, stage=stage, home=self.home, outputs=outputs,
+            log_file=self.attempt_log(view.id, stage, number), live_outputs=live_outputs, echo=self.echo,
+        )
+        started = time.monotonic()
+        try:
+            self.faults.on_stage_start(stage)
+            result = getattr(target, stage.value)(ctx) or {}
+        except RetryableTargetError as exc:
+            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.TRANSIENT)
+            raise
+        except KeyboardInterrupt as exc:
+            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.INTERRUPTED)
+            raise
+        except LeaseLost:
+            raise
+        except OrchestrateError as exc:
+            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.PERMANENT)
+            raise
+        except Exception as exc:
+            # A bug, not a verdict of the target: record it, then let its traceback show.
+            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.CRASHED)
+            raise
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        self._end_attempt(view, fence, attempt_id, AttemptStatus.SUCCEEDED, outputs=result)
+        self.faults.on_stage_end(stage)
+
+    def attempt_log(self, deployment_id: int, stage: Stage, attempt: int) -> Path:
+        directory = self.home / "logs" / "deployments" / str(deployment_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{stage.value}-{attempt}.log"
+
+    def _end_attempt(
+        self,
+        view: DeploymentView,
+        fence: Fence,
+        attempt_id: int,
+        status: AttemptStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error: BaseException | None = None,
+        kind: ErrorKind | None = None,
+    ) -> None:
+        with self.store.write(fence) as tx:
+            row = tx.session.get_one(StageAttempt, attempt_id)
+            row.status = status.value
+            row.finished_at = utcnow()
+            if outputs is not None:
+                row.outputs = outputs
+            if error is not None:
+                row.error_kind = kind.value if kind else None
+                row.error_class = type(error).__name__
+                row.error_message = str(error) or type(error).__name__
+            deployment = tx.session.get_one(Deployment, view.id)
+            if status == AttemptStatus.SUCCEEDED:
+                if deployment.restart_stage == row.stage:
+                    deployment.restart_stage = None
+                if row.stage == Stage.SHIFT_TRAFFIC.value:
+                    self._make_live(tx, deployment)
+            tx.event(
+                f"stage_{status.value}",
+                f"{row.stage} attempt {row.attempt} {status.value}"
+                + (f" ({kind.value}): {row.error_message}" if error is not None and kind else ""),
+                endpoint_id=view.endpoint_id, deployment_id=view.id,
+                data={"stage": row.stage, "attempt": row.attempt,
+                      "duration_s": (outputs or {}).get("duration_s")},
+            )
+
+    @staticmethod
+    def _make_live(tx: Any, deployment: Deployment) -> None:
+        endpoint = tx.session.get_one(Endpoint, deployment.endpoint_id)
+        if endpoint.live_deployment_id != deployment.id:
+            deployment.previous_live_id = endpoint.live_deployment_id
+            endpoint.live_deployment_id = deployment.id
+        tx.event("traffic_shifted", f"deployment {deployment.id} is live on {endpoint.name}",
+                 endpoint_id=endpoint.id, deployment_id=deployment.id,
+                 data={"previous_live_id": deployment.previous_live_id})
+
+    def _record_skipped(self, view: DeploymentView, fence: Fence, stage: Stage, outputs: dict[str, Any],
+                        reason: str) -> None:
+        with self.store.write(fence) as tx:
+            number = 1 + len(tx.session.execute(
+                select(StageAttempt.id).where(StageAttempt.deployment_id == view.id, StageAttempt.stage == stage.value)
+            ).all())
+            now = utcnow()
+            tx.session.add(StageAttempt(
+                deployment_id=view.id, stage=stage.value, attempt=number, status=AttemptStatus.SKIPPED.value,
+                runner=self.runner.owner, started_at=now, finished_at=now, outputs={**outputs, "skipped": reason},
+            ))
+            tx.event("stage_skipped", f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
+                     deployment_id=view.id, data={"stage": stage.value})
+
+    # -- endings --------------------------------------------------------------------------
+
+    def _finish(self, view: DeploymentView, fence: Fence) -> None:
+        with self.store.write(fence) as tx:
+            deployment = tx.session.get_one(Deployment, view.id)
+            check_transition(view.id, DeploymentStatus(deployment.status), DeploymentStatus.SUCCEEDED)
+            deployment.status = DeploymentStatus.SUCCEEDED.value
+            deployment.current_stage = None
+            deployment.error = None
+            deployment.finished_at = utcnow()
+            tx.event("deployment_succeeded", f"deployment {view.id} succeeded",
+                     endpoint_id=view.endpoint_id, deployment_id=view.id)
+
+    def _fail(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage,
+              exc: OrchestrateError) -> DeploymentStatus:
+        with self.store.read() as session:
+            live_id = session.get_one(Endpoint, view.endpoint_id).live_deployment_id
+        touched_serving = STAGES.index(stage) >= STAGES.index(Stage.CREATE_ENDPOINT)
+        rolls_back = touched_serving and live_id is not None and live_id != view.id
+        message = f"{stage.value} failed: {exc}"
+        if not rolls_back:
+            message += f" (fix the cause, then `orchestrate resume {view.id}`)"
+        return self.abort(
+            view, fence, target,
+            DeploymentStatus.ROLLED_BACK if rolls_back else DeploymentStatus.FAILED,
+            message,
+            kind=ErrorKind.PERMANENT,
+        )
+
+    def abort(self, view: DeploymentView, fence: Fence, target: Any, final: DeploymentStatus, message: str,
+              *, kind: ErrorKind | None = None) -> DeploymentStatus:
+        """Stop what this deployment started serving, then record how it ended.
+
+        The previous live deployment is never touched, so it keeps serving."""
+        if final == DeploymentStatus.ROLLED_BACK:
+            self._set_status(view, fence, DeploymentStatus.ROLLING_BACK, "rolling back: " + message)
+        try:
+            released_stages = self._release_own(view, fence, target)
+        except OrchestrateError as exc:
+            final = DeploymentStatus.FAILED
+            message += f"; releasing its resources also failed: {exc} (retry with `orchestrate cancel {view.id}`)"
+            released_stages = []
+        with self.store.write(fence) as tx:
+            deployment = tx.session.get_one(Deployment, view.id)
+            if released_stages:
+                earliest = min((Stage(s) for s in released_stages), key=STAGES.index)
+                current = Stage(deployment.restart_stage) if deployment.restart_stage else None
+                if current is None or STAGES.index(earliest) < STAGES.index(current):
+                    deployment.restart_stage = earliest.value
+        self._set_status(view, fence, final, message)
+        return final
+
+    def _release_own(self, view: DeploymentView, fence: Fence, target: Any) -> list[str]:
+        with self.store.read() as session:
+            rows = session.execute(
+                select(Resource).where(
+                    Resource.deployment_id == view.id,
+                    Resource.kind.in_(target.disposable_kinds),
+                    Resource.state != ResourceState.DELETED.value,
+                ).order_by(Resource.id.desc())
+            ).scalars().all()
+        from .context import ResourceView
+
+        ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
+                           outputs={}, log_file=self.home / "logs" / "deployments" / str(view.id) / "abort.log",
+                           echo=self.echo)
+        ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            target.release_recorded(ctx, ResourceView.of(row))
+        return [row.stage for row in rows]
+
+    def _set_status(self, view: DeploymentView, fence: Fence, status: DeploymentStatus, message: str) -> None:
+        with self.store.write(fence) as tx:
+            deployment = tx.session.get_one(Deployment, view.id)
+            current = DeploymentStatus(deployment.status)
+            if current != status:
+                check_transition(view.id, current, status)
+            deployment.status = status.value
+            if status != DeploymentStatus.ROLLING_BACK:
+                deployment.error = message
+                deployment.finished_at = utcnow()
+            tx.event(f"deployment_{status.value}", f"deployment {view.id} {status.value}: {message}",
+                     endpoint_id=view.endpoint_id, deployment_id=view.id)
+
+
+def raise_for_status(deployment_id: int, status: DeploymentStatus, error: str | None) -> None:
+    if status != DeploymentStatus.SUCCEEDED:
+        raise DeploymentFailed(f"deployment {deployment_id} {status.value}: {error or ''}".rstrip(": "))
+

@@ -1,0 +1,188 @@
+"""Model environments: virtualenvs built from a model's requirements, cached by their hash."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, PermanentTargetError, RetryableTargetError
+
+_MLFLOW_PIN = re.compile(r"^mlflow(\[[^\]]*\])?(?P<spec>\s*[=<>!~].*)?$", re.I)
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def serving_requirements(requirements: Iterable[str]) -> list[str]:
+    """Requirements to serve with: `mlflow==X` becomes `mlflow-skinny==X`.
+
+    Serving needs mlflow's pyfunc loader, which the skinny package has; the full package adds
+    the tracking server and UI, hundreds of MB serving never runs."""
+    result = []
+    for requirement in requirements:
+        match = _MLFLOW_PIN.match(requirement.strip())
+        result.append(f"mlflow-skinny{(match.group('spec') or '').strip()}" if match else requirement)
+    return result
+
+
+def uses_skinny(original: Sequence[str], serving: Sequence[str]) -> bool:
+    return list(original) != list(serving)
+
+
+def requirement_name(requirement: str) -> str:
+    match = _REQUIREMENT_NAME.match(requirement)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement.strip().lower()
+
+
+def apply_overrides(requirements: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """Replace requirements by package name, or add them: `--pip-requirements-override`."""
+    replaced = {requirement_name(o): o for o in overrides}
+    kept = [r for r in requirements if requirement_name(r) not in replaced]
+    return kept + list(overrides)
+
+
+def parse_overrides(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Environment:
+    path: Path
+    key: str
+    reused: bool
+    installer: str
+    requirements: tuple[str, ...]
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+
+def envs_dir(home: Path) -> Path:
+    return Path(os.environ.get("ORCHESTRATE_ENVS_DIR") or home / "envs")
+
+
+def find_python(version: str | None, override: str | None = None) -> tuple[str, str | None]:
+    """An interpreter for the model, and a warning when it is not the version the model asks for."""
+    if override:
+        if not shutil.which(override) and not Path(override).is_file():
+            raise ConfigError(f"python interpreter {override!r} not found", hint="give a path or a name on PATH")
+        return override, None
+    current = f"{sys.version_info.major}.{sys.version_info.minor}"
+    wanted = ".".join((version or current).split(".")[:2])
+    if wanted == current:
+        return sys.executable, None
+    on_path = shutil.which(f"python{wanted}")
+    if on_path:
+        return on_path, None
+    return sys.executable, (
+        f"the model was saved with Python {version}; no python{wanted} found, using Python {current} "
+        f"(set -C python=/path/to/python{wanted} to choose)"
+    )
+
+
+def _uv() -> str | None:
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin  # type: ignore[import-not-found]
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def environment_key(python: str, requirements: Sequence[str]) -> str:
+    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    document = json.dumps({"python": version, "requirements": sorted(requirements)})
+    return hashlib.sha256(document.encode()).hexdigest()[:20]
+
+
+def ensure_environment(
+    *,
+    home: Path,
+    python: str,
+    requirements: Sequence[str],
+    installer: str = "auto",
+    log: Callable[[str], None],
+    log_file: Path,
+) -> Environment:
+    """The virtualenv for these requirements: reused when built before, else built now.
+
+    Built in place under a file lock; a marker written last tells a finished env from one a
+    crash interrupted, which is removed and rebuilt."""
+    key = environment_key(python, requirements)
+    root = envs_dir(home)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / key
+    marker = path / ".orchestrate-env.json"
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file():
+            recorded = json.loads(marker.read_text())
+            return Environment(path, key, True, recorded.get("installer", "?"), tuple(requirements))
+        if path.exists():
+            log(f"removing the unfinished environment {path} (an earlier build stopped midway)")
+            shutil.rmtree(path)
+        uv = _uv() if installer in ("auto", "uv") else None
+        if installer == "uv" and uv is None:
+            raise ConfigError("installer 'uv' asked for but uv is not installed", hint="pip install uv")
+        used = "uv" if uv else "pip"
+        log(f"building environment {key} with {used} ({len(requirements)} requirements)")
+        try:
+            if uv:
+                _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file)
+                _run([uv, "pip", "install", "--python", str(path / "bin" / "python"), *requirements], log_file)
+            else:
+                _run([python, "-m", "venv", str(path)], log_file)
+                _run([str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                      "--no-input", *requirements], log_file)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        marker.write_text(json.dumps({"installer": used, "requirements": list(requirements)}))
+        return Environment(path, key, False, used, tuple(requirements))
+
+
+_MISSING_PATTERNS = (
+    re.compile(r"No matching distribution found for ([^\s]+)"),
+    re.compile(r"Because ([A-Za-z0-9._-]+)(?:[<>=!~][^\s]*)? was not found in the package registry"),
+    re.compile(r"No solution found when resolving dependencies:.*?\b([A-Za-z0-9._-]+)(?:[<>=!~]=?[^\s]*)? was not found",
+               re.S),
+)
+_TRANSIENT_PATTERNS = re.compile(
+    r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
+    r"HTTP status code: 5\d\d|Failed to download)", re.I)
+
+
+def _run(command: list[str], log_file: Path) -> None:
+    with log_file.open("a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if result.returncode == 0:
+        return
+    output = log_file.read_text()[-4000:]
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    for pattern in _MISSING_PATTERNS:
+        match = pattern.search(output)
+        if match:
+            package = match.group(1)
+            raise PermanentTargetError(
+                f"could not install {package!r} for the model's environment:\n{tail}",
+                hint=f"pin an installable version with --pip-requirements-override '{requirement_name(package)}==VERSION'"
+                f" or fix requirements.txt (full log: {log_file})",
+            )
+    if _TRANSIENT_PATTERNS.search(output):
+        raise RetryableTargetError(f"installing the model's requirements failed (network):\n{tail}")
+    raise PermanentTargetError(f"installing the model's requirements failed:\n{tail}",
+                               hint=f"full log: {log_file}")

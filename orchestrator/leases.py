@@ -1,0 +1,153 @@
+"""Endpoint leases: one runner per endpoint, fenced by a token that grows on every takeover."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .errors import EndpointBusy
+from .store import Fence, Store
+from .tables import Endpoint, utcnow
+
+DEFAULT_TTL_S = 30.0
+
+
+def expiry(ttl_s: float) -> dt.datetime:
+    return utcnow() + dt.timedelta(seconds=ttl_s)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Who holds a lease: a readable owner plus the host and pid used to spot a dead holder."""
+
+    owner: str
+    host: str
+    pid: int
+
+    @classmethod
+    def current(cls, label: str | None = None) -> Runner:
+        host = socket.gethostname()
+        pid = os.getpid()
+        name = label or f"{getpass.getuser()}@{host}"
+        return cls(owner=f"{name}/pid:{pid}/{uuid.uuid4().hex[:6]}", host=host, pid=pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def holder_is_gone(endpoint: Endpoint) -> bool:
+    """True when the lease is free, expired, or held by a dead process on this host."""
+    if endpoint.lease_owner is None:
+        return True
+    if endpoint.lease_expires_at is not None and endpoint.lease_expires_at < utcnow():
+        return True
+    return (
+        endpoint.lease_host == socket.gethostname()
+        and endpoint.lease_pid is not None
+        and not pid_alive(endpoint.lease_pid)
+    )
+
+
+def busy_error(endpoint: Endpoint) -> EndpointBusy:
+    since = endpoint.lease_acquired_at.strftime("%Y-%m-%d %H:%M:%S UTC") if endpoint.lease_acquired_at else "?"
+    return EndpointBusy(
+        f"endpoint {endpoint.name!r} is busy with deployment {endpoint.lease_deployment_id} "
+        f"(owner {endpoint.lease_owner}, since {since})",
+        hint=f"wait for it, pass --queue, or cancel it: `orchestrate cancel {endpoint.lease_deployment_id}`",
+    )
+
+
+def take(session: Session, endpoint: Endpoint, deployment_id: int, runner: Runner, ttl_s: float) -> Fence:
+    """Take the endpoint's lease inside the caller's transaction, or raise EndpointBusy."""
+    if not holder_is_gone(endpoint) and endpoint.lease_owner != runner.owner:
+        raise busy_error(endpoint)
+    token = endpoint.fencing_token
+    now = utcnow()
+    result = session.execute(
+        update(Endpoint)
+        .where(Endpoint.id == endpoint.id, Endpoint.fencing_token == token)
+        .values(
+            lease_owner=runner.owner,
+            lease_host=runner.host,
+            lease_pid=runner.pid,
+            lease_deployment_id=deployment_id,
+            lease_acquired_at=now,
+            lease_expires_at=now + dt.timedelta(seconds=ttl_s),
+            fencing_token=token + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(endpoint)
+        raise busy_error(endpoint)
+    session.refresh(endpoint)
+    return Fence(endpoint_id=endpoint.id, token=token + 1, ttl_s=ttl_s)
+
+
+def lock_endpoint(session: Session, endpoint_id: int) -> Endpoint:
+    """Load the endpoint row locked for this transaction (FOR UPDATE on PostgreSQL)."""
+    return session.execute(select(Endpoint).where(Endpoint.id == endpoint_id).with_for_update()).scalar_one()
+
+
+def release(store: Store, fence: Fence) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(Endpoint)
+            .where(Endpoint.id == fence.endpoint_id, Endpoint.fencing_token == fence.token)
+            .values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
+                    lease_acquired_at=None, lease_expires_at=None)
+        )
+
+
+class Heartbeat:
+    """Extends the lease every ttl/3 from a thread; notes when the token went stale."""
+
+    def __init__(self, store: Store, fence: Fence) -> None:
+        self._store = store
+        self._fence = fence
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._fence.ttl_s / 3):
+            try:
+                with self._store.engine.begin() as connection:
+                    result = connection.execute(
+                        update(Endpoint)
+                        .where(Endpoint.id == self._fence.endpoint_id,
+                               Endpoint.fencing_token == self._fence.token)
+                        .values(lease_expires_at=expiry(self._fence.ttl_s))
+                    )
+                if result.rowcount != 1:
+                    self.lost = True
+                    return
+            except Exception:  # a database blip: the next beat, or the fenced write, decides
+                continue

@@ -1,0 +1,109 @@
+"""The interface every target implements, and how targets are found (entry points)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from orchestrator.config import ConfigKey
+from orchestrator.context import ResourceView, StageContext
+from orchestrator.errors import ConfigError
+from orchestrator.states import LIVE_RESOURCE_STATES, Stage
+
+ENTRY_POINT_GROUP = "orchestrate.targets"
+
+Outputs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Invocation:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Target(ABC):
+    """A place models serve from. Stage methods are idempotent: run twice, they adopt."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {}
+    # Stages recorded as skipped for this target.
+    not_applicable: ClassVar[frozenset[Stage]] = frozenset()
+    # Resource kinds that serve traffic: stopped on failure, cancel, cleanup and delete.
+    # Anything else (a shared virtualenv, a cached image) outlives deployments.
+    disposable_kinds: ClassVar[frozenset[str]] = frozenset()
+
+    def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
+        """Checks that need no state change (a port in use); raise ConfigError."""
+
+    def validate(self, ctx: StageContext) -> Outputs:
+        return {}
+
+    def build(self, ctx: StageContext) -> Outputs:
+        return {}
+
+    def push(self, ctx: StageContext) -> Outputs:
+        return {}
+
+    @abstractmethod
+    def create_endpoint(self, ctx: StageContext) -> Outputs: ...
+
+    @abstractmethod
+    def health_check(self, ctx: StageContext) -> Outputs: ...
+
+    def shift_traffic(self, ctx: StageContext) -> Outputs:
+        return {}
+
+    def cleanup(self, ctx: StageContext) -> Outputs:
+        """Release what older deployments of this endpoint still hold."""
+        released = []
+        for resource in ctx.endpoint_resources():
+            if resource.deployment_id != ctx.deployment.id and resource.kind in self.disposable_kinds:
+                self.release_recorded(ctx, resource)
+                released.append(resource.name)
+        return {"released": released}
+
+    @abstractmethod
+    def release(self, ctx: StageContext, resource: ResourceView) -> None:
+        """Delete one external resource; one already gone is not an error."""
+
+    def release_recorded(self, ctx: StageContext, resource: ResourceView) -> None:
+        from orchestrator.states import ResourceState
+
+        if resource.state in LIVE_RESOURCE_STATES or resource.state == ResourceState.PLANNED:
+            self.release(ctx, resource)
+            ctx.mark(resource, ResourceState.DELETED)
+
+    def describe(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Live facts about a deployment from its recorded outputs (is the process alive...)."""
+        return {}
+
+    def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
+        raise ConfigError(f"target {self.name!r} cannot be invoked from orchestrate")
+
+    def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
+        raise ConfigError(f"target {self.name!r} keeps no logs orchestrate can read")
+
+
+def available_targets() -> dict[str, str]:
+    """Installed target names and the import path of each."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_target(name: str) -> Target:
+    """The installed target called `name`, or a ConfigError listing the installed ones."""
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not matches:
+        installed = ", ".join(sorted(available_targets())) or "none"
+        raise ConfigError(
+            f"unknown target {name!r}",
+            hint=f"installed targets: {installed} (see `orchestrate targets`)",
+        )
+    target_class = matches[0].load()
+    if not (isinstance(target_class, type) and issubclass(target_class, Target)):
+        raise ConfigError(f"entry point {matches[0].value} for target {name!r} is not a Target subclass")
+    return target_class()

@@ -1,0 +1,323 @@
+"""The `local` target: the scoring server as a detached process in the model's own virtualenv.
+
+Redeploys keep one address: every server binds the public port with SO_REUSEPORT, the new one
+also binds a private port for its health check, and the old one drains only after the new one
+passed. A new server that fails its check is stopped, so the old one keeps serving alone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import scoring
+from orchestrator import environments, health, mlmodel
+from orchestrator.config import ConfigKey
+from orchestrator.context import ResourceView, StageContext
+from orchestrator.errors import ConfigError, PermanentTargetError
+from orchestrator.leases import pid_alive
+from orchestrator.states import ResourceState, Stage
+from targets.base import Invocation, Outputs, Target
+
+PROCESS = "process"
+VIRTUALENV = "virtualenv"
+
+
+class LocalTarget(Target):
+    name = "local"
+    description = "a scoring-server process on this machine, in a virtualenv built from the model's requirements"
+    config_keys: ClassVar[Mapping[str, ConfigKey]] = {
+        "host": ConfigKey(str, "127.0.0.1", "address the server listens on"),
+        "port": ConfigKey(int, 0, "public port; 0 keeps the endpoint's port, or picks a free one", minimum=0),
+        "workers": ConfigKey(int, 1, "gunicorn worker processes", minimum=1),
+        "threads": ConfigKey(int, 4, "threads per worker", minimum=1),
+        "python": ConfigKey(str, "", "interpreter for the model's virtualenv (default: matches python_env.yaml)"),
+        "installer": ConfigKey(str, "auto", "how to build the virtualenv", choices=("auto", "uv", "pip")),
+        "pip_requirements_override": ConfigKey(str, "", "comma-separated requirements that replace or add to "
+                                                        "the model's (e.g. 'scikit-learn==1.5.2')"),
+        "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0),
+    }
+    not_applicable = frozenset({Stage.PUSH})
+    disposable_kinds = frozenset({PROCESS})
+
+    def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
+        port = int(config.get("port") or 0)
+        if port and not (live_outputs and live_outputs.get("port") == port):
+            if not port_is_free(str(config["host"]), port):
+                raise ConfigError(
+                    f"port {port} on {config['host']} is in use by another program",
+                    hint="choose another with -C port=N, or leave port out to get a free one",
+                )
+        if config.get("python"):
+            environments.find_python(None, str(config["python"]))
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def validate(self, ctx: StageContext) -> Outputs:
+        info = mlmodel.read_model(ctx.deployment.model_uri)
+        if info.digest != ctx.deployment.model_digest:
+            raise PermanentTargetError(
+                f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
+                hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
+            )
+        snapshot = mlmodel.snapshot(info, ctx.home / "models")
+        return {
+            "model_dir": str(snapshot),
+            "python_version": info.python_version,
+            "requirements": list(info.requirements),
+            "input_example": info.input_example,
+        }
+
+    def build(self, ctx: StageContext) -> Outputs:
+        wanted = environments.serving_requirements(ctx.outputs["requirements"])
+        wanted = environments.apply_overrides(
+            wanted, environments.parse_overrides(ctx.config.get("pip_requirements_override"))
+        )
+        python, warning = environments.find_python(ctx.outputs.get("python_version"), ctx.config.get("python") or None)
+        if warning:
+            ctx.log(f"warning: {warning}")
+        requirements = [*wanted, *scoring.SERVER_REQUIREMENTS]
+        try:
+            env = self._environment(ctx, python, requirements)
+        except PermanentTargetError:
+            if not environments.uses_skinny(ctx.outputs["requirements"], wanted):
+                raise
+            ctx.log("mlflow-skinny could not be installed for this model; falling back to the full mlflow package")
+            full = environments.apply_overrides(
+                list(ctx.outputs["requirements"]),
+                environments.parse_overrides(ctx.config.get("pip_requirements_override")),
+            )
+            env = self._environment(ctx, python, [*full, *scoring.SERVER_REQUIREMENTS])
+        return {
+            "env_path": str(env.path),
+            "env_key": env.key,
+            "env_reused": env.reused,
+            "installer": env.installer,
+            "server_path": str(install_server(ctx.home)),
+        }
+
+    def _environment(self, ctx: StageContext, python: str, requirements: list[str]) -> environments.Environment:
+        key = environments.environment_key(python, requirements)
+        resource = ctx.plan(VIRTUALENV, key, {"requirements": requirements})
+        env = environments.ensure_environment(
+            home=ctx.home, python=python, requirements=requirements,
+            installer=str(ctx.config.get("installer", "auto")), log=ctx.log, log_file=ctx.log_file,
+        )
+        state = ResourceState.ADOPTED if env.reused else ResourceState.CREATED
+        if resource.state != state:
+            ctx.mark(resource, state, external_id=str(env.path))
+        ctx.log(("reusing" if env.reused else "built") + f" environment {env.path}")
+        return env
+
+    def create_endpoint(self, ctx: StageContext) -> Outputs:
+        name = f"{ctx.deployment.endpoint_name}-{ctx.deployment.id}"
+        existing = ctx.find(PROCESS, name)
+        if existing is not None and existing.state != ResourceState.DELETED:
+            pid = _recorded_or_running_pid(existing)
+            if pid is not None:
+                if existing.state == ResourceState.PLANNED:
+                    existing = ctx.mark(existing, ResourceState.CREATED, external_id=str(pid))
+                ctx.log(f"adopting server process {pid} started by an earlier attempt")
+                return _process_outputs(existing.data, pid)
+        host = str(ctx.config["host"])
+        port = int(ctx.config.get("port") or 0) or int((ctx.live_outputs or {}).get("port") or 0) or free_port(host)
+        run_dir = ctx.home / "run"
+        log_dir = ctx.home / "logs" / "servers"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "host": host,
+            "port": port,
+            "private_port": free_port("127.0.0.1"),
+            "pid_file": str(run_dir / f"{name}.pid"),
+            "log": str(log_dir / f"{name}.log"),
+        }
+        resource = ctx.plan(PROCESS, name, data) if existing is None or existing.state == ResourceState.DELETED \
+            else existing
+        data = resource.data
+        command = [
+            str(Path(ctx.outputs["env_path"]) / "bin" / "python"), "-m", "scoring", "serve", ctx.outputs["model_dir"],
+            "--host", data["host"], "--port", str(data["port"]), "--private-port", str(data["private_port"]),
+            "--workers", str(ctx.config["workers"]), "--threads", str(ctx.config["threads"]),
+            "--pid-file", data["pid_file"], "--reuse-port",
+        ]
+        env = {**_clean_environment(), "PYTHONPATH": ctx.outputs["server_path"]}
+        with open(data["log"], "ab") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True, cwd=ctx.outputs["model_dir"])
+        ctx.mark(resource, ResourceState.CREATED, external_id=str(process.pid))
+        ctx.log(f"started server pid {process.pid} on {data['host']}:{data['port']} (log {data['log']})")
+        return _process_outputs(data, process.pid)
+
+    def health_check(self, ctx: StageContext) -> Outputs:
+        pid = int(ctx.outputs["pid"])
+        log = Path(ctx.outputs["log"])
+        private_url = f"http://127.0.0.1:{ctx.outputs['private_port']}"
+
+        def details() -> str:
+            return "server log tail:\n" + log_tail(log, 20)
+
+        ready_s = health.wait_until_ready(
+            private_url, timeout_s=float(ctx.config["startup_timeout"]),
+            still_starting=lambda: pid_alive(pid), failure_details=details,
+        )
+        ctx.log(f"server answered /ping after {ready_s:.2f}s")
+        result = health.smoke_predict(private_url, Path(ctx.outputs["model_dir"]), ctx.outputs.get("input_example"),
+                                      details)
+        return {"ready_s": round(ready_s, 3), **result}
+
+    def shift_traffic(self, ctx: StageContext) -> Outputs:
+        # The new server has shared the public port since it bound it; cleanup retires the old.
+        return {"url": ctx.outputs["url"]}
+
+    def release(self, ctx: StageContext, resource: ResourceView) -> None:
+        if resource.kind != PROCESS:
+            return
+        pid = _recorded_or_running_pid(resource)
+        if pid is not None:
+            ctx.log(f"stopping server pid {pid} ({resource.name})")
+            stop_process(pid, float(ctx.config.get("drain_timeout", 30.0)))
+        Path(resource.data.get("pid_file", "/nonexistent")).unlink(missing_ok=True)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def describe(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        if "pid" not in outputs:
+            return {}
+        pid = int(outputs["pid"])
+        alive = pid_alive(pid) and _is_server(pid, outputs.get("pid_file", ""))
+        answering = False
+        if alive:
+            try:
+                answering = health.http("GET", f"{outputs['url']}/ping", timeout=1.0)[0] == 200
+            except OSError:
+                answering = False
+        return {"pid": pid, "process_alive": alive, "answering": answering, "log": outputs.get("log")}
+
+    def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
+        try:
+            status, answer_type, answer = health.http("POST", f"{outputs['url']}/invocations", body, content_type,
+                                                      timeout=60.0)
+        except OSError as exc:
+            raise PermanentTargetError(f"cannot reach {outputs['url']}: {exc}",
+                                       hint="check `orchestrate status` that the server is alive") from exc
+        return Invocation(status, answer_type, answer)
+
+    def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
+        return log_tail(Path(outputs["log"]), tail)
+
+
+def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
+    return {**data, "pid": pid, "url": f"http://{data['host']}:{data['port']}"}
+
+
+def _clean_environment() -> dict[str, str]:
+    # The model's interpreter must not see this process's virtualenv or path settings.
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def _is_server(pid: int, pid_file: str) -> bool:
+    """Guards against a recycled pid: the process must be our server with this pid file."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_file.encode() in cmdline
+
+
+def _recorded_or_running_pid(resource: ResourceView) -> int | None:
+    """The live pid of a recorded server; for one only planned, search by its unique pid file."""
+    pid_file = str(resource.data.get("pid_file", ""))
+    if resource.external_id and pid_alive(int(resource.external_id)) and _is_server(int(resource.external_id), pid_file):
+        return int(resource.external_id)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)) and _is_server(int(entry.name), pid_file):
+            parent = _parent_pid(int(entry.name))
+            if parent is not None and _is_server(parent, pid_file):
+                continue  # a gunicorn worker; its master is the one to stop
+            return int(entry.name)
+    return None
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stop_process(pid: int, drain_timeout: float) -> None:
+    """SIGTERM (gunicorn drains in-flight requests), then SIGKILL after the drain timeout."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + drain_timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:  # when we started it ourselves, collect it so it does not linger as a zombie
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def install_server(home: Path) -> Path:
+    """Copy the scoring package to a directory named by its content hash; returns the dir for PYTHONPATH."""
+    source = Path(scoring.__file__).parent
+    files = sorted(p for p in source.rglob("*.py"))
+    sha = hashlib.sha256()
+    for file in files:
+        sha.update(file.relative_to(source).as_posix().encode() + b"\0" + file.read_bytes())
+    destination = home / "servers" / sha.hexdigest()[:16]
+    if not (destination / "scoring").is_dir():
+        staging = destination.with_name(destination.name + f".{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging / "scoring", ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            staging.rename(destination)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return destination
