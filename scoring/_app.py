@@ -1,0 +1,335 @@
+"""The Flask application: routes of the MLflow scoring protocol, the Open Inference Protocol,
+``/metrics`` and ``/openapi.json``, JSON errors, request ids, access logs, limits.
+
+Everything that depends only on the model (signature converters, metadata documents, the
+OpenAPI document, route labels) is computed in ``create_app``; a request pays for its own data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from scoring import __version__, _json
+from scoring._accesslog import AccessLog
+from scoring._config import ServerConfig, load_config
+from scoring._errors import (
+    InvalidInput,
+    ModelError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ScoringError,
+)
+from scoring._invocations import JSON, media_type, parse_csv, parse_json
+from scoring._metrics import ROUTE_INDEX, Metrics
+from scoring._model import LoadedModel, load_model
+
+log = logging.getLogger("scoring")
+
+_JSON_MIME = "application/json"
+_HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def error_body(error_code: str, message: str) -> bytes:
+    return _json.dumps({"error_code": error_code, "message": message})
+
+
+class Runner:
+    """Runs a request's work on a per-process thread pool, so a request that overruns the
+    timeout is answered 504 on time (the work itself cannot be interrupted; it finishes in
+    the background while the pool's other threads keep serving)."""
+
+    def __init__(self, timeout: float, threads: int) -> None:
+        self.timeout = timeout
+        self._threads = threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        # A pool's threads do not survive fork: each worker makes its own on first use.
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._threads, thread_name_prefix="scoring-predict"
+                    )
+                    self._pid = pid
+        assert self._pool is not None
+        return self._pool
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self._get_pool().submit(fn, *args)
+        try:
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise RequestTimeout(
+                f"the request took longer than the {self.timeout:g} s limit "
+                "(ORCHESTRATE_TIMEOUT)"
+            ) from None
+
+    def shutdown(self) -> None:
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Scorer:
+    """The model-facing work of one request, without Flask: body in, response body out."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.enforcer = model.enforcer
+
+    def invocations(self, body: bytes, mime: str) -> tuple[bytes, list[str]]:
+        if mime == JSON:
+            data, params = parse_json(body)
+        else:
+            data, params = parse_csv(body, self.enforcer), None
+        enforced = self.enforcer.enforce(data)
+        predictions = self.predict(enforced.data, self.enforcer.params(params))
+        try:
+            return _json.predictions_body(predictions), enforced.ignored
+        except (TypeError, ValueError) as exc:
+            raise ModelError(
+                f"the model returned {type(predictions).__name__}, which cannot be written "
+                f"as JSON: {exc}"
+            ) from None
+
+    def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
+        try:
+            return self.model.predict(data, params)
+        except ScoringError:
+            raise
+        except Exception as exc:
+            if not self.model.direct and _is_mlflow_input_error(exc):
+                # MLflow enforced the schema here and rejected the input.
+                raise InvalidInput(_first_line(getattr(exc, "message", str(exc)))) from None
+            log.exception("model raised while predicting")
+            raise ModelError(f"the model raised {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _is_mlflow_input_error(exc: Exception) -> bool:
+    return type(exc).__name__ == "MlflowException" and getattr(exc, "error_code", "") in (
+        "INVALID_PARAMETER_VALUE",
+        "BAD_REQUEST",
+    )
+
+
+def _first_line(exc: object, limit: int = 500) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def route_index(path: str) -> int:
+    """The metrics label index of a request path (model names folded into ``{name}``)."""
+    index = ROUTE_INDEX.get(path)
+    if index is not None:
+        return index
+    if path.startswith("/v2/models/"):
+        rest = path[len("/v2/models/") :]
+        if rest.endswith("/infer"):
+            return ROUTE_INDEX["/v2/models/{name}/infer"]
+        if rest.endswith("/ready"):
+            return ROUTE_INDEX["/v2/models/{name}/ready"]
+        return ROUTE_INDEX["/v2/models/{name}"]
+    return ROUTE_INDEX["other"]
+
+
+class Observe:
+    """WSGI middleware: request id, metrics and the access log for every request, including
+    the ones Flask answers itself (404, 405)."""
+
+    def __init__(self, app: Any, metrics: Metrics, access_log: AccessLog | None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start = time.perf_counter()
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        if not request_id or len(request_id) > 200 or not request_id.isprintable():
+            request_id = uuid.uuid4().hex
+        environ["scoring.request_id"] = request_id
+        status = [500]
+
+        def _start_response(
+            status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            status[0] = int(status_line[:3])
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status_line, headers, exc_info)
+
+        metrics = self.metrics
+        metrics.started()
+        try:
+            return self.app(environ, _start_response)
+        finally:
+            seconds = time.perf_counter() - start
+            path = environ.get("PATH_INFO", "")
+            metrics.finished(route_index(path), status[0], seconds)
+            if self.access_log is not None:
+                self.access_log.write(
+                    request_id=request_id,
+                    method=environ.get("REQUEST_METHOD", ""),
+                    path=path,
+                    status=status[0],
+                    seconds=seconds,
+                    remote=environ.get("REMOTE_ADDR", ""),
+                    bytes_in=int(environ.get("CONTENT_LENGTH") or 0),
+                )
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """See ``scoring.create_app``."""
+    overrides = dict(config or {})
+    model: LoadedModel | None = overrides.pop("model", None)
+    metrics: Metrics | None = overrides.pop("metrics", None)
+    cfg = load_config(overrides)
+    if model is None:
+        model = load_model(cfg.model_dir, cfg.loader)
+    if metrics is None:
+        metrics = Metrics(1)
+    metrics.model_load_seconds = model.load_seconds
+
+    app = Flask("scoring")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    scorer = Scorer(model)
+    runner = Runner(cfg.timeout, max(cfg.threads, 1) * 2)
+    app.extensions["scoring"] = {
+        "config": cfg,
+        "model": model,
+        "metrics": metrics,
+        "runner": runner,
+        "scorer": scorer,
+    }
+    _register_mlflow_routes(app, cfg, model, scorer, runner)
+    _register_operations(app, cfg, model, metrics)
+    from scoring._v2 import register_v2_routes
+
+    register_v2_routes(app, cfg, model, scorer, runner)
+    _register_errors(app)
+    app.wsgi_app = Observe(  # type: ignore[method-assign]
+        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None
+    )
+    return app
+
+
+def _json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, mimetype=_JSON_MIME)
+
+
+def read_body(max_bytes: int) -> bytes:
+    """The request body; raises ``PayloadTooLarge`` over the limit."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(
+            f"the request body is {length} bytes; the limit is {max_bytes} "
+            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+        )
+    return request.get_data(cache=False)
+
+
+def _register_mlflow_routes(
+    app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Scorer, runner: Runner
+) -> None:
+    ping_body = b"\n"
+    version_body = _json.dumps(
+        {
+            "server": "orchestrate-scoring",
+            "version": __version__,
+            "model": {
+                "name": cfg.served_model_name,
+                "flavors": list(model.flavors),
+                "loader": model.loader,
+                "mlflow_version": model.mlflow_version,
+            },
+        }
+    )
+    max_bytes = cfg.max_request_bytes
+    invoke = scorer.invocations
+    run = runner.run
+
+    @app.get("/ping")
+    def ping() -> Response:
+        return _json_response(ping_body)
+
+    @app.get("/health")
+    def health() -> Response:
+        return _json_response(ping_body)
+
+    @app.get("/version")
+    def version() -> Response:
+        return _json_response(version_body)
+
+    @app.post("/invocations")
+    def invocations() -> Response:
+        mime = media_type(request.environ.get("CONTENT_TYPE"))
+        body = read_body(max_bytes)
+        out, ignored = run(invoke, body, mime)
+        response = Response(out, mimetype=_JSON_MIME)
+        if ignored:
+            response.headers["X-Ignored-Columns"] = _json.dumps(ignored[:100]).decode()
+        return response
+
+
+def _register_operations(
+    app: Flask, cfg: ServerConfig, model: LoadedModel, metrics: Metrics
+) -> None:
+    name = cfg.served_model_name
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(name), mimetype="text/plain; version=0.0.4")
+
+    openapi_body: list[bytes] = []
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        if not openapi_body:
+            from scoring._openapi import openapi_document
+
+            openapi_body.append(_json.dumps(openapi_document(cfg, model)))
+        return _json_response(openapi_body[0])
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ScoringError)
+    def scoring_error(exc: ScoringError) -> Response:
+        return _json_response(error_body(exc.error_code, exc.message), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            message = "the request body is larger than the limit (ORCHESTRATE_MAX_REQUEST_BYTES)"
+        else:
+            message = exc.description or exc.name
+        code = _HTTP_ERROR_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+        response = _json_response(error_body(code, message), status)
+        if status == 405:
+            allowed: Iterable[str] = getattr(exc, "valid_methods", None) or ()
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return _json_response(error_body("INTERNAL_ERROR", "internal server error"), 500)

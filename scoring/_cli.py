@@ -1,0 +1,82 @@
+"""``python -m scoring serve [MODEL_DIR]``: the server's command line (and container entry)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from scoring import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scoring", description="Serve an MLflow model over HTTP."
+    )
+    parser.add_argument("--version", action="version", version=f"scoring {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model with gunicorn",
+        description="Serve MODEL_DIR (default /opt/ml/model, or ORCHESTRATE_MODEL_DIR). "
+        "Unset flags fall back to the environment, then to defaults (docs/scoring.md).",
+    )
+    serve.add_argument("model_dir", nargs="?", metavar="MODEL_DIR")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--private-port", type=int, help="also listen on 127.0.0.1:N (health checks)"
+    )
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--threads", type=int)
+    serve.add_argument("--timeout", type=float, help="per-request limit in seconds (504)")
+    serve.add_argument("--graceful-timeout", type=float)
+    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--model-name", help="the model's name in the V2 protocol")
+    serve.add_argument("--loader", choices=("auto", "mlflow", "native"))
+    serve.add_argument("--pid-file", help="write the gunicorn master's pid here")
+    serve.add_argument(
+        "--reuse-port", action="store_true", default=None, help="bind with SO_REUSEPORT"
+    )
+    serve.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", default=None
+    )
+    serve.add_argument("--log-level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(vars(args))
+    return 2  # pragma: no cover - argparse rejects other commands
+
+
+def serve(options: dict[str, Any]) -> int:
+    """Load the model, then run gunicorn until it stops; the process exit code."""
+    from scoring._config import load_config
+    from scoring._errors import ModelLoadError
+
+    overrides = {k: v for k, v in options.items() if k != "command" and v is not None}
+    try:
+        cfg = load_config(overrides)
+    except ValueError as exc:
+        print(f"scoring: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    from scoring._app import create_app
+    from scoring._gunicorn import ScoringServer
+    from scoring._metrics import Metrics
+
+    metrics = Metrics(slots=cfg.workers * 2 + 2)
+    try:
+        app = create_app({**overrides, "metrics": metrics})
+    except ModelLoadError as exc:
+        print(f"scoring: error: {exc}", file=sys.stderr)
+        return 1
+    ScoringServer(app, cfg, metrics).run()
+    return 0

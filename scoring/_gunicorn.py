@@ -1,0 +1,79 @@
+"""Running the app under gunicorn, in-process, with the model loaded before forking.
+
+The model is loaded (and the app built) before gunicorn's arbiter exists, so a model that
+cannot load stops the server before any socket is bound, and every worker forks with it in
+memory. Workers are ``gthread``: keep-alive connections and ``threads`` requests at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from scoring._config import ServerConfig
+from scoring._metrics import Metrics
+
+
+class ScoringServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn application serving an already built WSGI app."""
+
+    def __init__(self, app: Any, cfg: ServerConfig, metrics: Metrics) -> None:
+        self._app = app
+        self._cfg = cfg
+        self._metrics = metrics
+        super().__init__()
+
+    def load_config(self) -> None:
+        cfg = self._cfg
+        binds = [f"{_host(cfg.host)}:{cfg.port}"]
+        if cfg.private_port is not None:
+            binds.append(f"127.0.0.1:{cfg.private_port}")
+        metrics = self._metrics
+
+        def pre_fork(server: Any, worker: Any) -> None:
+            worker.scoring_slot = metrics.claim_slot()
+
+        def post_fork(server: Any, worker: Any) -> None:
+            metrics.use_slot(worker.scoring_slot)
+
+        def child_exit(server: Any, worker: Any) -> None:
+            metrics.release_slot(getattr(worker, "scoring_slot", 0))
+
+        settings: dict[str, Any] = {
+            "bind": binds,
+            "workers": cfg.workers,
+            "threads": cfg.threads,
+            "worker_class": "gthread",
+            "preload_app": True,
+            # gunicorn's own timeout kills a worker whose main loop stops heartbeating; request
+            # deadlines are ours (504), so this only needs to catch a wedged process.
+            "timeout": max(30, int(cfg.timeout) + 30),
+            "graceful_timeout": max(1, math.ceil(cfg.graceful_timeout)),
+            "keepalive": cfg.keepalive,
+            "loglevel": cfg.log_level,
+            "accesslog": None,
+            "errorlog": "-",
+            "reuse_port": cfg.reuse_port,
+            "pidfile": cfg.pid_file,
+            "proc_name": "scoring",
+            "pre_fork": pre_fork,
+            "post_fork": post_fork,
+            "child_exit": child_exit,
+            # No header-size surprises for big CSV/JSON bodies; body size is limited by the app.
+            "limit_request_line": 8190,
+            # gunicorn 26's control socket is one path per user: two servers (an old and a new
+            # one sharing a port during a swap) would fight over it, and we do not use it.
+            "control_socket_disable": True,
+        }
+        for key, value in settings.items():
+            if key in self.cfg.settings:  # settings differ across gunicorn versions
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
