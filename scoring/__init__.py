@@ -35,4 +35,4 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 from scoring._errors import ModelLoadError  # noqa: E402  (kept light: no third-party import)
 
-__all__ = ["SERVER_REQUIREMENTS", "ModelLoadError", "__version__", "create_app"]
+__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app"]
