@@ -16,7 +16,14 @@ from . import leases, mlmodel
 from .context import DeploymentView, ResourceView, StageContext
 from .engine import Echo, Engine, merged_outputs
 from .errors import ConfigError, EndpointBusy, NotFound, StateError
-from .states import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, DeploymentStatus, ErrorKind, Stage
+from .states import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    AttemptStatus,
+    DeploymentStatus,
+    ErrorKind,
+    Stage,
+)
 from .store import Store, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
 
@@ -280,7 +287,7 @@ class Client:
 
     @staticmethod
     def _get(session: Any, deployment_id: int) -> Deployment:
-        deployment = session.get(Deployment, deployment_id)
+        deployment: Deployment | None = session.get(Deployment, deployment_id)
         if deployment is None:
             raise NotFound(f"no deployment with id {deployment_id}", hint="see `orchestrate list`")
         return deployment
@@ -288,7 +295,7 @@ class Client:
     @staticmethod
     def _endpoint(session: Any, name: str, *, lock: bool = False) -> Endpoint:
         query = select(Endpoint).where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
-        endpoint = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        endpoint: Endpoint | None = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
         if endpoint is None:
             raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
         return endpoint
@@ -341,7 +348,7 @@ class Client:
                          "acquired_at": _iso(endpoint.lease_acquired_at),
                          "expires_at": _iso(endpoint.lease_expires_at),
                          "holder_gone": leases.holder_is_gone(endpoint)}
-            summary = {"endpoint": endpoint.name, "target": endpoint.target, "live_deployment_id": live_id,
+            summary: dict[str, Any] = {"endpoint": endpoint.name, "target": endpoint.target, "live_deployment_id": live_id,
                        "latest_deployment_id": latest, "lease": lease}
         summary["live"] = self.deployment_record(live_id, with_attempts=False, describe=True) if live_id else None
         summary["url"] = summary["live"]["url"] if summary["live"] else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +274,7 @@ def targets(as_json: bool) -> None:
 
     from .config import ENGINE_KEYS
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in sorted(available_targets()):
         plugin = load_target(name)
         rows.append({
@@ -343,4 +342,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -136,7 +136,7 @@ def resolve(
     return resolved
 
 
-_SECRET_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential)", re.I)
+_SECRET_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential)", re.IGNORECASE)
 REDACTED = "***"
 
 

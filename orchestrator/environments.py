@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 
-_MLFLOW_PIN = re.compile(r"^mlflow(\[[^\]]*\])?(?P<spec>\s*[=<>!~].*)?$", re.I)
+_MLFLOW_PIN = re.compile(r"^mlflow(\[[^\]]*\])?(?P<spec>\s*[=<>!~].*)?$", re.IGNORECASE)
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -93,7 +93,7 @@ def _uv() -> str | None:
     if found:
         return found
     try:
-        from uv import find_uv_bin  # type: ignore[import-not-found]
+        from uv import find_uv_bin
 
         return str(find_uv_bin())
     except (ImportError, FileNotFoundError):
@@ -157,11 +157,11 @@ _MISSING_PATTERNS = (
     re.compile(r"No matching distribution found for ([^\s]+)"),
     re.compile(r"Because ([A-Za-z0-9._-]+)(?:[<>=!~][^\s]*)? was not found in the package registry"),
     re.compile(r"No solution found when resolving dependencies:.*?\b([A-Za-z0-9._-]+)(?:[<>=!~]=?[^\s]*)? was not found",
-               re.S),
+               re.DOTALL),
 )
 _TRANSIENT_PATTERNS = re.compile(
     r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
-    r"HTTP status code: 5\d\d|Failed to download)", re.I)
+    r"HTTP status code: 5\d\d|Failed to download)", re.IGNORECASE)
 
 
 def _run(command: list[str], log_file: Path) -> None:

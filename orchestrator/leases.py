@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .errors import EndpointBusy
@@ -149,5 +150,5 @@ class Heartbeat:
                 if result.rowcount != 1:
                     self.lost = True
                     return
-            except Exception:  # a database blip: the next beat, or the fenced write, decides
+            except SQLAlchemyError:  # a database blip: the next beat, or the fenced write, decides
                 continue

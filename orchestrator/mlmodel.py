@@ -140,7 +140,7 @@ def digest(path: Path) -> str:
 
 
 def _files(path: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(path):
         dirs[:] = [d for d in dirs if d not in _IGNORED_NAMES]
         files.extend(Path(root) / name for name in names if name not in _IGNORED_NAMES)

@@ -141,7 +141,7 @@ class LocalTarget(Target):
         }
         resource = ctx.plan(PROCESS, name, data) if existing is None or existing.state == ResourceState.DELETED \
             else existing
-        data = resource.data
+        data = dict(resource.data)
         command = [
             str(Path(ctx.outputs["env_path"]) / "bin" / "python"), "-m", "scoring", "serve", ctx.outputs["model_dir"],
             "--host", data["host"], "--port", str(data["port"]), "--private-port", str(data["private_port"]),
@@ -149,7 +149,7 @@ class LocalTarget(Target):
             "--pid-file", data["pid_file"], "--reuse-port",
         ]
         env = {**_clean_environment(), "PYTHONPATH": ctx.outputs["server_path"]}
-        with open(data["log"], "ab") as log:
+        with open(str(data["log"]), "ab") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        env=env, start_new_session=True, cwd=ctx.outputs["model_dir"])
         ctx.mark(resource, ResourceState.CREATED, external_id=str(process.pid))
