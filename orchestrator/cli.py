@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,17 @@ def db_current(ctx: click.Context) -> None:
     click.echo(migrate.current_revision(store.engine) or "empty (run `orchestrate db upgrade`)")
 
 
+def _interrupt_on_sigterm() -> None:
+    # SIGTERM gets the same orderly stop as Ctrl-C: the attempt is recorded, serving
+    # resources of the unfinished deployment are released, the deployment stays resumable.
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _interrupt_on_sigterm()
     cli(prog_name="orchestrate")
 
 

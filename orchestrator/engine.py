@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,18 +72,21 @@ class Engine:
     """Runs deployments; one Engine per process, one lease per running deployment."""
 
     def __init__(self, store: Store, runner: leases.Runner, home: Path, *, echo: Echo | None = None,
-                 lease_ttl_s: float = leases.DEFAULT_TTL_S) -> None:
+                 lease_ttl_s: float = leases.DEFAULT_TTL_S, stop: threading.Event | None = None) -> None:
         self.store = store
         self.runner = runner
         self.home = home
         self.echo: Echo = echo or (lambda _line: None)
         self.lease_ttl_s = lease_ttl_s
         self.faults = Faults.from_env()
+        # Set by a worker told to stop: finish the current stage, release, leave it resumable.
+        self.stop = stop or threading.Event()
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, deployment_id: int, fence: Fence) -> DeploymentStatus:
-        """Drive the deployment to an end; returns its final status, releases the lease."""
+        """Drive the deployment to an end and release the lease; returns its final status,
+        or RUNNING when `stop` was set and the deployment was left for another runner."""
         from targets.base import load_target
 
         with self.store.read() as session:
@@ -100,6 +104,8 @@ class Engine:
             if heartbeat.lost:
                 raise LeaseLost(f"deployment {deployment_id}: another runner took the endpoint's lease")
             view, next_stage, cancel_requested = self._plan(deployment_id)
+            if self.stop.is_set() and next_stage is not None:
+                return DeploymentStatus.RUNNING
             if cancel_requested and next_stage is not None and STAGES.index(next_stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
                 return self.abort(view, fence, target, DeploymentStatus.CANCELLED, "cancelled by request")
             if next_stage is None:
