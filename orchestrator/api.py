@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from . import config as config_module
-from . import leases, mlmodel
+from . import leases, mlmodel, queue, secrets
 from .context import DeploymentView, ResourceView, StageContext
 from .engine import Echo, Engine, merged_outputs
 from .errors import ConfigError, EndpointBusy, NotFound, StateError
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
-    AttemptStatus,
     DeploymentStatus,
-    ErrorKind,
     Stage,
 )
 from .store import Store, orchestrate_home
@@ -57,11 +56,14 @@ class Client:
         config: Mapping[str, Any] | None = None,
         config_file: str | Path | None = None,
         detach: bool = False,
+        wait_in_queue: bool = False,
+        poll_interval_s: float = 0.5,
     ) -> int:
-        """Check the input, record the deployment, and run it (unless detached); returns its id.
+        """Check the input, record the deployment, and run it; returns its id.
 
-        Raises ConfigError for bad input (nothing recorded), EndpointBusy when another deployment
-        holds the endpoint."""
+        `detach` only queues it for a worker; `wait_in_queue` queues it behind a busy endpoint
+        and runs it here when its turn comes. Raises ConfigError for bad input (nothing
+        recorded), EndpointBusy when the endpoint is busy and neither was asked."""
         from targets.base import load_target
 
         mlmodel.check_endpoint_name(name)
@@ -70,13 +72,35 @@ class Client:
         resolved = config_module.resolve(target, plugin.config_keys, file_values, dict(config or {}))
         info = mlmodel.read_model(model_uri)
         plugin.preflight(resolved, self._live_outputs(name))
-        deployment_id, fence = self._create(name, target, str(info.path), info.digest, resolved, None, detach)
-        if fence is not None:
-            self.engine.run(deployment_id, fence)
+        queued = detach or wait_in_queue
+        deployment_id, fence = self._create(name, target, str(info.path), info.digest, resolved, None, queued)
+        if detach:
+            return deployment_id
+        if fence is None:
+            fence = self._wait_for_turn(deployment_id, poll_interval_s)
+        self.engine.run(deployment_id, fence)
         return deployment_id
 
+    def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
+        announced = False
+        while True:
+            claim = queue.claim_queued(self.store, self.runner, self.lease_ttl_s, deployment_id=deployment_id)
+            if claim is not None:
+                return claim.fence
+            with self.store.read() as session:
+                status = session.get_one(Deployment, deployment_id).status
+            if status != DeploymentStatus.QUEUED.value:  # a worker took it, or it was cancelled
+                raise StateError(f"deployment {deployment_id} left the queue as {status} while waiting",
+                                 hint=f"see `orchestrate status {deployment_id}`")
+            if not announced:
+                ahead = queue.queue_position(self.store, deployment_id)
+                self.engine.echo(f"deployment {deployment_id} queued behind the endpoint's current work"
+                                 f" ({ahead} queued ahead)")
+                announced = True
+            time.sleep(poll_interval_s)
+
     def _create(self, name: str, target: str, model_uri: str, digest: str, resolved: dict[str, Any],
-                source_id: int | None, detach: bool) -> tuple[int, Any]:
+                source_id: int | None, queued: bool) -> tuple[int, Any]:
         for _ in range(3):  # a concurrent first deploy may insert the endpoint under us
             try:
                 with self.store.write() as tx:
@@ -84,7 +108,7 @@ class Client:
                         select(Endpoint).where(Endpoint.name == name).with_for_update()
                     ).scalar_one_or_none()
                     if endpoint is None:
-                        endpoint = Endpoint(name=name, target=target, config=config_module.redact(resolved))
+                        endpoint = Endpoint(name=name, target=target, config=secrets.redact(resolved))
                         tx.session.add(endpoint)
                         tx.session.flush()
                     elif endpoint.deleted_at is not None:
@@ -95,21 +119,22 @@ class Client:
                             f"endpoint {name!r} already exists on target {endpoint.target!r}",
                             hint=f"choose another --name, or `orchestrate delete {name}` first",
                         )
-                    self._check_idle(tx.session, endpoint)
+                    if not queued:
+                        self._check_idle(tx.session, endpoint)
                     deployment = Deployment(
                         endpoint_id=endpoint.id, target=target, model_uri=model_uri, model_digest=digest,
-                        config=resolved, status=DeploymentStatus.QUEUED.value if detach else DeploymentStatus.RUNNING.value,
+                        config=resolved, status=DeploymentStatus.QUEUED.value if queued else DeploymentStatus.RUNNING.value,
                         source_deployment_id=source_id, previous_live_id=endpoint.live_deployment_id,
-                        actor=self.store.actor, started_at=None if detach else utcnow(),
+                        actor=self.store.actor, started_at=None if queued else utcnow(),
                     )
                     tx.session.add(deployment)
                     tx.session.flush()
-                    fence = None if detach else leases.take(tx.session, endpoint, deployment.id, self.runner,
+                    fence = None if queued else leases.take(tx.session, endpoint, deployment.id, self.runner,
                                                            self.lease_ttl_s)
                     what = f"rollback to deployment {source_id}" if source_id else f"model {digest[:12]}"
                     tx.event("deployment_created", f"deployment {deployment.id} of {what} on {name} ({target})",
                              endpoint_id=endpoint.id, deployment_id=deployment.id,
-                             data={"model_uri": model_uri, "queued": detach})
+                             data={"model_uri": model_uri, "queued": queued})
                     return deployment.id, fence
             except IntegrityError:
                 continue
@@ -153,7 +178,7 @@ class Client:
             if other is not None:
                 raise EndpointBusy(f"endpoint {endpoint.name!r} has unfinished deployment {other}",
                                    hint=f"resume or cancel deployment {other} first")
-            abandoned = self._abandon_running_attempts(tx.session, deployment.id)
+            abandoned = queue.abandon_running_attempts(tx.session, deployment.id)
             if status != DeploymentStatus.RUNNING:
                 deployment.status = DeploymentStatus.RUNNING.value
             deployment.error = None
@@ -165,19 +190,6 @@ class Client:
         self.engine.run(deployment_id, fence)
         return deployment_id
 
-    @staticmethod
-    def _abandon_running_attempts(session: Any, deployment_id: int) -> int:
-        rows = session.execute(
-            select(StageAttempt).where(StageAttempt.deployment_id == deployment_id,
-                                       StageAttempt.status == AttemptStatus.RUNNING.value)
-        ).scalars().all()
-        for row in rows:
-            row.status = AttemptStatus.ABANDONED.value
-            row.finished_at = utcnow()
-            row.error_kind = ErrorKind.CRASHED.value
-            row.error_message = f"runner {row.runner} stopped during this attempt"
-        return len(rows)
-
     def cancel(self, deployment_id: int, *, wait_s: float = 600) -> DeploymentStatus:
         """Stop a deployment at its next stage boundary and release what it created."""
         with self.store.write() as tx:
@@ -185,6 +197,12 @@ class Client:
             status = DeploymentStatus(deployment.status)
             if status in TERMINAL_STATUSES:
                 raise StateError(f"deployment {deployment_id} already {status.value}; nothing to cancel")
+            if status == DeploymentStatus.QUEUED:  # nothing made yet, no lease to take
+                deployment.status = DeploymentStatus.CANCELLED.value
+                deployment.finished_at = utcnow()
+                tx.event("deployment_cancelled", f"deployment {deployment_id} cancelled while queued",
+                         endpoint_id=deployment.endpoint_id, deployment_id=deployment_id)
+                return DeploymentStatus.CANCELLED
             endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
             runner_alive = endpoint.lease_deployment_id == deployment.id and not leases.holder_is_gone(endpoint)
             if runner_alive:
@@ -194,7 +212,7 @@ class Client:
                 fence = None
             else:
                 fence = leases.take(tx.session, endpoint, deployment.id, self.runner, self.lease_ttl_s)
-                self._abandon_running_attempts(tx.session, deployment.id)
+                queue.abandon_running_attempts(tx.session, deployment.id)
                 name = endpoint.name
         if fence is None:
             return self._wait_for_end(deployment_id, wait_s)
@@ -243,7 +261,7 @@ class Client:
                 raise ConfigError(f"deployment {to} is already live on {name!r}")
             source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
         target, model_uri, digest, resolved = source_view
-        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, detach=False)
+        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False)
         self.engine.run(deployment_id, fence)
         return deployment_id
 
@@ -394,6 +412,59 @@ class Client:
             rows = session.execute(query.order_by(Event.id.desc()).limit(limit)).scalars().all()
             return [_event_dict(e) for e in reversed(rows)]
 
+    def events(self, *, after_id: int = 0, since: dt.datetime | None = None, endpoint: str | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        """Events after an event id and/or a time, oldest first, for streaming to CI logs."""
+        with self.store.read() as session:
+            query = select(Event).where(Event.id > after_id)
+            if since is not None:
+                query = query.where(Event.time >= since)
+            if endpoint is not None:
+                query = query.where(Event.endpoint_id == self._endpoint(session, endpoint).id)
+            rows = session.execute(query.order_by(Event.id).limit(limit)).scalars().all()
+            return [_event_dict(e) for e in rows]
+
+    def gc(self, *, older_than: dt.timedelta, dry_run: bool = False) -> dict[str, int]:
+        """Delete attempts, events and deleted-resource rows of deployments that ended before
+        the cutoff, keeping every endpoint's live deployment and the one before it."""
+        cutoff = utcnow() - older_than
+        with self.store.write() as tx:
+            kept = set()
+            for live_id, in tx.session.execute(select(Endpoint.live_deployment_id).where(
+                    Endpoint.live_deployment_id.is_not(None))).all():
+                kept.add(live_id)
+                previous = tx.session.get_one(Deployment, live_id).previous_live_id
+                if previous is not None:
+                    kept.add(previous)
+            ended = [s.value for s in TERMINAL_STATUSES] + [DeploymentStatus.FAILED.value]
+            old = [
+                row for row, in tx.session.execute(select(Deployment.id).where(
+                    Deployment.status.in_(ended), Deployment.finished_at < cutoff)).all()
+                if row not in kept
+            ]
+            counts = {"deployments": len(old), "attempts": 0, "events": 0, "resources": 0}
+            for chunk in (old[i:i + 500] for i in range(0, len(old), 500)):
+                for table, key in ((StageAttempt, "attempts"), (Event, "events")):
+                    query = delete(table).where(table.deployment_id.in_(chunk))
+                    if not dry_run:
+                        counts[key] += tx.session.execute(query).rowcount  # type: ignore[attr-defined]
+                    else:
+                        counts[key] += tx.session.execute(select(func.count()).select_from(table).where(
+                            table.deployment_id.in_(chunk))).scalar_one()
+                resources = select(func.count()).select_from(Resource).where(
+                    Resource.deployment_id.in_(chunk), Resource.state == "deleted")
+                counts["resources"] += tx.session.execute(resources).scalar_one()
+                if not dry_run:
+                    tx.session.execute(delete(Resource).where(
+                        Resource.deployment_id.in_(chunk), Resource.state == "deleted"))
+            if not dry_run:
+                tx.event("gc", f"pruned {counts['attempts']} attempts, {counts['events']} events, "
+                         f"{counts['resources']} deleted resources of {counts['deployments']} deployments "
+                         f"that ended before {cutoff.isoformat()}", data=counts)
+            else:
+                tx.session.rollback()
+        return counts
+
     def live_target(self, name: str) -> tuple[Any, dict[str, Any]]:
         """The target plugin and recorded outputs of the endpoint's live deployment."""
         from targets.base import load_target
@@ -422,7 +493,7 @@ def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, An
         "live": endpoint.live_deployment_id == deployment.id,
         "model_uri": deployment.model_uri,
         "model_digest": deployment.model_digest,
-        "config": config_module.redact(deployment.config),
+        "config": secrets.redact(deployment.config),
         "error": deployment.error,
         "source_deployment_id": deployment.source_deployment_id,
         "previous_live_id": deployment.previous_live_id,

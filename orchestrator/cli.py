@@ -61,18 +61,19 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
 @click.option("-t", "--target", default="local", show_default=True, help="Where to deploy (see `orchestrate targets`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of target config.")
 @click.option("-C", "assignments", multiple=True, metavar="KEY=VALUE", help="A config value; repeatable.")
-@click.option("--detach", is_flag=True, help="Queue the deployment for a worker and return its id.")
+@click.option("--detach", is_flag=True, help="Queue the deployment for `orchestrate worker`; print its id.")
+@click.option("--queue", "wait_in_queue", is_flag=True, help="Wait behind a busy endpoint instead of failing.")
 @json_option
 @click.pass_context
 def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: str | None,
-           assignments: tuple[str, ...], detach: bool, as_json: bool) -> None:
+           assignments: tuple[str, ...], detach: bool, wait_in_queue: bool, as_json: bool) -> None:
     """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
     from .config import parse_assignments
 
     values = parse_assignments(assignments)
     client = _client(ctx, progress=not detach)
     deployment_id = client.deploy(model, name=name, target=target, config=values, config_file=config_file,
-                                  detach=detach)
+                                  detach=detach, wait_in_queue=wait_in_queue)
     _report_end(client, deployment_id, as_json, detach=detach)
 
 
@@ -192,6 +193,70 @@ def history(ctx: click.Context, ref: str, limit: int, as_json: bool) -> None:
         click.echo(f"{row['time']}  {row['actor']:<24} {row['kind']:<20} {row['message']}")
 
 
+def _parse_since(value: str | None) -> tuple[int, Any]:
+    """`--since`: an event id, a duration ago (30m, 12h, 7d) or an ISO time."""
+    import datetime as dt
+
+    from .config import parse_duration
+    from .errors import ConfigError
+    from .tables import utcnow
+
+    if value is None:
+        return 0, None
+    if value.isdigit():
+        return int(value), None
+    try:
+        return 0, utcnow() - parse_duration(value)
+    except ConfigError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r} is not an event id, a duration (30m, 12h, 7d) or an ISO time") from None
+    return 0, moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@cli.command()
+@click.option("--since", help="Event id, duration ago (30m, 12h, 7d) or ISO time.")
+@click.option("--endpoint", help="Only this endpoint's events.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@json_option
+@click.pass_context
+def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: bool, as_json: bool) -> None:
+    """The audit log: every event, with its actor, as lines or JSON lines."""
+    import time
+
+    client = _client(ctx)
+    after_id, moment = _parse_since(since)
+    while True:
+        rows = client.events(after_id=after_id, since=moment, endpoint=endpoint)
+        for row in rows:
+            click.echo(json.dumps(row, default=str) if as_json
+                       else f"{row['id']:>7} {row['time']}  {row['actor']:<28} {row['kind']:<22} {row['message']}")
+            after_id = row["id"]
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+@cli.command()
+@click.option("--older-than", "older_than", required=True, help="Age cutoff, e.g. 90d, 12h.")
+@click.option("--dry-run", is_flag=True, help="Count what would go, delete nothing.")
+@json_option
+@click.pass_context
+def gc(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Prune attempts and events of deployments that ended long ago (live ones and the one
+    before each are kept)."""
+    from .config import parse_duration
+
+    counts = _client(ctx).gc(older_than=parse_duration(older_than), dry_run=dry_run)
+    if as_json:
+        _print_json(counts)
+    else:
+        click.echo(("would prune" if dry_run else "pruned") + f" {counts['attempts']} attempts, {counts['events']} "
+                   f"events, {counts['resources']} deleted resources of {counts['deployments']} deployments")
+
+
 @cli.command()
 @click.argument("deployment_id", type=int)
 @json_option
@@ -294,6 +359,29 @@ def targets(as_json: bool) -> None:
             click.echo(f"  {key:<28} {spec['type']:<6} default {spec['default']!r:<12} {spec['help']}")
     click.echo("every target also accepts: " + ", ".join(k for k in ENGINE_KEYS if "." not in k)
                + ", max_attempts.<stage>")
+
+
+@cli.command()
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Deployments this worker runs at once.")
+@click.option("--targets", "target_names", help="Only these targets (comma-separated).")
+@click.option("--once", is_flag=True, help="Exit when nothing is left to claim.")
+@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(0.01),
+              help="Seconds between looks at the queue when idle.")
+@click.option("--lease-ttl", default=30.0, show_default=True, type=click.FloatRange(1),
+              help="Seconds a lease lasts without a heartbeat.")
+@click.option("--name", help="Worker name in leases and logs (default worker@HOST).")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int, target_names: str | None, once: bool, poll_interval: float,
+           lease_ttl: float, name: str | None) -> None:
+    """Run queued deployments (deploy --detach) and take over those whose runner died."""
+    from .worker import Worker
+
+    runner = Worker(ctx.obj.get("db_url"), concurrency=concurrency,
+                    targets=[t.strip() for t in target_names.split(",") if t.strip()] if target_names else None,
+                    poll_interval_s=poll_interval, once=once, lease_ttl_s=lease_ttl, name=name)
+    runner.install_signal_handlers()
+    ctx.exit(runner.run())
 
 
 @cli.group()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from . import secrets
 from .errors import ConfigError
 from .states import STAGES
 
@@ -132,17 +133,33 @@ def resolve(
                     f"unknown config key {key!r} for target {target_name!r} ({where})",
                     hint="valid keys: " + ", ".join(sorted(k for k in keys if "." not in k or k.startswith("max_attempts."))),
                 )
+            if secrets.is_reference(raw):
+                if keys[key].type is not str:
+                    raise ConfigError(f"config key {key!r} ({where}) is a {keys[key].type.__name__}; "
+                                      "only text keys take env:/file: references")
+                resolved[key] = raw
+                continue
+            if secrets.is_secret_key(key) and raw not in (None, ""):
+                raise ConfigError(
+                    f"config key {key!r} ({where}) holds a secret given as plain text",
+                    hint=f"give it as env:NAME or file:PATH (e.g. -C {key}=env:MY_{key.upper()}), "
+                    "so it is read when a stage runs and never stored",
+                )
             resolved[key] = keys[key].parse(key, raw, where)
     return resolved
 
 
-_SECRET_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential)", re.IGNORECASE)
-REDACTED = "***"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def redact(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config for display: values under secret-looking keys replaced."""
-    return {
-        key: REDACTED if _SECRET_KEY.search(key) and value not in (None, "") else value
-        for key, value in config.items()
-    }
+def parse_duration(text: str) -> dt.timedelta:
+    """`90d`, `12h`, `30m`, `45s`, `2w` to a timedelta."""
+    text = text.strip()
+    unit = text[-1:].lower()
+    try:
+        amount = float(text[:-1])
+    except ValueError:
+        amount = -1
+    if unit not in _DURATION_UNITS or amount < 0:
+        raise ConfigError(f"{text!r} is not a duration", hint="write a number and a unit: 45s, 30m, 12h, 90d, 2w")
+    return dt.timedelta(seconds=amount * _DURATION_UNITS[unit])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from . import secrets
 from .states import LIVE_RESOURCE_STATES, ResourceState, Stage
 from .tables import Deployment, Resource
 
@@ -76,10 +77,12 @@ class StageContext:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.deployment.config
+        """The deployment's config with env:/file: references read now (never stored)."""
+        return secrets.resolve_config(self.deployment.config)
 
     def log(self, message: str) -> None:
-        """A line for the user and for this attempt's log file."""
+        """A line for the user and for this attempt's log file, secrets scrubbed."""
+        message = secrets.scrub(message)
         with self.log_file.open("a") as handle:
             handle.write(message.rstrip("\n") + "\n")
         self.echo(message)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from . import leases
+from . import leases, secrets
 from .context import DeploymentView, StageContext
 from .errors import DeploymentFailed, LeaseLost, OrchestrateError, RetryableTargetError
 from .faults import Faults
@@ -226,7 +226,7 @@ class Engine:
             if error is not None:
                 row.error_kind = kind.value if kind else None
                 row.error_class = type(error).__name__
-                row.error_message = str(error) or type(error).__name__
+                row.error_message = secrets.scrub(str(error) or type(error).__name__)
             deployment = tx.session.get_one(Deployment, view.id)
             if status == AttemptStatus.SUCCEEDED:
                 if deployment.restart_stage == row.stage:
@@ -345,7 +345,7 @@ class Engine:
                 check_transition(view.id, current, status)
             deployment.status = status.value
             if status != DeploymentStatus.ROLLING_BACK:
-                deployment.error = message
+                deployment.error = secrets.scrub(message)
                 deployment.finished_at = utcnow()
             tx.event(f"deployment_{status.value}", f"deployment {view.id} {status.value}: {message}",
                      endpoint_id=view.endpoint_id, deployment_id=view.id)

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import migrate
+from . import migrate, secrets
 from .errors import ConfigError, LeaseLost
 from .tables import Endpoint, Event, utcnow
 
@@ -53,7 +53,7 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(db_url: str) -> Engine:
+def make_engine(db_url: str, *, pool_size: int = 5) -> Engine:
     try:
         url: URL = make_url(db_url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError with no hint
@@ -68,7 +68,7 @@ def make_engine(db_url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
     raise ConfigError(
         f"unsupported database {url.get_backend_name()!r} in the state store URL",
         hint="use SQLite (the default) or PostgreSQL (postgresql+psycopg://...)",
@@ -104,7 +104,7 @@ class Tx:
         row = Event(
             actor=self.actor,
             kind=kind,
-            message=message,
+            message=secrets.scrub(message),
             endpoint_id=endpoint_id,
             deployment_id=deployment_id,
             data=data or {},
@@ -120,9 +120,10 @@ EventListener = Callable[[Event], None]
 class Store:
     """The database behind orchestrate; every state change is one `write()` transaction."""
 
-    def __init__(self, db_url: str | None = None, *, actor: str, migrate_schema: bool = True) -> None:
+    def __init__(self, db_url: str | None = None, *, actor: str, migrate_schema: bool = True,
+                 pool_size: int = 5) -> None:
         self.url = resolve_db_url(db_url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, pool_size=pool_size)
         self.actor = actor
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.listeners: list[EventListener] = []

@@ -19,6 +19,8 @@ class NoopTarget(Target):
     description = "does nothing in each stage (optionally sleeps); for benchmarks and drills"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "sleep_s": ConfigKey(float, 0.0, "seconds each stage sleeps", minimum=0),
+        "api_token": ConfigKey(str, "", "a credential (env:NAME or file:PATH) it only reads and logs, "
+                                        "scrubbed; for drills of secret handling"),
     }
     disposable_kinds = frozenset({"noop"})
 
@@ -28,6 +30,9 @@ class NoopTarget(Target):
 
     def validate(self, ctx: StageContext) -> Outputs:
         self._pause(ctx)
+        token = ctx.config.get("api_token")
+        if token:
+            ctx.log(f"authenticating with token {token}")
         return {}
 
     def build(self, ctx: StageContext) -> Outputs:

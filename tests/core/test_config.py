@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ENGINE_KEYS, load_config_file, parse_assignments, redact, resolve
+from orchestrator.config import ENGINE_KEYS, load_config_file, parse_assignments, resolve
 from orchestrator.errors import ConfigError
+from orchestrator.secrets import redact
 from targets.local import LocalTarget
 
 
@@ -71,5 +72,5 @@ def test_config_file_errors(tmp_path: Path) -> None:
 
 
 def test_secret_looking_keys_are_redacted() -> None:
-    shown = redact({"registry_password": "hunter2", "api_key": "k", "port": 1, "token": ""})
-    assert shown == {"registry_password": "***", "api_key": "***", "port": 1, "token": ""}
+    shown = redact({"registry_password": "hunter2", "api_key": "k", "port": 1, "token": "", "pw_token": "env:X"})
+    assert shown == {"registry_password": "***", "api_key": "***", "port": 1, "token": "", "pw_token": "env:X"}
