@@ -1,0 +1,145 @@
+"""End-to-end helpers: the real `orchestrate` CLI as a subprocess, and the servers it leaves.
+
+- ``orch``: an :class:`Orchestrate` bound to this test's ``ORCHESTRATE_HOME`` (SQLite there
+  unless a test sets ``orch.db_url``). After the test it deletes the endpoints the test
+  deployed and, as a last resort, stops any scoring server still running from this home,
+  so one failing test does not leave servers for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+
+def orchestrate_executable() -> str:
+    """The console script installed next to this interpreter (else the one on PATH)."""
+    beside = Path(sys.executable).parent / "orchestrate"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("orchestrate")
+    if found is None:
+        pytest.fail("the `orchestrate` console script is not installed (pip install -e '.[test]')")
+    return found
+
+
+@dataclass
+class Orchestrate:
+    """Runs `orchestrate` as a real subprocess against one home and one state store."""
+
+    home: Path
+    db_url: str | None = None
+    endpoints: set[str] = field(default_factory=set)
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {**os.environ, "ORCHESTRATE_HOME": str(self.home)}
+        if self.db_url:
+            env["ORCHESTRATE_DB_URL"] = self.db_url
+        env.update(extra or {})
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [orchestrate_executable(), *args]
+
+    def run(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        if args and args[0] in ("deploy",) and "--name" in args:
+            self.endpoints.add(args[args.index("--name") + 1])
+        return subprocess.run(self.command(*args), env=self.env(env), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, env=env, timeout=timeout)
+        assert result.returncode == 0, self.describe(result)
+        return result
+
+    def spawn(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        if args and args[0] == "deploy" and "--name" in args:
+            self.endpoints.add(args[args.index("--name") + 1])
+        return subprocess.Popen(self.command(*args), env=self.env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json").stdout)
+
+    def deployment(self, deployment_id: int) -> dict[str, Any]:
+        record: dict[str, Any] = self.json("status", str(deployment_id))
+        return record
+
+    def wait_for(self, deployment_id: int, predicate: Any, timeout: float = 60, what: str = "") -> dict[str, Any]:
+        """Poll `status ID --json` until predicate(record) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.run("status", str(deployment_id), "--json")
+            if result.returncode == 0:
+                record: dict[str, Any] = json.loads(result.stdout)
+                if predicate(record):
+                    return record
+            if time.monotonic() > deadline:
+                pytest.fail(f"deployment {deployment_id} never reached {what or predicate}: {result.stdout[-2000:]}")
+            time.sleep(0.2)
+
+    @staticmethod
+    def describe(result: subprocess.CompletedProcess[str]) -> str:
+        """Exit code, stdout and stderr of a finished command, for assertion messages."""
+        return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+
+    def servers(self, endpoint: str | None = None) -> list[psutil.Process]:
+        """Running scoring-server masters started from this home (for one endpoint, or all)."""
+        return server_masters(self.home, endpoint)
+
+    def teardown(self) -> None:
+        for name in sorted(self.endpoints):
+            self.run("delete", name, timeout=120)
+        leftovers = self.servers()
+        for proc in leftovers:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        psutil.wait_procs(leftovers, timeout=5)
+
+
+def _pid_file_of(cmdline: list[str]) -> str | None:
+    if "--pid-file" in cmdline:
+        index = cmdline.index("--pid-file")
+        if index + 1 < len(cmdline):
+            return cmdline[index + 1]
+    return None
+
+
+def server_masters(home: Path, endpoint: str | None = None) -> list[psutil.Process]:
+    """Scoring-server processes whose pid file lies under home/run, without their workers."""
+    run_dir = str(home / "run") + os.sep
+    prefix = run_dir + (f"{endpoint}-" if endpoint else "")
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline", "ppid", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            pid_file = _pid_file_of(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if pid_file and pid_file.startswith(prefix):
+            found[proc.pid] = proc
+    return [proc for proc in found.values() if proc.info["ppid"] not in found]
+
+
+@pytest.fixture
+def orch(orchestrate_home: Path) -> Iterator[Orchestrate]:
+    helper = Orchestrate(home=orchestrate_home)
+    try:
+        yield helper
+    finally:
+        helper.teardown()
