@@ -1,4 +1,5 @@
-"""Live stage progress: a line per stage with its state and time; plain lines when piped."""
+"""Live stage progress: on a terminal one line per stage, rewritten in place from running to
+its end state and time; piped, plain event lines."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ from typing import TextIO
 from .tables import Event
 
 _SYMBOLS = {"started": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
+_CLEAR_LINE = "\r\033[K"
 
 
 class Progress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self._open_line = False  # a "running" line waiting to be rewritten
 
-    def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
+    def _write(self, text: str, *, end: str = "\n") -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+        self.stream.write(text + end)
         self.stream.flush()
 
     def detail(self, message: str) -> None:
@@ -24,17 +30,25 @@ class Progress:
             self._write(f"    {line}")
 
     def on_event(self, event: Event) -> None:
+        if not self.tty:
+            if event.kind.startswith(("stage_", "deployment_")) or event.kind in ("traffic_shifted", "cancel_requested"):
+                self._write(f"deployment {event.deployment_id}: {event.message}")
+            return
         if event.kind.startswith("stage_"):
             state = event.kind.removeprefix("stage_")
-            stage = event.data.get("stage", "?")
-            if self.tty:
-                took = event.data.get("duration_s")
-                timing = f" {took:.2f}s" if isinstance(took, (int, float)) else ""
-                self._write(f"  {_SYMBOLS.get(state, '?')} {stage:<16}{state}{timing}")
-                if state in ("failed",):
-                    self.detail(event.message)
-            else:
-                self._write(f"deployment {event.deployment_id}: {event.message}")
+            stage = str(event.data.get("stage", "?"))
+            took = event.data.get("duration_s")
+            timing = f"  {took:.2f}s" if isinstance(took, (int, float)) else ""
+            line = f"  {_SYMBOLS.get(state, '?')} {stage:<16}{'running' if state == 'started' else state}{timing}"
+            if state == "started":
+                self._write(line, end="")
+                self._open_line = True
+                return
+            if self._open_line:
+                self.stream.write(_CLEAR_LINE)
+                self._open_line = False
+            self._write(line)
+            if state == "failed":
+                self.detail(event.message)
         elif event.kind.startswith("deployment_") or event.kind in ("traffic_shifted", "cancel_requested"):
-            self._write(f"deployment {event.deployment_id}: {event.message}" if not self.tty
-                        else f"  {event.message}")
+            self._write(f"  {event.message}")
