@@ -94,16 +94,24 @@ def available_targets() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+# Scanning entry points reads the metadata of every installed distribution (~20 ms); a
+# deployment loads its target several times, so each found class is remembered.
+_target_classes: dict[str, type[Target]] = {}
+
+
 def load_target(name: str) -> Target:
     """The installed target called `name`, or a ConfigError listing the installed ones."""
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not matches:
-        installed = ", ".join(sorted(available_targets())) or "none"
-        raise ConfigError(
-            f"unknown target {name!r}",
-            hint=f"installed targets: {installed} (see `orchestrate targets`)",
-        )
-    target_class = matches[0].load()
-    if not (isinstance(target_class, type) and issubclass(target_class, Target)):
-        raise ConfigError(f"entry point {matches[0].value} for target {name!r} is not a Target subclass")
+    target_class = _target_classes.get(name)
+    if target_class is None:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not matches:
+            installed = ", ".join(sorted(available_targets())) or "none"
+            raise ConfigError(
+                f"unknown target {name!r}",
+                hint=f"installed targets: {installed} (see `orchestrate targets`)",
+            )
+        loaded = matches[0].load()
+        if not (isinstance(loaded, type) and issubclass(loaded, Target)):
+            raise ConfigError(f"entry point {matches[0].value} for target {name!r} is not a Target subclass")
+        target_class = _target_classes.setdefault(name, loaded)
     return target_class()
