@@ -153,6 +153,45 @@ def ensure_environment(
         return Environment(path, key, False, used, tuple(requirements))
 
 
+def model_environment(
+    *,
+    home: Path,
+    requirements: Sequence[str],
+    python_version: str | None,
+    overrides: Sequence[str] = (),
+    python: str | None = None,
+    installer: str = "auto",
+    log: Callable[[str], None],
+    log_file: Path,
+    before_build: Callable[[str, list[str]], object] | None = None,
+) -> Environment:
+    """The environment to serve a model in: its requirements with the mlflow-skinny rule and
+    the overrides applied, plus the scoring server's. Falls back to the full mlflow package
+    when skinny cannot be installed. `before_build(key, requirements)` runs before each
+    environment is looked up or built (the local target records it as a resource there)."""
+    import scoring
+
+    interpreter, warning = find_python(python_version, python or None)
+    if warning:
+        log(f"warning: {warning}")
+
+    def ensure(wanted: list[str]) -> Environment:
+        full = [*wanted, *scoring.SERVER_REQUIREMENTS]
+        if before_build is not None:
+            before_build(environment_key(interpreter, full), full)
+        return ensure_environment(home=home, python=interpreter, requirements=full, installer=installer,
+                                  log=log, log_file=log_file)
+
+    skinny = apply_overrides(serving_requirements(requirements), overrides)
+    try:
+        return ensure(skinny)
+    except PermanentTargetError:
+        if not uses_skinny(requirements, serving_requirements(requirements)):
+            raise
+        log("mlflow-skinny could not be installed for this model; falling back to the full mlflow package")
+        return ensure(apply_overrides(list(requirements), overrides))
+
+
 _MISSING_PATTERNS = (
     re.compile(r"No matching distribution found for ([^\s]+)"),
     re.compile(r"Because ([A-Za-z0-9._-]+)(?:[<>=!~][^\s]*)? was not found in the package registry"),
@@ -186,3 +225,24 @@ def _run(command: list[str], log_file: Path) -> None:
         raise RetryableTargetError(f"installing the model's requirements failed (network):\n{tail}")
     raise PermanentTargetError(f"installing the model's requirements failed:\n{tail}",
                                hint=f"full log: {log_file}")
+
+
+def install_server(home: Path) -> Path:
+    """Copy the scoring package to a directory named by its content hash; returns the dir for PYTHONPATH."""
+    import scoring
+
+    source = Path(scoring.__file__).parent
+    files = sorted(p for p in source.rglob("*.py"))
+    sha = hashlib.sha256()
+    for file in files:
+        sha.update(file.relative_to(source).as_posix().encode() + b"\0" + file.read_bytes())
+    destination = home / "servers" / sha.hexdigest()[:16]
+    if not (destination / "scoring").is_dir():
+        staging = destination.with_name(destination.name + f".{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging / "scoring", ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            staging.rename(destination)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return destination

@@ -6,9 +6,7 @@ passed. A new server that fails its check is stopped, so the old one keeps servi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-import scoring
 from orchestrator import environments, health, mlmodel
 from orchestrator.config import ConfigKey
 from orchestrator.context import ResourceView, StageContext
@@ -76,45 +73,32 @@ class LocalTarget(Target):
         }
 
     def build(self, ctx: StageContext) -> Outputs:
-        wanted = environments.serving_requirements(ctx.outputs["requirements"])
-        wanted = environments.apply_overrides(
-            wanted, environments.parse_overrides(ctx.config.get("pip_requirements_override"))
+        recorded: list[ResourceView] = []
+        env = environments.model_environment(
+            home=ctx.home,
+            requirements=ctx.outputs["requirements"],
+            python_version=ctx.outputs.get("python_version"),
+            overrides=environments.parse_overrides(ctx.config.get("pip_requirements_override")),
+            python=ctx.config.get("python") or None,
+            installer=str(ctx.config.get("installer", "auto")),
+            log=ctx.log,
+            log_file=ctx.log_file,
+            before_build=lambda key, requirements: recorded.append(
+                ctx.plan(VIRTUALENV, key, {"requirements": requirements})
+            ),
         )
-        python, warning = environments.find_python(ctx.outputs.get("python_version"), ctx.config.get("python") or None)
-        if warning:
-            ctx.log(f"warning: {warning}")
-        requirements = [*wanted, *scoring.SERVER_REQUIREMENTS]
-        try:
-            env = self._environment(ctx, python, requirements)
-        except PermanentTargetError:
-            if not environments.uses_skinny(ctx.outputs["requirements"], wanted):
-                raise
-            ctx.log("mlflow-skinny could not be installed for this model; falling back to the full mlflow package")
-            full = environments.apply_overrides(
-                list(ctx.outputs["requirements"]),
-                environments.parse_overrides(ctx.config.get("pip_requirements_override")),
-            )
-            env = self._environment(ctx, python, [*full, *scoring.SERVER_REQUIREMENTS])
+        resource = recorded[-1]
+        state = ResourceState.ADOPTED if env.reused else ResourceState.CREATED
+        if resource.state != state:
+            ctx.mark(resource, state, external_id=str(env.path))
+        ctx.log(("reusing" if env.reused else "built") + f" environment {env.path}")
         return {
             "env_path": str(env.path),
             "env_key": env.key,
             "env_reused": env.reused,
             "installer": env.installer,
-            "server_path": str(install_server(ctx.home)),
+            "server_path": str(environments.install_server(ctx.home)),
         }
-
-    def _environment(self, ctx: StageContext, python: str, requirements: list[str]) -> environments.Environment:
-        key = environments.environment_key(python, requirements)
-        resource = ctx.plan(VIRTUALENV, key, {"requirements": requirements})
-        env = environments.ensure_environment(
-            home=ctx.home, python=python, requirements=requirements,
-            installer=str(ctx.config.get("installer", "auto")), log=ctx.log, log_file=ctx.log_file,
-        )
-        state = ResourceState.ADOPTED if env.reused else ResourceState.CREATED
-        if resource.state != state:
-            ctx.mark(resource, state, external_id=str(env.path))
-        ctx.log(("reusing" if env.reused else "built") + f" environment {env.path}")
-        return env
 
     def create_endpoint(self, ctx: StageContext) -> Outputs:
         name = f"{ctx.deployment.endpoint_name}-{ctx.deployment.id}"
@@ -302,22 +286,3 @@ def log_tail(path: Path, lines: int) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def install_server(home: Path) -> Path:
-    """Copy the scoring package to a directory named by its content hash; returns the dir for PYTHONPATH."""
-    source = Path(scoring.__file__).parent
-    files = sorted(p for p in source.rglob("*.py"))
-    sha = hashlib.sha256()
-    for file in files:
-        sha.update(file.relative_to(source).as_posix().encode() + b"\0" + file.read_bytes())
-    destination = home / "servers" / sha.hexdigest()[:16]
-    if not (destination / "scoring").is_dir():
-        staging = destination.with_name(destination.name + f".{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging / "scoring", ignore=shutil.ignore_patterns("__pycache__"))
-        try:
-            staging.rename(destination)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-    return destination
