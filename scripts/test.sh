@@ -10,8 +10,8 @@
 # What it does:
 #   1. PostgreSQL: installs the server (apt) if missing, creates and starts a cluster,
 #      creates the role and database the tests use (password auth on 127.0.0.1).
-#   2. Services for later issues (Docker engine, base image, registry, emulators): see
-#      the marked section below.
+#   2. Services for later issues: the Docker engine, the base image and two local
+#      registries (scripts/_docker.sh); emulators: see the marked section below.
 #   3. Installs orchestrate in editable mode with the [test] extra (skipped when
 #      pyproject.toml has not changed since the last install).
 #   4. Runs `python -m pytest "$@"` with ORCHESTRATE_TEST_PG_URL exported, and exits with
@@ -101,8 +101,11 @@ SQL
 #   - the base image, built locally, e.g. setup_base_image
 #   - a local OCI registry container, e.g. setup_registry
 #   - emulators under tests/ (moto server, Azure ML fake), e.g. setup_emulators
+# shellcheck source=scripts/_docker.sh
+source "$REPO_ROOT/scripts/_docker.sh"   # Docker engine, base image, registries
+
 setup_later_services() {
-    :
+    setup_docker_services
 }
 
 # --- 3. The package ---------------------------------------------------------------------
