@@ -141,7 +141,11 @@ def ensure_environment(
         try:
             if uv:
                 _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file)
-                _run([uv, "pip", "install", "--python", str(path / "bin" / "python"), *requirements], log_file)
+                # uv, unlike pip, leaves bytecode uncompiled; then every server start compiles
+                # sklearn, pandas and mlflow again when .pyc files cannot be written (read-only
+                # env, PYTHONDONTWRITEBYTECODE), seconds of the health check each time.
+                _run([uv, "pip", "install", "--compile-bytecode", "--python", str(path / "bin" / "python"),
+                      *requirements], log_file)
             else:
                 _run([python, "-m", "venv", str(path)], log_file)
                 _run([str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
