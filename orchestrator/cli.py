@@ -389,15 +389,20 @@ def db() -> None:
     """State store schema."""
 
 
+def _schema_store(ctx: click.Context) -> Any:
+    from .store import Store
+
+    return Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+
+
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Apply migrations up to REVISION."""
     from . import migrate
-    from .store import Store
 
-    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    store = _schema_store(ctx)
     migrate.upgrade(store.engine, revision)
     click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
 
@@ -408,9 +413,8 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 def db_downgrade(ctx: click.Context, revision: str) -> None:
     """Revert migrations down to REVISION (base drops every table)."""
     from . import migrate
-    from .store import Store
 
-    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    store = _schema_store(ctx)
     migrate.downgrade(store.engine, revision)
     click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
 
@@ -420,10 +424,8 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
 def db_current(ctx: click.Context) -> None:
     """The schema revision of the state store."""
     from . import migrate
-    from .store import Store
 
-    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
-    click.echo(migrate.current_revision(store.engine) or "empty (run `orchestrate db upgrade`)")
+    click.echo(migrate.current_revision(_schema_store(ctx).engine) or "empty (run `orchestrate db upgrade`)")
 
 
 def _interrupt_on_sigterm() -> None:

@@ -14,7 +14,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from . import leases, secrets
 from .context import DeploymentView, StageContext
-from .errors import DeploymentFailed, LeaseLost, OrchestrateError, RetryableTargetError
+from .errors import LeaseLost, OrchestrateError, RetryableTargetError
 from .faults import Faults
 from .states import (
     REUSABLE_STAGES,
@@ -182,20 +182,10 @@ class Engine:
         try:
             self.faults.on_stage_start(stage)
             result = getattr(target, stage.value)(ctx) or {}
-        except RetryableTargetError as exc:
-            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.TRANSIENT)
-            raise
-        except KeyboardInterrupt as exc:
-            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.INTERRUPTED)
-            raise
         except LeaseLost:
-            raise
-        except OrchestrateError as exc:
-            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.PERMANENT)
-            raise
-        except Exception as exc:
-            # A bug, not a verdict of the target: record it, then let its traceback show.
-            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=ErrorKind.CRASHED)
+            raise  # no longer ours to record
+        except BaseException as exc:
+            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=error_kind(exc))
             raise
         result["duration_s"] = round(time.monotonic() - started, 3)
         self._end_attempt(view, fence, attempt_id, AttemptStatus.SUCCEEDED, outputs=result)
@@ -351,7 +341,11 @@ class Engine:
                      endpoint_id=view.endpoint_id, deployment_id=view.id)
 
 
-def raise_for_status(deployment_id: int, status: DeploymentStatus, error: str | None) -> None:
-    if status != DeploymentStatus.SUCCEEDED:
-        raise DeploymentFailed(f"deployment {deployment_id} {status.value}: {error or ''}".rstrip(": "))
-
+def error_kind(error: BaseException) -> ErrorKind:
+    if isinstance(error, RetryableTargetError):
+        return ErrorKind.TRANSIENT
+    if isinstance(error, KeyboardInterrupt):
+        return ErrorKind.INTERRUPTED
+    if isinstance(error, OrchestrateError):
+        return ErrorKind.PERMANENT
+    return ErrorKind.CRASHED  # a bug, not a verdict of the target: its traceback shows
