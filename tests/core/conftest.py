@@ -42,6 +42,8 @@ class Orchestrate:
     home: Path
     db_url: str | None = None
     endpoints: set[str] = field(default_factory=set)
+    spawned: list[subprocess.Popen[str]] = field(default_factory=list)
+    _reader: Any = None
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {**os.environ, "ORCHESTRATE_HOME": str(self.home)}
@@ -67,8 +69,28 @@ class Orchestrate:
     def spawn(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         if args and args[0] == "deploy" and "--name" in args:
             self.endpoints.add(args[args.index("--name") + 1])
-        return subprocess.Popen(self.command(*args), env=self.env(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(self.command(*args), env=self.env(env), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.spawned.append(process)
+        return process
+
+    @staticmethod
+    def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
+        """Wait for a spawned command (killing it after timeout); its stdout and stderr."""
+        try:
+            return process.communicate(timeout=timeout)
+        finally:
+            Orchestrate.stop(process)
+
+    @staticmethod
+    def stop(process: subprocess.Popen[str]) -> None:
+        """Kill a spawned command if it still runs, reap it and close its pipes."""
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "--json").stdout)
@@ -77,18 +99,29 @@ class Orchestrate:
         record: dict[str, Any] = self.json("status", str(deployment_id))
         return record
 
+    def peek(self, deployment_id: int) -> dict[str, Any] | None:
+        """The deployment's record read in-process (fast enough to catch a 1 s stage), or None."""
+        from orchestrator.api import Client
+        from orchestrator.errors import NotFound
+
+        if self._reader is None:
+            self._reader = Client(db_url=self.db_url, actor="test")
+        try:
+            record: dict[str, Any] = self._reader.deployment_record(deployment_id)
+        except NotFound:
+            return None
+        return record
+
     def wait_for(self, deployment_id: int, predicate: Any, timeout: float = 60, what: str = "") -> dict[str, Any]:
-        """Poll `status ID --json` until predicate(record) holds."""
+        """Poll the deployment's record until predicate(record) holds."""
         deadline = time.monotonic() + timeout
         while True:
-            result = self.run("status", str(deployment_id), "--json")
-            if result.returncode == 0:
-                record: dict[str, Any] = json.loads(result.stdout)
-                if predicate(record):
-                    return record
+            record = self.peek(deployment_id)
+            if record is not None and predicate(record):
+                return record
             if time.monotonic() > deadline:
-                pytest.fail(f"deployment {deployment_id} never reached {what or predicate}: {result.stdout[-2000:]}")
-            time.sleep(0.2)
+                pytest.fail(f"deployment {deployment_id} never reached {what or predicate}: {record}")
+            time.sleep(0.05)
 
     @staticmethod
     def describe(result: subprocess.CompletedProcess[str]) -> str:
@@ -100,6 +133,10 @@ class Orchestrate:
         return server_masters(self.home, endpoint)
 
     def teardown(self) -> None:
+        for process in self.spawned:
+            self.stop(process)
+        if self._reader is not None:
+            self._reader.close()
         for name in sorted(self.endpoints):
             self.run("delete", name, timeout=120)
         leftovers = self.servers()
