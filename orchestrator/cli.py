@@ -63,14 +63,19 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
 @click.option("-C", "assignments", multiple=True, metavar="KEY=VALUE", help="A config value; repeatable.")
 @click.option("--detach", is_flag=True, help="Queue the deployment for `orchestrate worker`; print its id.")
 @click.option("--queue", "wait_in_queue", is_flag=True, help="Wait behind a busy endpoint instead of failing.")
+@click.option("--keep-failed", is_flag=True,
+              help="Keep what a failed deployment created, for inspection and `resume` (-C keep_failed=true).")
 @json_option
 @click.pass_context
 def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: str | None,
-           assignments: tuple[str, ...], detach: bool, wait_in_queue: bool, as_json: bool) -> None:
+           assignments: tuple[str, ...], detach: bool, wait_in_queue: bool, keep_failed: bool,
+           as_json: bool) -> None:
     """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
     from .config import parse_assignments
 
     values = parse_assignments(assignments)
+    if keep_failed:
+        values["keep_failed"] = "true"
     client = _client(ctx, progress=not detach)
     deployment_id = client.deploy(model, name=name, target=target, config=values, config_file=config_file,
                                   detach=detach, wait_in_queue=wait_in_queue)
