@@ -209,7 +209,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.model_load_seconds = model.load_seconds
 
     app = Flask("scoring")
+    # No redirects (werkzeug answers them in HTML, outside the error handlers): "//" in a
+    # path is just part of an unknown model name, answered 404 in JSON.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_request_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS: 405 in JSON, like any other
     app.json.sort_keys = False  # type: ignore[attr-defined]
     scorer = Scorer(model)
     runner = Runner(cfg.timeout, max(cfg.threads, 1) * 2)

@@ -356,7 +356,9 @@ class Enforcer:
         if columns is None:
             # Unnamed values match the signature's columns by position.
             columns = list(self._names)
-        elif not isinstance(columns, list):
+        elif not isinstance(columns, list) or not all(
+            isinstance(c, (str, int, float)) or c is None for c in columns
+        ):
             raise InvalidInput("'columns' must be a list of column names")
         width = len(columns)
         if self._uniform_dtype is not None and set(self._names) <= set(columns):
