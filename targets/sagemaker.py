@@ -83,6 +83,9 @@ class SageMakerTarget(Target):
         "profile": _key(str, "", "AWS profile (default: the standard credential chain)"),
         "role_arn": _key(str, "", "SageMaker execution role ARN (default: derived from the caller's assumed role)"),
         "image": _key(str, "", "a local image to push instead of building one"),
+        "base_image": _key(str, "", "base of the built image (default: python:X.Y-slim matching the model)"),
+        "pip_requirements_override": _key(str, "", "comma-separated requirements that replace or add to the "
+                                                   "model's (e.g. 'scikit-learn==1.5.2')"),
         "ecr_repository": _key(str, "orchestrate-models", "ECR repository name for the image"),
         "instance_type": _key(str, "ml.m5.large", "instance type of the production variant"),
         "instance_count": _key(int, 1, "initial instance count", minimum=1),
@@ -236,18 +239,27 @@ class SageMakerTarget(Target):
         )
 
     def build(self, ctx: StageContext) -> Outputs:
-        image = str(ctx.config.get("image") or "")
-        if image:
-            docker = _docker_client()
-            try:
-                local = docker.images.get(image)
-            except Exception as exc:
-                raise PermanentTargetError(f"local image {image!r} not found: {exc}",
-                                           hint="build or pull it first, or leave -C image out") from exc
-            tag = "img-" + str(local.id).split(":", 1)[-1][:16]
-            ctx.log(f"using local image {image} ({local.id[:19]}) as {tag}")
+        """The shared scoring image (orchestrator.images), or the local image given with -C image."""
+        from orchestrator import docker_engine, images
+
+        client = docker_engine.connect()
+        given = str(ctx.config.get("image") or "")
+        if given:
+            with docker_engine.translated(f"looking up image {given}", hint="build or pull it, or leave -C image out"):
+                local = client.images.get(given)
+            tag = "img-" + str(local.id).split(":", 1)[-1][:20]
+            ctx.log(f"using local image {given} ({local.id[:19]}) as tag {tag}")
             return {"local_image": str(local.id), "image_tag": tag}
-        return _build_image(ctx)
+        spec = images.ImageSpec(
+            Path(ctx.outputs["model_dir"]), ctx.deployment.model_digest,
+            tuple(images.image_requirements(ctx.outputs["requirements"],
+                                            ctx.config.get("pip_requirements_override") or None)),
+            str(ctx.config.get("base_image") or "") or images.default_base_image(ctx.outputs.get("python_version")),
+        )
+        built = images.build(client, spec, str(ctx.config["ecr_repository"]), cache_dir=ctx.home / "cache",
+                             log=ctx.log, log_file=ctx.log_file)
+        return {"local_image": built.image_id, "image_tag": built.tag, "image": built.reference,
+                "build_skipped": built.skipped, "requirements_reused": built.requirements_reused}
 
     def push(self, ctx: StageContext) -> Outputs:
         aws = self._ctx_aws(ctx)
@@ -273,7 +285,8 @@ class SageMakerTarget(Target):
                                                                            {"repository": repository, "tag": tag})
             token = aws.call("ecr", "get_authorization_token")["authorizationData"][0]
             user, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
-            digest = _docker_push(ctx, str(ctx.outputs["local_image"]), uri, tag, user, password)
+            digest = _push(ctx, str(ctx.outputs["local_image"]), uri, tag,
+                           user, password, str(token.get("proxyEndpoint", "")))
             ctx.mark(record, ResourceState.CREATED, external_id=f"{uri}@{digest}")
             pushed = True
         else:
@@ -774,46 +787,13 @@ def _variant_summary(described: Mapping[str, Any]) -> list[dict[str, Any]]:
             for v in described.get("ProductionVariants", [])]
 
 
-def _docker_client() -> Any:
-    try:
-        import docker
-    except ImportError as exc:
-        raise ConfigError("the sagemaker target pushes images with the docker package",
-                          hint="pip install 'orchestrate[aws,docker]'") from exc
-    try:
-        return docker.from_env()
-    except docker.errors.DockerException as exc:
-        raise PermanentTargetError(f"cannot reach the Docker engine: {exc}",
-                                   hint="start Docker, or set DOCKER_HOST") from exc
-
-
-def _docker_push(ctx: StageContext, local_image: str, uri: str, tag: str, user: str, password: str) -> str:
+def _push(ctx: StageContext, local_image: str, uri: str, tag: str, user: str, password: str,
+          registry: str) -> str:
     """Tag the local image as uri:tag and push it with the ECR token; returns the pushed digest."""
-    import docker
+    from orchestrator import docker_engine, images
 
-    client = _docker_client()
-    try:
+    client = docker_engine.connect()
+    with docker_engine.translated(f"tagging {local_image} as {uri}:{tag}"):
         client.images.get(local_image).tag(uri, tag)
-        digest = None
-        for line in client.api.push(uri, tag, stream=True, decode=True,
-                                    auth_config={"username": user, "password": password}):
-            if "error" in line:
-                raise RetryableTargetError(f"pushing {uri}:{tag}: {line['error']}")
-            digest = (line.get("aux") or {}).get("Digest") or digest
-    except docker.errors.APIError as exc:
-        raise RetryableTargetError(f"pushing {uri}:{tag}: {exc}") from exc
-    if not digest:
-        raise RetryableTargetError(f"pushing {uri}:{tag}: the registry reported no digest")
-    ctx.log(f"pushed {uri}:{tag} ({digest[:19]})")
-    return str(digest)
-
-
-def _build_image(ctx: StageContext) -> Outputs:
-    """The shared scoring image (orchestrator.images, the docker target's builder)."""
-    try:
-        from orchestrator import images  # type: ignore[attr-defined]
-    except ImportError:
-        raise ConfigError("this installation cannot build images yet",
-                          hint="give a prebuilt one with -C image=REF") from None
-    result = images.build_for_target(ctx)
-    return {"local_image": result["image_id"], "image_tag": result["tag"], **result}
+    credentials = images.Credentials(user, password, registry.split("://", 1)[-1])
+    return images.push(client, f"{uri}:{tag}", credentials=credentials, log=ctx.log).digest

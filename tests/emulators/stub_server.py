@@ -2,7 +2,7 @@
 
 `serve` listens on 8080 (or SAGEMAKER_BIND_TO_PORT); /ping answers 200; /invocations answers
 one prediction (the image's STUB_VERSION) per input row. STUB_BROKEN=1 exits at start, as a
-model that fails to load does. Built into tiny images by tests/sagemaker/conftest.py."""
+model that fails to load does; STUB_BAD_PREDICT=1 passes /ping but answers 500 to predictions. Built into tiny images by tests/sagemaker/conftest.py."""
 
 import json
 import os
@@ -38,6 +38,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if os.environ.get("STUB_BAD_PREDICT") == "1":
+            self._answer(500, {"error_code": "MODEL_ERROR", "message": "predict() raised: bad weights"})
+            return
         try:
             count = rows(body)
         except ValueError as exc:

@@ -271,3 +271,63 @@ def test_cancel_a_failed_deployment_releases_what_it_kept(
     assert aws.counts()["endpoints"] == 1
     sm.ok("cancel", "1")
     assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
+
+
+def test_failed_health_check_after_update_restores_the_previous_config(
+        sm: Cli, aws: AwsEmulator, example_model: Path, stub_images: dict[str, str]) -> None:
+    aws.container_mode = True
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v1"]))
+    # passes /ping (so SageMaker calls the update a success) but fails every prediction
+    result = sm.run(*deploy_args(example_model, "churn", stub_images["v2"], "-C", "env=STUB_BAD_PREDICT=1"))
+    assert result.returncode == 1
+    assert "smoke prediction" in result.stderr and "bad weights" in result.stderr
+    assert deployment(sm, "2")["status"] == "rolled_back"
+    assert aws.endpoints[("us-east-1", "churn")].config_name == "churn-d1"
+    assert set(invoke(aws, "churn", example_model)) == {"1"}
+    assert aws.counts() == {"models": 1, "endpoint_configs": 1, "endpoints": 1}
+
+
+def test_cloudwatch_alarm_rolls_the_update_back(
+        sm: Cli, aws: AwsEmulator, example_model: Path, stub_images: dict[str, str]) -> None:
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v1"]))
+    aws.alarms_firing.add("churn-5xx")
+    result = sm.run(*deploy_args(example_model, "churn", stub_images["v2"], "-C", "deployment.type=linear",
+                                 "-C", "deployment.linear_percent=50", "-C", "deployment.wait_s=1",
+                                 "-C", "deployment.alarms=churn-5xx,churn-latency"))
+    assert result.returncode == 1
+    record = deployment(sm, "2")
+    assert record["status"] == "rolled_back"
+    assert "SageMaker rolled endpoint churn back to config churn-d1" in record["error"]
+    assert "churn-5xx" in record["error"]
+    update = next(p for op, p in aws.requests if op == "UpdateEndpoint")
+    assert update["DeploymentConfig"]["AutoRollbackConfiguration"] == {
+        "Alarms": [{"AlarmName": "churn-5xx"}, {"AlarmName": "churn-latency"}]}
+    assert "RollingBack" in aws.endpoints[("us-east-1", "churn")].history
+
+
+@pytest.mark.parametrize("policy", ["all_at_once", "linear"])
+def test_blue_green_update_succeeds(sm: Cli, aws: AwsEmulator, example_model: Path, stub_images: dict[str, str],
+                                    policy: str) -> None:
+    aws.updating_s = 0.2
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v1"]))
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v2"], "-C", f"deployment.type={policy}",
+                       "-C", "deployment.wait_s=0", "-C", "deployment.termination_wait_s=0"))
+    endpoint = aws.endpoints[("us-east-1", "churn")]
+    assert endpoint.config_name == "churn-d2"
+    expected = ["ALL_AT_ONCE 100%"] if policy == "all_at_once" else ["LINEAR 25%", "LINEAR 50%", "LINEAR 75%",
+                                                                     "LINEAR 100%"]
+    assert [h for h in endpoint.history if "%" in h] == expected
+    assert "Updating" in endpoint.history
+
+
+def test_delete_images_removes_pushed_images(
+        sm: Cli, aws: AwsEmulator, example_model: Path, stub_images: dict[str, str], docker_client: Any) -> None:
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v1"], "-C", "delete_images=true",
+                       "-C", "ecr_repository=delete-me"))
+    ecr = client(aws, "ecr")
+    tag = next(a for a in deployment(sm, "1")["attempts"] if a["stage"] == "build")["outputs"]["image_tag"]
+    assert ecr.describe_images(repositoryName="delete-me", imageIds=[{"imageTag": tag}])["imageDetails"]
+    sm.ok("delete", "churn")
+    with pytest.raises(ecr.exceptions.ImageNotFoundException):
+        ecr.describe_images(repositoryName="delete-me", imageIds=[{"imageTag": tag}])
+    assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
