@@ -389,6 +389,57 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
     ctx.exit(runner.run())
 
 
+@cli.command()
+@click.argument("model")
+@click.option("-t", "--tag", "image", required=True, metavar="IMAGE[:TAG]",
+              help="Image name, with the registry for --push (127.0.0.1:5000/team/churn). It is always tagged "
+                   "with its content tag; a TAG given here is added.")
+@click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
+@click.option("--push", "push_image", is_flag=True, help="Push to the registry IMAGE names (skipped if it has the tag).")
+@click.option("--pip-requirements-override", "overrides", metavar="REQS",
+              help="Comma-separated requirements that replace or add to the model's.")
+@click.option("--user", default="orchestrate", show_default=True,
+              help="User the container runs as; 'root' for platforms that need it.")
+@click.option("--username", envvar="ORCHESTRATE_REGISTRY_USERNAME",
+              help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
+                   "(default: `docker login` credentials).")
+@json_option
+def build(model: str, image: str, base_image: str | None, push_image: bool, overrides: str | None, user: str,
+          username: str | None, as_json: bool) -> None:
+    """Build the scoring-container image of MODEL with the local Docker engine (and push it)."""
+    from . import images
+    from .store import orchestrate_home
+
+    result = images.build_command(
+        model, image, home=orchestrate_home(), base_image=base_image, push_image=push_image, overrides=overrides,
+        user=user, credentials=images.credentials_from_environment(username), log=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(result["image"])
+    for pushed in result.get("pushed", []):
+        click.echo(pushed["pinned"])
+
+
+@cli.command("generate-dockerfile")
+@click.argument("model")
+@click.option("-d", "--directory", required=True, type=click.Path(file_okay=False),
+              help="Directory to write the Dockerfile and build context to (new or empty).")
+@click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
+@click.option("--pip-requirements-override", "overrides", metavar="REQS",
+              help="Comma-separated requirements that replace or add to the model's.")
+@click.option("--user", default="orchestrate", show_default=True, help="User the container runs as.")
+def generate_dockerfile(model: str, directory: str, base_image: str | None, overrides: str | None, user: str) -> None:
+    """Write the Dockerfile and build context of MODEL's image, for `docker build DIR`."""
+    from . import images
+    from .store import orchestrate_home
+
+    path = images.generate_command(model, Path(directory), home=orchestrate_home(), base_image=base_image,
+                                   overrides=overrides, user=user, log=lambda line: click.echo(line, err=True))
+    click.echo(path)
+
+
 @cli.group()
 def db() -> None:
     """State store schema."""

@@ -1,0 +1,199 @@
+"""The one Dockerfile template of the shared scoring container, and its build context.
+
+Layers, least often changed first, so a new model version with the same requirements
+rebuilds and pushes only the last one:
+
+    base image  →  user + model requirements (a venv)  →  scoring server  →  model files
+
+The template has two halves. `DEPENDENCIES` installs the requirements in a throwaway stage
+from a wheelhouse and copies only the finished venv into the image. `APPLICATION` adds the
+server and the model. `orchestrate build` builds each half as its own image (the first
+tagged by the requirements' hash, so a model-only change skips it, wheel downloads and all);
+`orchestrate generate-dockerfile` writes both halves as one multi-stage Dockerfile. Only
+classic-builder instructions are used: no BuildKit needed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bump when the template changes: it is part of every content tag.
+TEMPLATE_VERSION = "1"
+
+VENV = "/opt/orchestrate/venv"
+SERVER_DIR = "/opt/orchestrate/server"
+MODEL_DIR = "/opt/ml/model"
+USER_NAME = "orchestrate"
+USER_ID = 10001
+PORT = 8080
+
+# Files serving never reads: packages' test suites, data files for notebooks, man pages.
+_STRIP = (
+    f"find {VENV} -depth -type d -name tests -path '*/site-packages/*/*' -exec rm -rf {{}} + "
+    f"; rm -rf {VENV}/share /root/.cache"
+)
+
+_DEPENDENCIES = """\
+ARG BASE_IMAGE={base_image}
+FROM ${{BASE_IMAGE}} AS requirements
+COPY requirements.txt /tmp/orchestrate/requirements.txt
+COPY wheelhouse /tmp/orchestrate/wheelhouse
+COPY build /tmp/orchestrate/build
+# {install_note} The installer runs from its wheel and never lands in the venv.
+# Byte code: compiling every installed module costs about a minute of build; compiling none
+# costs seconds at every container start. So the modules a server imports to load this kind
+# of model are imported once here, which writes their byte code and nothing else.
+RUN python3 -m venv --without-pip {venv} \\
+ && {install} \\
+ && {venv}/bin/python /tmp/orchestrate/build/warm_imports.py {warm_imports} \\
+ && {strip}
+
+"""
+
+# uv installs a wheelhouse several times faster than pip (parallel unpacking and compiling).
+_UV_INSTALL = (
+    "python3 -c \"import sys, zipfile; w = zipfile.ZipFile(sys.argv[1]); "
+    "n = [m for m in w.namelist() if m.endswith('/scripts/uv')][0]; "
+    "open('/tmp/orchestrate/uv', 'wb').write(w.read(n))\" /tmp/orchestrate/wheelhouse/{wheel} \\\n"
+    " && chmod +x /tmp/orchestrate/uv \\\n"
+    " && /tmp/orchestrate/uv pip install --quiet --python {venv}/bin/python --no-cache \\\n"
+    "      --offline --no-index --find-links /tmp/orchestrate/wheelhouse -r /tmp/orchestrate/requirements.txt"
+)
+_PIP_INSTALL = (
+    "{pip_env}{venv}/bin/python /tmp/orchestrate/wheelhouse/{wheel}/pip install \\\n"
+    "      --disable-pip-version-check --no-cache-dir --no-compile --no-warn-script-location {index_options} \\\n"
+    "      --find-links /tmp/orchestrate/wheelhouse -r /tmp/orchestrate/requirements.txt"
+)
+
+_RUNTIME = """\
+FROM ${{BASE_IMAGE}}
+{user_step}COPY --from=requirements {venv} {venv}
+ENV PATH={venv}/bin:$PATH \\
+    PYTHONPATH={server_dir} \\
+    PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    ORCHESTRATE_HOST=0.0.0.0 \\
+    ORCHESTRATE_MODEL_DIR={model_dir}
+"""
+
+_APPLICATION = """\
+COPY server {server_dir}
+COPY bin /usr/local/bin
+COPY model {model_dir}
+LABEL {labels}
+{user_line}EXPOSE {port}
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["healthcheck"]
+CMD ["serve"]
+"""
+
+SERVE_SCRIPT = """\
+#!/bin/sh
+# SageMaker's contract: the platform runs `docker run IMAGE serve`. Port: 8080, or PORT /
+# SAGEMAKER_BIND_TO_PORT; other settings from ORCHESTRATE_* variables (docs/images.md).
+exec python -m scoring serve "$@"
+"""
+
+# Always imported by the server; the model's loader module (from MLmodel) is added to these.
+SERVER_IMPORTS = ("flask", "werkzeug", "gunicorn.app.base", "gunicorn.workers.gthread", "gunicorn.glogging",
+                  "numpy", "pandas", "yaml", "mlflow.pyfunc")
+
+WARM_IMPORTS_SCRIPT = """\
+\"\"\"Import the given modules so their byte code is written; a module that fails is skipped.\"\"\"
+import importlib
+import sys
+
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # the model may not need it: serving will tell
+        print(f"warm-up: skipped {name}: {type(exc).__name__}: {exc}")
+"""
+
+HEALTHCHECK_SCRIPT = """\
+#!/usr/bin/env python3
+\"\"\"Docker HEALTHCHECK: exit 0 when the scoring server answers /ping.\"\"\"
+import sys
+import urllib.request
+
+from scoring._config import load_config
+
+config = load_config()
+port = config.private_port or config.port
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+        sys.exit(0 if answer.status == 200 else 1)
+except OSError:
+    sys.exit(1)
+"""
+
+
+@dataclass(frozen=True)
+class Template:
+    """What varies between images built from the template."""
+
+    base_image: str
+    installer_wheel: str  # file name of the uv (offline) or pip wheel in the wheelhouse
+    offline: bool = True  # install with --no-index (a complete wheelhouse)
+    user: str = USER_NAME  # "root" for targets that need it
+    warm_imports: tuple[str, ...] = SERVER_IMPORTS
+
+    def dependencies(self) -> str:
+        offline = self.offline
+        if self.installer_wheel.startswith("uv-") and offline:
+            install = _UV_INSTALL.format(wheel=self.installer_wheel, venv=VENV)
+        else:
+            install = _PIP_INSTALL.format(
+                wheel=self.installer_wheel, venv=VENV, index_options="--no-index" if offline else "",
+                pip_env="" if offline else
+                "PIP_CONFIG_FILE=/tmp/orchestrate/build/pip.conf PIP_CERT=/tmp/orchestrate/build/ca.crt ")
+        return _DEPENDENCIES.format(
+            base_image=self.base_image,
+            venv=VENV,
+            install=install,
+            warm_imports=" ".join(self.warm_imports),
+            install_note="Offline: every requirement is in the wheelhouse." if offline else
+            "Some requirement has no wheel for this platform: install from the index (host pip config).",
+            strip=_STRIP,
+        ) + _RUNTIME.format(
+            venv=VENV,
+            user_step="" if self.user == "root" else
+            f"RUN useradd --system --uid {USER_ID} --user-group --no-create-home --home-dir /nonexistent "
+            f"--shell /usr/sbin/nologin {USER_NAME}\n",
+            server_dir=SERVER_DIR,
+            model_dir=MODEL_DIR,
+        )
+
+    def application(self, labels: Mapping[str, str], *, parent: str | None) -> str:
+        head = f"FROM {parent}\n" if parent else ""
+        label_text = " \\\n      ".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
+        return head + _APPLICATION.format(
+            server_dir=SERVER_DIR, model_dir=MODEL_DIR, labels=label_text, port=PORT,
+            user_line="" if self.user == "root" else f"USER {USER_ID}:{USER_ID}\n",
+        )
+
+    def single(self, labels: Mapping[str, str]) -> str:
+        """Both halves as one multi-stage Dockerfile (`orchestrate generate-dockerfile`)."""
+        return ("# Generated by `orchestrate generate-dockerfile`. Build it from this directory:\n"
+                "#   docker build -t IMAGE .\n" + self.dependencies() + "\n" + self.application(labels, parent=None))
+
+
+def write_server_files(context: Path, server_source: Path) -> None:
+    """The scoring package (without byte code) and the `serve` and `healthcheck` scripts."""
+    shutil.copytree(server_source, context / "server" / "scoring",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    bin_dir = context / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("serve", SERVE_SCRIPT), ("healthcheck", HEALTHCHECK_SCRIPT)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+
+def write_model_files(context: Path, model_dir: Path) -> None:
+    shutil.copytree(model_dir, context / "model", ignore=shutil.ignore_patterns("__pycache__", ".DS_Store"),
+                    dirs_exist_ok=True)
+    for path in [context / "model", *(context / "model").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the non-root user must read every file
