@@ -5,6 +5,7 @@ when a stage runs, so `orchestrate --help` and other targets never load them."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,7 @@ class Aws:
             region = boto3.session.Session(profile_name=self.profile or None).region_name
         except Exception as exc:  # ProfileNotFound and friends
             raise translate(exc, "reading the AWS configuration") from exc
+        region = region or os.environ.get("AWS_REGION")  # other SDKs' name; older botocore reads only the default
         if not region:
             raise ConfigError("no AWS region configured", hint="give -C region=eu-west-1 or set AWS_REGION")
         return str(region)

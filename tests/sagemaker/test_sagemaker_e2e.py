@@ -331,3 +331,20 @@ def test_delete_images_removes_pushed_images(
     with pytest.raises(ecr.exceptions.ImageNotFoundException):
         ecr.describe_images(repositoryName="delete-me", imageIds=[{"imageTag": tag}])
     assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
+
+
+@pytest.mark.slow
+def test_real_scoring_image_end_to_end(sm: Cli, aws: AwsEmulator, example_model: Path) -> None:
+    """The image orchestrate builds (orchestrator.images) runs as SageMaker runs it: `serve` on 8080."""
+    aws.container_mode = True
+    args = deploy_args(example_model, "iris", "unused")
+    args[args.index("image=unused") - 1: args.index("image=unused") + 1] = []
+    result = sm.run(*args, "-C", "container_startup_timeout=300")
+    assert result.returncode == 0, result.stderr
+    record = deployment(sm, "1")
+    build = next(a for a in record["attempts"] if a["stage"] == "build")["outputs"]
+    assert build["image"].startswith("orchestrate-models:")
+    health = next(a for a in record["attempts"] if a["stage"] == "health_check")["outputs"]
+    assert health["smoke_predictions"] == len(invoke(aws, "iris", example_model))
+    sm.ok("delete", "iris")
+    assert aws.running_containers() == []
