@@ -59,7 +59,7 @@ class Orchestrate:
         if args and args[0] in ("deploy",) and "--name" in args:
             self.endpoints.add(args[args.index("--name") + 1])
         return subprocess.run(self.command(*args), env=self.env(env), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def ok(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         result = self.run(*args, env=env, timeout=timeout)

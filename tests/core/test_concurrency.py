@@ -33,7 +33,7 @@ def test_two_concurrent_deploys_one_runs(store: Any, example_model: Path) -> Non
     codes = sorted(p.returncode for p, _, _ in results)
     assert codes == [0, 3], [(p.returncode, err[-2000:]) for p, _, err in results]
     (winner, _, _), = [r for r in results if r[0].returncode == 0]
-    (_, loser_out, loser_err), = [r for r in results if r[0].returncode == 3]
+    (_, _, loser_err), = [r for r in results if r[0].returncode == 3]
 
     assert "Traceback" not in loser_err
     assert loser_err.startswith("Error: "), loser_err

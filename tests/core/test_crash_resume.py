@@ -44,7 +44,7 @@ def _check_resumed(orch: Any, example_model: Path) -> dict[str, Any]:
 def _kill_and_resume(orch: Any, example_model: Path, fault: str) -> dict[str, Any]:
     crashed = orch.run("deploy", str(example_model), "--name", NAME, env={"ORCHESTRATE_FAULTS": fault})
     assert crashed.returncode == -signal.SIGKILL, orch.describe(crashed)
-    before = orch.deployment(1)
+    before: dict[str, Any] = orch.deployment(1)
     assert before["status"] == "running"
     lease = orch.json("status", NAME)["lease"]
     assert lease is not None and lease["holder_gone"] is True, lease

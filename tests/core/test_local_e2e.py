@@ -49,7 +49,7 @@ class Poller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
 
-    def __enter__(self) -> Poller:
+    def __enter__(self) -> Poller:  # noqa: PYI034 (Self needs Python 3.11)
         self._thread.start()
         return self
 
