@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument(
-        "--private-port", type=int, help="also listen on 127.0.0.1:N (health checks)"
+        "--private-port",
+        type=int,
+        help="also listen on 127.0.0.1:N for health checks (every address with --host 0.0.0.0)",
     )
     serve.add_argument("--workers", type=int)
     serve.add_argument("--threads", type=int)

@@ -59,7 +59,10 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
         cfg = self._cfg
         binds = [f"{_host(cfg.host)}:{cfg.port}"]
         if cfg.private_port is not None:
-            binds.append(f"127.0.0.1:{cfg.private_port}")
+            # Loopback, unless the server listens on every address (in a container, where the
+            # docker target's health check reaches the private port from outside).
+            private_host = _host(cfg.host) if cfg.host in ("0.0.0.0", "::") else "127.0.0.1"
+            binds.append(f"{private_host}:{cfg.private_port}")
         metrics = self._metrics
 
         def pre_fork(server: Any, worker: Any) -> None:
