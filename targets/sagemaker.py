@@ -420,10 +420,10 @@ class SageMakerTarget(Target):
             if record is not None and record.state in (ResourceState.CREATED, ResourceState.ADOPTED):
                 return arn
             # Planned by us: the runner died between the call and the record. Otherwise adopted.
-            state = ResourceState.CREATED if record is not None and record.state == ResourceState.PLANNED \
-                else ResourceState.ADOPTED
-            record = record if state == ResourceState.CREATED else ctx.plan(kind, name, data)
-            ctx.mark(record, state, external_id=arn, data=data)
+            if record is not None and record.state == ResourceState.PLANNED:
+                ctx.mark(record, ResourceState.CREATED, external_id=arn, data=data)
+            else:
+                ctx.mark(ctx.plan(kind, name, data), ResourceState.ADOPTED, external_id=arn, data=data)
             ctx.log(f"{kind} {name} already exists; adopting it")
             return arn
         if record is None or record.state != ResourceState.PLANNED:
@@ -639,14 +639,17 @@ class SageMakerTarget(Target):
 
     @staticmethod
     def _keep_failed(ctx: StageContext, resource: ResourceView) -> bool:
-        """keep_failed keeps a failing run's own resources; cancel, cleanup and delete still release."""
+        """keep_failed keeps a failing run's own resources; cancel, cleanup and delete still release.
+
+        Only while the deployment is `running`: a failed update is `rolling_back` by then, and
+        what it made is always released so the previous config serves again."""
         if not ctx.deployment.config.get("keep_failed") or resource.deployment_id != ctx.deployment.id:
             return False
         from orchestrator.tables import Deployment
 
         with ctx.store.read() as session:
             row = session.get_one(Deployment, ctx.deployment.id)
-            return row.status in ("running", "rolling_back") and not row.cancel_requested
+            return row.status == "running" and not row.cancel_requested
 
     def release(self, ctx: StageContext, resource: ResourceView) -> None:
         aws = self._aws(ctx, ctx.config, self._recorded(ctx, "region"))

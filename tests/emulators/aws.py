@@ -48,6 +48,8 @@ ACCOUNT = "123456789012"
 CONTAINER_LABEL = "orchestrate-test-emulator"
 _INVOKE = re.compile(r"^/endpoints/([^/]+)/invocations$")
 _REGION = re.compile(r"Credential=[^/]+/\d+/([^/]+)/")
+_MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, "
+                   "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json")
 _SETTLING = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 
 
@@ -109,6 +111,7 @@ class AwsEmulator:
         self.calls: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.alarms_firing: set[str] = set()
+        self.container_ready_s: list[float] = []  # docker run → first /ping 200, per container
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self._faults: dict[str, list[Fault]] = {}
         self._kills: list[tuple[str, int, int]] = []
@@ -155,6 +158,7 @@ class AwsEmulator:
             self._kills.clear()
             self._fail_provision.clear()
             self.calls.clear()
+            self.container_ready_s.clear()
             self.requests.clear()
             self.alarms_firing.clear()
         for worker in self._workers:
@@ -311,11 +315,7 @@ class AwsEmulator:
 
     def _registry(self, method: str, path: str) -> tuple[int, dict[str, str]]:
         request = urllib.request.Request(f"http://{self.registry}{path}", method=method)
-        request.add_header("Accept", ", ".join([
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-            "application/vnd.oci.image.index.v1+json"]))
+        request.add_header("Accept", _MANIFEST_TYPES)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, dict(response.headers)
@@ -561,6 +561,8 @@ class AwsEmulator:
         time.sleep(min(float(blue_green.get("TerminationWaitInSeconds", 0)), self.bake_cap_s))
 
     def _start_containers(self, endpoint: Endpoint, config: Any) -> list[Container]:
+        import docker
+
         started: list[Container] = []
         for variant in config.production_variants:
             model = self.backend(endpoint.region)._models.get(variant["ModelName"])
@@ -568,6 +570,7 @@ class AwsEmulator:
                 raise _Failed(f"Could not find model \"{variant['ModelName']}\".")
             container = model.primary_container or (model.containers or [{}])[0]
             image = container.get("Image", "")
+            launched = time.monotonic()
             try:
                 handle = self.docker.containers.run(
                     image, ["serve"], detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
@@ -575,7 +578,7 @@ class AwsEmulator:
                     labels={CONTAINER_LABEL: endpoint.name},
                     name=f"sm-{endpoint.name}-{variant['VariantName']}-{uuid.uuid4().hex[:6]}".lower()[:60],
                 )
-            except Exception as exc:  # docker.errors.ImageNotFound, APIError
+            except docker.errors.DockerException as exc:  # ImageNotFound, APIError
                 self._remove_containers(started)
                 raise _Failed(f"Failed to pull or start image {image} for production variant "
                               f"{variant['VariantName']}: {exc}") from None
@@ -587,6 +590,7 @@ class AwsEmulator:
                 self._remove_containers(started)
                 raise _Failed(f"The primary container for production variant {variant['VariantName']} did not "
                               "pass the ping health check. Please check CloudWatch logs for this endpoint.")
+            self.container_ready_s.append(time.monotonic() - launched)
         return started
 
     @staticmethod
@@ -606,11 +610,13 @@ class AwsEmulator:
         return False
 
     def _remove_containers(self, containers: list[Container]) -> None:
+        import docker
+
         for container in containers:
             try:
                 self.docker.containers.get(container.id).remove(force=True)
-            except Exception:  # already gone
-                pass
+            except docker.errors.NotFound:
+                continue  # already gone
 
     # -- sagemaker-runtime ------------------------------------------------------------------
 
