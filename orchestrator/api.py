@@ -350,7 +350,7 @@ class Client:
         if describe:
             from targets.base import load_target
 
-            record["live"] = load_target(record["target"]).describe(outputs)
+            record["runtime"] = load_target(record["target"]).describe(outputs)
         return record
 
     def endpoint_status(self, name: str) -> dict[str, Any]:

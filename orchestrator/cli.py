@@ -150,9 +150,9 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
     click.echo(f"{indent}  model {record['model_uri']} ({record['model_digest'][:12]})")
     if record.get("url"):
         click.echo(f"{indent}  url {record['url']}")
-    live = record.get("live")
-    if isinstance(live, dict) and live:
-        facts = ", ".join(f"{k}={v}" for k, v in live.items() if k != "log")
+    runtime = record.get("runtime")
+    if runtime:
+        facts = ", ".join(f"{k}={v}" for k, v in runtime.items() if k != "log")
         click.echo(f"{indent}  {facts}")
     if record.get("error"):
         click.echo(f"{indent}  error: {record['error']}")

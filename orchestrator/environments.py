@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +133,8 @@ def ensure_environment(
         if marker.is_file():
             recorded = json.loads(marker.read_text())
             return Environment(path, key, True, recorded.get("installer", "?"), tuple(requirements))
+        group_file = root / f"{key}.installer"
+        _stop_stale_installer(group_file)
         if path.exists():
             log(f"removing the unfinished environment {path} (an earlier build stopped midway)")
             shutil.rmtree(path)
@@ -140,16 +145,16 @@ def ensure_environment(
         log(f"building environment {key} with {used} ({len(requirements)} requirements)")
         try:
             if uv:
-                _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file)
+                _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file, group_file)
                 # uv, unlike pip, leaves bytecode uncompiled; then every server start compiles
                 # sklearn, pandas and mlflow again when .pyc files cannot be written (read-only
                 # env, PYTHONDONTWRITEBYTECODE), seconds of the health check each time.
                 _run([uv, "pip", "install", "--compile-bytecode", "--python", str(path / "bin" / "python"),
-                      *requirements], log_file)
+                      *requirements], log_file, group_file)
             else:
-                _run([python, "-m", "venv", str(path)], log_file)
+                _run([python, "-m", "venv", str(path)], log_file, group_file)
                 _run([str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                      "--no-input", *requirements], log_file)
+                      "--no-input", *requirements], log_file, group_file)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -207,12 +212,34 @@ _TRANSIENT_PATTERNS = re.compile(
     r"HTTP status code: 5\d\d|Failed to download)", re.IGNORECASE)
 
 
-def _run(command: list[str], log_file: Path) -> None:
+def _die_with_parent() -> None:
+    # Runs in the child before exec: a SIGKILLed runner takes its installer with it.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _run(command: list[str], log_file: Path, group_file: Path) -> None:
+    """Run an installer in its own process group, recorded in `group_file` so a later build can
+    stop one that outlived its runner before it removes the half-built environment."""
     with log_file.open("a") as handle:
         handle.write("$ " + " ".join(command) + "\n")
         handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if result.returncode == 0:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None)
+        group_file.write_text(str(process.pid))
+        try:
+            returncode = process.wait()
+        except BaseException:  # Ctrl-C or SIGTERM: stop the installer with us
+            _kill_group(process.pid)
+            process.wait()
+            raise
+        finally:
+            group_file.unlink(missing_ok=True)
+    if returncode == 0:
         return
     output = log_file.read_text()[-4000:]
     tail = "\n".join(output.strip().splitlines()[-15:])
@@ -229,6 +256,30 @@ def _run(command: list[str], log_file: Path) -> None:
         raise RetryableTargetError(f"installing the model's requirements failed (network):\n{tail}")
     raise PermanentTargetError(f"installing the model's requirements failed:\n{tail}",
                                hint=f"full log: {log_file}")
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_stale_installer(group_file: Path) -> None:
+    """Kill an installer a dead runner left behind, and wait until its group is gone."""
+    try:
+        pgid = int(group_file.read_text())
+    except (OSError, ValueError):
+        return
+    _kill_group(pgid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.05)
+    group_file.unlink(missing_ok=True)
 
 
 def install_server(home: Path) -> Path:

@@ -35,7 +35,7 @@ def _check_resumed(orch: Any, example_model: Path) -> dict[str, Any]:
 
     servers = orch.servers(NAME)
     assert [p.pid for p in servers] == [int(processes[0]["external_id"])], [p.cmdline() for p in servers]
-    assert record["live"]["process_alive"] is True and record["live"]["answering"] is True
+    assert record["runtime"]["process_alive"] is True and record["runtime"]["answering"] is True
     predicted = orch.ok("predict", NAME, "-i", str(example_model / "serving_input_example.json")).stdout
     assert '"predictions":[0,1,2,2]' in predicted.replace(" ", "")
     return record

@@ -94,9 +94,9 @@ def test_deploy_redeploy_rollback_delete(orch: Any, example_model: Path, example
     url = endpoint["url"]
     assert url.startswith("http://127.0.0.1:")
     assert endpoint["live_deployment_id"] == 1
-    assert endpoint["live"]["live"]["process_alive"] is True
-    assert endpoint["live"]["live"]["answering"] is True
-    v1_pid = endpoint["live"]["live"]["pid"]
+    assert endpoint["live"]["runtime"]["process_alive"] is True
+    assert endpoint["live"]["runtime"]["answering"] is True
+    v1_pid = endpoint["live"]["runtime"]["pid"]
 
     assert predictions(orch, name, example) == V1_PREDICTIONS
     assert post_invocations(url, body) == (200, {"predictions": V1_PREDICTIONS})
@@ -124,7 +124,7 @@ def test_deploy_redeploy_rollback_delete(orch: Any, example_model: Path, example
     assert orch.json("status", name)["url"] == url, "the endpoint's address changed on redeploy"
     assert predictions(orch, name, example) == V2_PREDICTIONS
     assert not psutil.pid_exists(v1_pid) or psutil.Process(v1_pid).status() == psutil.STATUS_ZOMBIE
-    assert [p.pid for p in orch.servers(name)] == [orch.json("status", name)["live"]["live"]["pid"]]
+    assert [p.pid for p in orch.servers(name)] == [orch.json("status", name)["live"]["runtime"]["pid"]]
     v2 = orch.deployment(2)
     assert v2["previous_live_id"] == 1
     assert attempts_by_stage(v2)["cleanup"][0]["outputs"]["released"] == [f"{name}-1"]
@@ -155,7 +155,7 @@ def test_deploy_redeploy_rollback_delete(orch: Any, example_model: Path, example
     assert "live:" in endpoint_text and "deployment 3" in endpoint_text
 
     # -- delete ---------------------------------------------------------------------------
-    live_pid = orch.json("status", name)["live"]["live"]["pid"]
+    live_pid = orch.json("status", name)["live"]["runtime"]["pid"]
     deleted = orch.ok("delete", name)
     assert f"released process {name}-3" in deleted.stdout
     assert orch.servers(name) == []
@@ -163,7 +163,7 @@ def test_deploy_redeploy_rollback_delete(orch: Any, example_model: Path, example
     for deployment_id in (1, 2, 3):
         record = orch.deployment(deployment_id)
         assert {r["state"] for r in record["resources"] if r["kind"] == "process"} == {"deleted"}
-        assert record["live"]["process_alive"] is False
+        assert record["runtime"]["process_alive"] is False
     gone = orch.run("status", name)
     assert gone.returncode == 2 and f"no endpoint named '{name}'" in gone.stderr
 
@@ -188,7 +188,7 @@ def test_broken_model_over_live_one_rolls_back(orch: Any, example_model: Path, b
     example = example_model / "serving_input_example.json"
     orch.ok("deploy", str(example_model), "--name", name)
     url = orch.json("status", name)["url"]
-    good_pid = orch.json("status", name)["live"]["live"]["pid"]
+    good_pid = orch.json("status", name)["live"]["runtime"]["pid"]
 
     broken = orch.run("deploy", str(broken_model), "--name", name)
     assert broken.returncode == 1, orch.describe(broken)

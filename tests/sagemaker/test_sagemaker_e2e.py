@@ -61,8 +61,8 @@ def test_first_deploy_update_rollback_delete_in_container_mode(
     assert len(aws.running_containers()) == 1
 
     status = deployment(sm, "churn")
-    assert status["live"]["live"]["endpoint_status"] == "InService"
-    assert status["live"]["live"]["endpoint_config"] == "churn-d2"
+    assert status["live"]["runtime"]["endpoint_status"] == "InService"
+    assert status["live"]["runtime"]["endpoint_config"] == "churn-d2"
     kinds = {r["kind"] for r in deployment(sm, "2")["resources"]}
     assert {"sagemaker_model", "endpoint_config", "endpoint_update"} <= kinds
 
@@ -97,7 +97,7 @@ def test_broken_model_on_update_keeps_old_config_serving(
     # the failed deployment's model and config are gone; the live one's remain
     assert aws.counts() == {"models": 1, "endpoint_configs": 1, "endpoints": 1}
     assert "ping health check" in client(aws).describe_endpoint(EndpointName="churn")["FailureReason"]
-    assert "did not pass the ping health check" in deployment(sm, "churn")["live"]["live"]["failure_reason"]
+    assert "did not pass the ping health check" in deployment(sm, "churn")["live"]["runtime"]["failure_reason"]
 
 
 def test_broken_model_on_first_creation_leaves_no_orphans(
