@@ -21,7 +21,7 @@ def test_concurrent_cli_never_shows_database_is_locked(cluster: Cluster, noop_mo
         ("list", "--json"),
         ("status",),
         ("deploy", str(noop_model), "--name", "ep-{index}", "--target", "noop", "--detach"),
-        ("status", "shared", "--json"),
+        ("status", "--json"),
         ("events", "--json"),
     ]
     results: list[subprocess.CompletedProcess[str]] = []
