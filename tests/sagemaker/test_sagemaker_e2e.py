@@ -348,3 +348,12 @@ def test_real_scoring_image_end_to_end(sm: Cli, aws: AwsEmulator, example_model:
     assert health["smoke_predictions"] == len(invoke(aws, "iris", example_model))
     sm.ok("delete", "iris")
     assert aws.running_containers() == []
+
+
+def test_credentials_are_never_stored(sm: Cli, aws: AwsEmulator, example_model: Path,
+                                      stub_images: dict[str, str], orchestrate_home: Path) -> None:
+    secret = "wJalrXUtnFEMI-never-store-this-0123"
+    sm.ok(*deploy_args(example_model, "churn", stub_images["v1"]), env={"AWS_SECRET_ACCESS_KEY": secret})
+    stored = b"".join(p.read_bytes() for p in orchestrate_home.rglob("*") if p.is_file())
+    assert secret.encode() not in stored
+    assert b"AWS_SECRET_ACCESS_KEY" not in stored
