@@ -43,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
         "--reuse-port", action="store_true", default=None, help="bind with SO_REUSEPORT"
     )
     serve.add_argument(
+        "--public-fd", type=int, help="serve on this inherited listening socket (not --host/--port)"
+    )
+    serve.add_argument(
+        "--private-fd", type=int, help="also serve on this inherited socket (not --private-port)"
+    )
+    serve.add_argument(
+        "--handoff-socket",
+        help="unix socket path handing the public listening socket to the next server (SCM_RIGHTS)",
+    )
+    serve.add_argument(
         "--no-access-log", dest="access_log", action="store_false", default=None
     )
     serve.add_argument("--log-level")

@@ -40,6 +40,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "loader": "auto",
         "pid_file": None,
         "reuse_port": False,
+        "public_fd": None,
+        "private_fd": None,
+        "handoff_socket": None,
     }
 )
 
@@ -76,6 +79,11 @@ class ServerConfig:
     loader: str
     pid_file: str | None
     reuse_port: bool
+    # Listening sockets inherited from the launcher instead of binding host:port and
+    # private_port; the public one is handed to whoever connects to handoff_socket.
+    public_fd: int | None
+    private_fd: int | None
+    handoff_socket: str | None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

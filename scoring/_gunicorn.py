@@ -8,6 +8,9 @@ memory. Workers are ``gthread``: keep-alive connections and ``threads`` requests
 from __future__ import annotations
 
 import math
+import os
+import socket
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -58,7 +61,10 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         cfg = self._cfg
         binds = [f"{_host(cfg.host)}:{cfg.port}"]
-        if cfg.private_port is not None:
+        if cfg.public_fd is not None:
+            # gunicorn serves only inherited sockets once it has any, so both come that way.
+            binds = [f"fd://{fd}" for fd in (cfg.public_fd, cfg.private_fd) if fd is not None]
+        elif cfg.private_port is not None:
             # Loopback, unless the server listens on every address (in a container, where the
             # docker target's health check reaches the private port from outside).
             private_host = _host(cfg.host) if cfg.host in ("0.0.0.0", "::") else "127.0.0.1"
@@ -73,6 +79,16 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
 
         def child_exit(server: Any, worker: Any) -> None:
             metrics.release_slot(getattr(worker, "scoring_slot", 0))
+
+        handoff_path = cfg.handoff_socket
+
+        def when_ready(server: Any) -> None:
+            if handoff_path:
+                serve_handoff(handoff_path, server.LISTENERS[0].sock.fileno())
+
+        def on_exit(server: Any) -> None:
+            if handoff_path and os.path.exists(handoff_path):
+                os.unlink(handoff_path)
 
         settings: dict[str, Any] = {
             "bind": binds,
@@ -98,6 +114,8 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
             "pre_fork": pre_fork,
             "post_fork": post_fork,
             "child_exit": child_exit,
+            "when_ready": when_ready,
+            "on_exit": on_exit,
             # No header-size surprises for big CSV/JSON bodies; body size is limited by the app.
             "limit_request_line": 8190,
             # gunicorn 26's control socket is one path per user: two servers (an old and a new
@@ -110,6 +128,30 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return self._app
+
+
+def serve_handoff(path: str, listener_fd: int) -> None:
+    """Hand the public listening socket to each process connecting to `path` (mode 0600).
+
+    The next server on this address inherits the very same kernel socket, so connections
+    queued on it when this server stops are accepted by the next one instead of reset."""
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous_umask = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(previous_umask)
+    server.listen(4)
+
+    def loop() -> None:
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                socket.send_fds(connection, [b"L"], [listener_fd])
+
+    threading.Thread(target=loop, name="socket-handoff", daemon=True).start()
 
 
 def _host(host: str) -> str:

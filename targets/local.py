@@ -1,8 +1,9 @@
 """The `local` target: the scoring server as a detached process in the model's own virtualenv.
 
-Redeploys keep one address: every server binds the public port with SO_REUSEPORT, the new one
-also binds a private port for its health check, and the old one drains only after the new one
-passed. A new server that fails its check is stopped, so the old one keeps serving alone."""
+Redeploys keep one address without ever closing it: each server hands its listening socket
+to the next over a unix socket (SCM_RIGHTS), so old and new accept from the same kernel
+queue; the new one is health-checked on a private port, and the old one drains only after
+the new one passed. A new server that fails its check is stopped; the old one serves on."""
 
 from __future__ import annotations
 
@@ -110,35 +111,57 @@ class LocalTarget(Target):
                     existing = ctx.mark(existing, ResourceState.CREATED, external_id=str(pid))
                 ctx.log(f"adopting server process {pid} started by an earlier attempt")
                 return _process_outputs(existing.data, pid)
-        host = str(ctx.config["host"])
-        port = int(ctx.config.get("port") or 0) or int((ctx.live_outputs or {}).get("port") or 0) or free_port(host)
         run_dir = ctx.home / "run"
         log_dir = ctx.home / "logs" / "servers"
         run_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-        data = {
-            "host": host,
-            "port": port,
-            "private_port": free_port("127.0.0.1"),
-            "pid_file": str(run_dir / f"{name}.pid"),
-            "log": str(log_dir / f"{name}.log"),
-        }
-        resource = ctx.plan(PROCESS, name, data) if existing is None or existing.state == ResourceState.DELETED \
-            else existing
-        data = dict(resource.data)
-        command = [
-            str(Path(ctx.outputs["env_path"]) / "bin" / "python"), "-m", "scoring", "serve", ctx.outputs["model_dir"],
-            "--host", data["host"], "--port", str(data["port"]), "--private-port", str(data["private_port"]),
-            "--workers", str(ctx.config["workers"]), "--threads", str(ctx.config["threads"]),
-            "--pid-file", data["pid_file"], "--reuse-port",
-        ]
-        env = {**_clean_environment(), "PYTHONPATH": ctx.outputs["server_path"]}
-        with open(str(data["log"]), "ab") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True, cwd=ctx.outputs["model_dir"])
-        ctx.mark(resource, ResourceState.CREATED, external_id=str(process.pid))
+        with self._public_listener(ctx) as public, _listener("127.0.0.1", 0) as private:
+            data = {
+                "host": public.getsockname()[0],
+                "port": public.getsockname()[1],
+                "private_port": private.getsockname()[1],
+                "pid_file": str(run_dir / f"{name}.pid"),
+                "handoff": str(run_dir / f"{name}.sock"),
+                "log": str(log_dir / f"{name}.log"),
+            }
+            resource = existing if existing is not None and existing.state == ResourceState.PLANNED \
+                else ctx.plan(PROCESS, name, data)
+            command = [
+                str(Path(ctx.outputs["env_path"]) / "bin" / "python"), "-m", "scoring", "serve",
+                ctx.outputs["model_dir"], "--public-fd", str(public.fileno()), "--private-fd", str(private.fileno()),
+                "--handoff-socket", data["handoff"], "--pid-file", data["pid_file"],
+                "--workers", str(ctx.config["workers"]), "--threads", str(ctx.config["threads"]),
+            ]
+            env = {**_clean_environment(), "PYTHONPATH": ctx.outputs["server_path"]}
+            with open(data["log"], "ab") as log:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=env, start_new_session=True, cwd=ctx.outputs["model_dir"],
+                                           pass_fds=(public.fileno(), private.fileno()))
+        ctx.mark(resource, ResourceState.CREATED, external_id=str(process.pid), data=data)
         ctx.log(f"started server pid {process.pid} on {data['host']}:{data['port']} (log {data['log']})")
         return _process_outputs(data, process.pid)
+
+    def _public_listener(self, ctx: StageContext) -> socket.socket:
+        """The endpoint's listening socket: taken over from the live server, so the address
+        never closes during a swap; bound anew for a first deployment."""
+        live = ctx.live_outputs or {}
+        wanted = int(ctx.config.get("port") or 0)
+        if live.get("handoff") and (not wanted or wanted == live.get("port")):
+            try:
+                inherited = receive_listener(str(live["handoff"]))
+            except OSError as exc:
+                ctx.log(f"could not take the listening socket over from the live server ({exc}); binding anew")
+            else:
+                ctx.log(f"took over the listening socket of {live['host']}:{live['port']} from the live server")
+                return inherited
+        port = wanted or int(live.get("port") or 0)
+        try:
+            return _listener(str(ctx.config["host"]), port)
+        except OSError as exc:
+            raise PermanentTargetError(
+                f"cannot listen on {ctx.config['host']}:{port}: {exc.strerror}",
+                hint="choose another port with -C port=N, or stop what holds it",
+            ) from exc
 
     def health_check(self, ctx: StageContext) -> Outputs:
         pid = int(ctx.outputs["pid"])
@@ -168,7 +191,8 @@ class LocalTarget(Target):
         if pid is not None:
             ctx.log(f"stopping server pid {pid} ({resource.name})")
             stop_process(pid, float(ctx.config.get("drain_timeout", 30.0)))
-        Path(resource.data.get("pid_file", "/nonexistent")).unlink(missing_ok=True)
+        for leftover in ("pid_file", "handoff"):
+            Path(resource.data.get(leftover, "/nonexistent")).unlink(missing_ok=True)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -275,6 +299,29 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _listener(host: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1024)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def receive_listener(handoff_path: str) -> socket.socket:
+    """The listening socket a running server hands out over its unix socket (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+        channel.settimeout(5)
+        channel.connect(handoff_path)
+        _message, fds, _flags, _address = socket.recv_fds(channel, 1, 1)
+    if not fds:
+        raise OSError(f"no socket received from {handoff_path}")
+    return socket.socket(fileno=fds[0])
 
 
 def log_tail(path: Path, lines: int) -> str:
