@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -17,7 +17,6 @@ from orchestrator.errors import (
     OrchestrateError,
     PermanentTargetError,
     RetryableTargetError,
-    TargetError,
 )
 
 IAM_DOC = "docs/sagemaker.md (IAM permissions)"
@@ -59,12 +58,12 @@ def translate(exc: Exception, doing: str) -> OrchestrateError:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
-        ConnectionError as BotoConnectionError,
         NoCredentialsError,
         NoRegionError,
         PartialCredentialsError,
         ProfileNotFound,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
@@ -100,7 +99,7 @@ class Aws:
     """boto3 clients for one profile and region; every call goes through `call`."""
 
     _lock = threading.Lock()
-    _clients: dict[tuple[str, str, str], Any] = {}
+    _clients: ClassVar[dict[tuple[str, str, str], Any]] = {}
 
     def __init__(self, *, region: str = "", profile: str = "", log: Callable[[str], None] | None = None,
                  attempts: int = 5) -> None:
@@ -134,7 +133,7 @@ class Aws:
                                 read_timeout=70)
                 try:
                     session = boto3.session.Session(profile_name=self.profile or None, region_name=self.region)
-                    client = session.client(service, config=config)  # type: ignore[call-overload]
+                    client = session.client(service, config=config)
                 except Exception as exc:
                     raise translate(exc, f"creating the {service} client") from exc
                 self._clients[key] = client

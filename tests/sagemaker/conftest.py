@@ -47,7 +47,7 @@ def docker_client() -> Any:
     try:
         client = docker.from_env()
         client.ping()
-    except Exception as exc:
+    except docker.errors.DockerException as exc:
         _unavailable(f"no Docker engine: {exc}")
     return client
 
@@ -76,6 +76,8 @@ def aws(aws_emulator: AwsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 @pytest.fixture(scope="session")
 def stub_images(docker_client: Any) -> dict[str, str]:
     """Image ids of the stand-in server: v1, v2 (other predictions) and broken (exits at start)."""
+    import docker
+
     source = STUB.read_bytes()
     images = {}
     for variant, env in (("v1", "STUB_VERSION=1"), ("v2", "STUB_VERSION=2"), ("broken", "STUB_BROKEN=1")):
@@ -85,8 +87,8 @@ def stub_images(docker_client: Any) -> dict[str, str]:
         try:
             images[variant] = docker_client.images.get(tag).id
             continue
-        except Exception:
-            pass
+        except docker.errors.ImageNotFound:
+            pass  # built below
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
             for name, data in (("Dockerfile", dockerfile), ("stub_server.py", source)):
@@ -115,7 +117,7 @@ class Cli:
 
     def run(self, *args: str, env: Mapping[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([cli_executable(), *args], env=self.env(env), stdin=subprocess.DEVNULL,
+        return subprocess.run([cli_executable(), *args], check=False, env=self.env(env), stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)
 
     def ok(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
