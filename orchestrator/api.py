@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from . import config as config_module
@@ -150,6 +150,12 @@ class Client:
         ).scalars().first()
         if not leases.holder_is_gone(endpoint):
             raise leases.busy_error(endpoint)
+        if active is not None and active.status == DeploymentStatus.QUEUED.value:
+            raise EndpointBusy(
+                f"endpoint {endpoint.name!r} has queued deployment {active.id} waiting its turn",
+                hint="pass --queue to wait behind it, --detach to queue for a worker, "
+                f"or `orchestrate cancel {active.id}`",
+            )
         if active is not None:
             raise EndpointBusy(
                 f"endpoint {endpoint.name!r} has unfinished deployment {active.id} ({active.status}, "
@@ -437,9 +443,11 @@ class Client:
                 if previous is not None:
                     kept.add(previous)
             ended = [s.value for s in TERMINAL_STATUSES] + [DeploymentStatus.FAILED.value]
+            has_history = (exists().where(StageAttempt.deployment_id == Deployment.id)
+                           | exists().where(Event.deployment_id == Deployment.id))
             old = [
                 row for row, in tx.session.execute(select(Deployment.id).where(
-                    Deployment.status.in_(ended), Deployment.finished_at < cutoff)).all()
+                    Deployment.status.in_(ended), Deployment.finished_at < cutoff, has_history)).all()
                 if row not in kept
             ]
             counts = {"deployments": len(old), "attempts": 0, "events": 0, "resources": 0}

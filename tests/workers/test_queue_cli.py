@@ -28,7 +28,8 @@ def test_detach_prints_the_id_and_json_gives_the_row(any_cluster: Cluster, noop_
     # A plain deploy does not jump the queue: exit 3, naming the queued deployment.
     busy = cluster.run(*_deploy_args(noop_model, "queued-ep"))
     assert busy.returncode == 3, describe(busy)
-    assert "deployment 1" in busy.stderr and "Traceback" not in busy.stderr, busy.stderr
+    assert "queued deployment 1 waiting its turn" in busy.stderr and "--queue" in busy.stderr, busy.stderr
+    assert "Traceback" not in busy.stderr
     assert cluster.query("SELECT count(*) AS n FROM deployments")[0].n == 2
 
     # Cancel the second while queued; a worker then runs the first only.
