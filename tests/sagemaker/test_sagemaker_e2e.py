@@ -357,3 +357,17 @@ def test_credentials_are_never_stored(sm: Cli, aws: AwsEmulator, example_model: 
     stored = b"".join(p.read_bytes() for p in orchestrate_home.rglob("*") if p.is_file())
     assert secret.encode() not in stored
     assert b"AWS_SECRET_ACCESS_KEY" not in stored
+
+
+def test_cancel_while_creating_releases_everything(
+        sm: Cli, aws: AwsEmulator, example_model: Path, stub_images: dict[str, str]) -> None:
+    aws.creating_s = 3.0
+    runner = sm.spawn(*deploy_args(example_model, "churn", stub_images["v1"]))
+    deadline = time.monotonic() + 60
+    while ("us-east-1", "churn") not in aws.endpoints and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancelled = sm.run("cancel", "1")
+    runner.communicate(timeout=120)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert deployment(sm, "1")["status"] == "cancelled"
+    assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
