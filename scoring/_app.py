@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from http import HTTPStatus
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -154,12 +155,24 @@ def route_index(path: str) -> int:
 
 class Observe:
     """WSGI middleware: request id, metrics and the access log for every request, including
-    the ones Flask answers itself (404, 405)."""
+    the ones Flask answers itself (404, 405).
 
-    def __init__(self, app: Any, metrics: Metrics, access_log: AccessLog | None) -> None:
+    ``POST /invocations`` is answered here, by the same ``invocations`` function the Flask
+    route calls, without building Flask's request context: that is a sixth of the server's
+    own time per request for a small model. Every other request goes to Flask.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        metrics: Metrics,
+        access_log: AccessLog | None,
+        invocations: Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.invocations = invocations
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start = time.perf_counter()
@@ -168,23 +181,30 @@ class Observe:
             request_id = uuid.uuid4().hex
         environ["scoring.request_id"] = request_id
         status = [500]
-
-        def _start_response(
-            status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            status[0] = int(status_line[:3])
-            headers.append(("X-Request-ID", request_id))
-            return start_response(status_line, headers, exc_info)
-
+        path = environ.get("PATH_INFO", "")
         metrics = self.metrics
         metrics.started()
         try:
+            if path == "/invocations" and environ.get("REQUEST_METHOD") == "POST":
+                code, headers, body = self.invocations(environ)
+                status[0] = code
+                headers.append(("X-Request-ID", request_id))
+                start_response(_STATUS_LINES[code], headers)
+                return [body]
+
+            def _start_response(
+                status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
+                status[0] = int(status_line[:3])
+                headers.append(("X-Request-ID", request_id))
+                return start_response(status_line, headers, exc_info)
+
             return self.app(environ, _start_response)
         finally:
             seconds = time.perf_counter() - start
-            path = environ.get("PATH_INFO", "")
             metrics.finished(route_index(path), status[0], seconds)
             if self.access_log is not None:
+                length = environ.get("CONTENT_LENGTH") or "0"
                 self.access_log.write(
                     request_id=request_id,
                     method=environ.get("REQUEST_METHOD", ""),
@@ -192,8 +212,63 @@ class Observe:
                     status=status[0],
                     seconds=seconds,
                     remote=environ.get("REMOTE_ADDR", ""),
-                    bytes_in=int(environ.get("CONTENT_LENGTH") or 0),
+                    bytes_in=int(length) if length.isdigit() else 0,
                 )
+
+
+_STATUS_LINES = {
+    code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 404, 413, 415, 500, 503, 504)
+}
+
+
+def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
+    """The request body; raises ``PayloadTooLarge`` over ``max_bytes``."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        if not length.isdigit():
+            raise InvalidInput("the Content-Length header is not a number")
+        size = int(length)
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"the request body is {size} bytes; the limit is {max_bytes} "
+                "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+            )
+        return bytes(stream.read(size))
+    body = bytes(stream.read(max_bytes + 1))  # chunked, or no body at all
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(
+            f"the request body is larger than the limit of {max_bytes} bytes "
+            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+        )
+    return body
+
+
+def make_invocations(
+    scorer: Scorer, runner: Runner, max_bytes: int
+) -> Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]]:
+    """``POST /invocations`` as a function of the WSGI environ: (status, headers, body)."""
+    invoke = scorer.invocations
+    run = runner.run
+
+    def invocations(environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        try:
+            mime = media_type(environ.get("CONTENT_TYPE"))
+            body = read_body(environ, max_bytes)
+            out, ignored = run(invoke, body, mime)
+        except ScoringError as exc:
+            out = error_body(exc.error_code, exc.message)
+            return exc.status, [("Content-Type", _JSON_MIME), ("Content-Length", str(len(out)))], out
+        except Exception:
+            log.exception("unexpected error answering POST /invocations")
+            out = error_body("INTERNAL_ERROR", "internal server error")
+            return 500, [("Content-Type", _JSON_MIME), ("Content-Length", str(len(out)))], out
+        headers = [("Content-Type", _JSON_MIME), ("Content-Length", str(len(out)))]
+        if ignored:
+            headers.append(("X-Ignored-Columns", _json.dumps(ignored[:100]).decode()))
+        return 200, headers, out
+
+    return invocations
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -224,14 +299,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "runner": runner,
         "scorer": scorer,
     }
-    _register_mlflow_routes(app, cfg, model, scorer, runner)
+    _register_mlflow_routes(app, cfg, model, make_invocations(scorer, runner, cfg.max_request_bytes))
     _register_operations(app, cfg, model, metrics)
     from scoring._v2 import register_v2_routes
 
     register_v2_routes(app, cfg, model, scorer, runner)
     _register_errors(app)
+    invocations = make_invocations(scorer, runner, cfg.max_request_bytes)
     app.wsgi_app = Observe(  # type: ignore[method-assign]
-        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None
+        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None, invocations
     )
     return app
 
@@ -240,19 +316,11 @@ def _json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=_JSON_MIME)
 
 
-def read_body(max_bytes: int) -> bytes:
-    """The request body; raises ``PayloadTooLarge`` over the limit."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise PayloadTooLarge(
-            f"the request body is {length} bytes; the limit is {max_bytes} "
-            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
-        )
-    return request.get_data(cache=False)
-
-
 def _register_mlflow_routes(
-    app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Scorer, runner: Runner
+    app: Flask,
+    cfg: ServerConfig,
+    model: LoadedModel,
+    invocations_fn: Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]],
 ) -> None:
     ping_body = b"\n"
     version_body = _json.dumps(
@@ -267,9 +335,6 @@ def _register_mlflow_routes(
             },
         }
     )
-    max_bytes = cfg.max_request_bytes
-    invoke = scorer.invocations
-    run = runner.run
 
     @app.get("/ping")
     def ping() -> Response:
@@ -285,13 +350,10 @@ def _register_mlflow_routes(
 
     @app.post("/invocations")
     def invocations() -> Response:
-        mime = media_type(request.environ.get("CONTENT_TYPE"))
-        body = read_body(max_bytes)
-        out, ignored = run(invoke, body, mime)
-        response = Response(out, mimetype=_JSON_MIME)
-        if ignored:
-            response.headers["X-Ignored-Columns"] = _json.dumps(ignored[:100]).decode()
-        return response
+        # Normally answered by ``Observe`` before Flask; this route keeps the URL map whole
+        # (405 for GET, the OpenAPI view) and serves the app when mounted without it.
+        status, headers, body = invocations_fn(request.environ)
+        return Response(body, status=status, headers=headers)
 
 
 def _register_operations(

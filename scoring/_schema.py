@@ -195,6 +195,10 @@ class Enforcer:
         self._np = np
         self.signature = signature
         self._pd: Any = None
+        # Set by the model when it takes a 2-D array in signature column order as it takes
+        # the DataFrame (see LoadedModel._enable_array_input); only with a uniform dtype.
+        self.array_input = False
+        self._uniform_dtype: Any = None
         inputs = signature.inputs if signature.enforceable else None
         self.columns: tuple[ColumnSpec, ...] | None = None
         self.tensors: tuple[TensorSpec, ...] | None = None
@@ -318,6 +322,8 @@ class Enforcer:
         return convert
 
     def _frame(self, columns: dict[Any, Any]) -> Any:
+        if self.array_input and len(columns) == len(self._names):
+            return self._np.column_stack([columns[n] for n in self._names])
         return self._pd.DataFrame(columns, copy=False)
 
     def _missing(self, present: Any) -> None:
@@ -372,10 +378,12 @@ class Enforcer:
                 index = [columns.index(n) for n in self._names]
                 if index != list(range(width)):
                     arr = arr[:, index]
-                frame = self._pd.DataFrame(
-                    arr.astype(self._uniform_dtype, copy=False), columns=self._names, copy=False
-                )
-                return Enforced(frame, [str(c) for c in columns if c not in self._converters])
+                arr = arr.astype(self._uniform_dtype, copy=False)
+                ignored = [str(c) for c in columns if c not in self._converters]
+                if self.array_input:
+                    return Enforced(arr, ignored)
+                frame = self._pd.DataFrame(arr, columns=self._names, copy=False)
+                return Enforced(frame, ignored)
             if len(rows) == 0:
                 return self._from_columns({n: [] for n in columns})
         for i, row in enumerate(rows):
@@ -480,12 +488,20 @@ class Enforcer:
         if isinstance(data, (Rows, Records)):
             import pandas as pd
 
+            if isinstance(data, Rows) and not (
+                data.columns is None
+                or isinstance(data.columns, list)
+                and all(isinstance(c, (str, int, float)) or c is None for c in data.columns)
+            ):
+                raise InvalidInput("'columns' must be a list of column names")
             try:
                 if isinstance(data, Rows):
                     return Enforced(pd.DataFrame(data.rows, columns=data.columns), [])
                 return Enforced(pd.DataFrame(data.records), [])
-            except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"not a valid dataframe: {exc}") from None
+            except (ValueError, TypeError, LookupError, pd.errors.InvalidIndexError) as exc:
+                # pandas on arbitrary JSON: these are its ways of saying "not a table"
+                first = (str(exc).splitlines() or [""])[0][:200]
+                raise InvalidInput(f"not a valid dataframe: {first}") from None
         if isinstance(data, Columns):
             import pandas as pd
 

@@ -304,7 +304,7 @@ def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer
                 raise UnsupportedMediaType(
                     f"unsupported Content-Type {content_type[:100]!r}: send application/json"
                 )
-            body = read_body(max_bytes)
+            body = read_body(request.environ, max_bytes)
             out = runner.run(infer, body, request.environ["scoring.request_id"])
         except ScoringError as exc:
             return v2_error(exc)
