@@ -1,0 +1,230 @@
+"""`orchestrate build`, `generate-dockerfile` and registry push on a real engine and registries."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import docker_engine, images
+
+pytestmark = pytest.mark.docker
+
+REPOSITORY = "orchestrate-test/iris"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ping(url: str, timeout: float = 120) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as answer:
+                if answer.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url}/ping did not answer within {timeout}s")
+
+
+def _invoke(url: str, model: Path) -> list[Any]:
+    body = (model / "serving_input_example.json").read_bytes()
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return list(json.loads(answer.read())["predictions"])
+
+
+@pytest.fixture(scope="module")
+def built_v1(docker_client: Any, registry: str, example_model: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, Any]:
+    """The example model's image, built once for this module through the real CLI."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ORCHESTRATE_HOME": str(tmp_path_factory.mktemp("build-home"))}
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "build", str(example_model), "-t",
+                             f"{registry}/{REPOSITORY}", "--json"], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL, timeout=1200)
+    assert result.returncode == 0, result.stderr[-6000:]
+    return dict(json.loads(result.stdout))
+
+
+def test_image_serves_on_8080_as_non_root_with_labels_and_healthcheck(
+        docker_client: Any, built_v1: dict[str, Any], example_model: Path) -> None:
+    image = docker_client.images.get(built_v1["image"])
+    config = image.attrs["Config"]
+    assert config["User"] not in ("", "0", "root")
+    assert config["Cmd"] == ["serve"]
+    assert "8080/tcp" in config["ExposedPorts"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "healthcheck"]
+    labels = config["Labels"]
+    from orchestrator import mlmodel
+
+    assert labels["io.orchestrate.model-digest"] == mlmodel.read_model(str(example_model)).digest
+    for key in ("requirements-hash", "server-version", "version", "base-image-id"):
+        assert labels[f"io.orchestrate.{key}"]
+
+    port = _free_port()
+    container = docker_client.containers.run(built_v1["image"], detach=True, ports={"8080/tcp": ("127.0.0.1", port)},
+                                             labels={"io.orchestrate.endpoint": "test"})
+    try:
+        _wait_ping(f"http://127.0.0.1:{port}")
+        assert len(_invoke(f"http://127.0.0.1:{port}", example_model)) == 4
+        assert container.exec_run(["id", "-u"]).output.decode().strip() == "10001"
+        # mlflow is served by mlflow-skinny: the full package is not in the image.
+        listed = container.exec_run(["python", "-m", "pip", "--version"]).exit_code
+        assert listed != 0  # no pip in the serving venv either
+        found = container.exec_run(["python", "-c", "import importlib.metadata as m; print(m.version('mlflow-skinny'));"
+                                    "import sys; sys.exit(0 if not any(d.metadata['Name'] == 'mlflow' "
+                                    "for d in m.distributions()) else 3)"])
+        assert found.exit_code == 0, found.output
+    finally:
+        container.remove(force=True)
+
+
+def test_port_from_sagemaker_variable_and_serve_entry(docker_client: Any, built_v1: dict[str, Any],
+                                                      example_model: Path) -> None:
+    port = _free_port()
+    # SageMaker's contract: `docker run IMAGE serve`, port from SAGEMAKER_BIND_TO_PORT.
+    container = docker_client.containers.run(built_v1["image"], ["serve"], detach=True,
+                                             environment={"SAGEMAKER_BIND_TO_PORT": "9090"},
+                                             ports={"9090/tcp": ("127.0.0.1", port)},
+                                             labels={"io.orchestrate.endpoint": "test"})
+    try:
+        _wait_ping(f"http://127.0.0.1:{port}")
+        assert len(_invoke(f"http://127.0.0.1:{port}", example_model)) == 4
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the Docker HEALTHCHECK follows the port too
+            container.reload()
+            if container.attrs["State"]["Health"]["Status"] == "healthy":
+                break
+            time.sleep(1)
+        assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        container.remove(force=True)
+
+
+def test_second_build_with_same_inputs_is_skipped(cli: Any, built_v1: dict[str, Any], registry: str,
+                                                  example_model: Path) -> None:
+    again = cli.build(example_model, f"{registry}/{REPOSITORY}")
+    assert again["skipped"] is True
+    assert again["image"] == built_v1["image"]
+    assert again["image_id"] == built_v1["image_id"]
+
+
+def test_model_only_change_adds_only_the_model_layer(docker_client: Any, cli: Any, built_v1: dict[str, Any],
+                                                     registry: str, example_model_v2: Path) -> None:
+    v2 = cli.build(example_model_v2, f"{registry}/{REPOSITORY}")
+    assert v2["skipped"] is False and v2["requirements_reused"] is True
+    assert v2["image"] != built_v1["image"]
+    old = images.layers(docker_client, built_v1["image"])
+    new = images.layers(docker_client, v2["image"])
+    assert len(old) == len(new)
+    assert old[:-1] == new[:-1]  # base, user, requirements venv, server, scripts: all shared
+    assert old[-1] != new[-1]  # the model files
+
+
+def test_push_then_pull_back_by_digest(docker_client: Any, cli: Any, built_v1: dict[str, Any],
+                                       registry: str, example_model: Path) -> None:
+    pushed = cli.build(example_model, f"{registry}/{REPOSITORY}:v1", "--push")
+    by_reference = {p["reference"]: p for p in pushed["pushed"]}
+    first = by_reference[built_v1["image"]]
+    assert first["digest"].startswith("sha256:")
+    assert by_reference[f"{registry}/{REPOSITORY}:v1"]["digest"] == first["digest"]
+    pulled = docker_client.images.pull(first["pinned"])
+    assert pulled.id == built_v1["image_id"]
+    again = cli.build(example_model, f"{registry}/{REPOSITORY}", "--push")
+    assert again["pushed"][0]["skipped"] is True
+    assert again["pushed"][0]["digest"] == first["digest"]
+
+
+def test_registry_login_and_refused_auth(cli: Any, built_v1: dict[str, Any], auth_registry: tuple[str, str, str],
+                                         example_model: Path) -> None:
+    address, user, password = auth_registry
+    image = f"{address}/{REPOSITORY}"
+    wrong = "not-the-password-7f3a"
+    refused = cli("build", str(example_model), "-t", image, "--push", "--username", user, check=False,
+                  env={"ORCHESTRATE_REGISTRY_PASSWORD": wrong})
+    assert refused.returncode == 1, refused.stderr
+    assert f"registry {address} refused the credentials for user {user!r}" in refused.stderr
+    assert wrong not in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    anonymous = cli("build", str(example_model), "-t", image, "--push", check=False)
+    assert anonymous.returncode == 1
+    assert f"registry {address} requires a login" in anonymous.stderr
+    accepted = cli.build(example_model, image, "--push", "--username", user,
+                         env={"ORCHESTRATE_REGISTRY_PASSWORD": password})
+    assert accepted["pushed"][0]["digest"].startswith("sha256:")
+    assert password not in json.dumps(accepted)
+
+
+def test_generate_dockerfile_builds_with_plain_docker(docker_client: Any, cli: Any, built_v1: dict[str, Any],
+                                                      example_model: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "context"
+    cli("generate-dockerfile", str(example_model), "-d", str(directory))
+    text = (directory / "Dockerfile").read_text()
+    order = [text.index(step) for step in ("FROM ${BASE_IMAGE} AS requirements", "COPY --from=requirements",
+                                           "COPY server", "COPY model")]
+    assert order == sorted(order)
+    assert {"wheelhouse", "requirements.txt", "server", "bin", "model"} <= {p.name for p in directory.iterdir()}
+    assert "mlflow-skinny==" in (directory / "requirements.txt").read_text()
+    # The builder's cache makes this quick: the requirements steps ran before for `orchestrate build`.
+    image, _logs = docker_client.images.build(path=str(directory), tag="orchestrate-test/generated:latest", rm=True)
+    try:
+        # base, user, requirements venv: the very layers `orchestrate build` made
+        assert images.layers(docker_client, "orchestrate-test/generated:latest")[:3] == \
+            images.layers(docker_client, built_v1["image"])[:3]
+        assert image.attrs["Config"]["Cmd"] == ["serve"]
+    finally:
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_a_package_that_does_not_exist_is_named_with_the_override_hint(cli: Any, docker_client: Any,
+                                                                       example_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(example_model, model)
+    with (model / "requirements.txt").open("a") as handle:
+        handle.write("\norchestrate-no-such-package==1.0\n")
+    result = cli("build", str(model), "-t", "orchestrate-test/missing", check=False)
+    assert result.returncode == 1
+    assert "could not install 'orchestrate-no-such-package==1.0'" in result.stderr
+    assert "--pip-requirements-override 'orchestrate-no-such-package==VERSION'" in result.stderr
+
+
+def test_no_engine_says_how_to_start_one(cli: Any, example_model: Path, tmp_path: Path) -> None:
+    result = cli("build", str(example_model), "-t", "orchestrate-test/x", check=False,
+                 env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
+    assert result.returncode == 1
+    assert f"no Docker engine answers at unix://{tmp_path}/no-engine.sock" in result.stderr
+    assert "start the engine" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_error_table_covers_every_docker_exception() -> None:
+    import docker.errors
+
+    classes = {name for name, value in vars(docker.errors).items()
+               if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == "docker.errors"}
+    assert classes <= set(docker_engine.ERROR_TABLE), classes - set(docker_engine.ERROR_TABLE)
+    error = docker.errors.APIError("boom", response=None, explanation="no such image")
+    translated = docker_engine.translate(error, "testing")
+    assert translated is not None and "testing" in str(translated)
+
+
+def test_mlflow_is_served_by_skinny_of_the_same_version() -> None:
+    assert images.image_requirements(["mlflow==3.17.2", "numpy==2.0.0"], None)[:2] == \
+        ["mlflow-skinny==3.17.2", "numpy==2.0.0"]
+    assert images.image_requirements(["mlflow==3.17.2"], "numpy==1.26.4")[:2] == ["mlflow-skinny==3.17.2",
+                                                                                 "numpy==1.26.4"]
