@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import leases, secrets
@@ -68,6 +68,34 @@ def merged_outputs(session: Any, deployment_id: int) -> dict[str, Any]:
     return merged
 
 
+@dataclass
+class _Run:
+    """What a runner knows of its deployment while it holds the lease: nobody else writes it,
+    so it is read once and kept current in memory instead of re-read at every stage."""
+
+    view: DeploymentView
+    attempts: dict[str, int]
+    outputs: dict[str, dict[str, Any]]
+    live_outputs: dict[str, Any] | None
+    restart_stage: Stage | None
+
+    def next_stage(self) -> Stage | None:
+        pending = [s for s in STAGES if s.value not in self.outputs]
+        if self.restart_stage is not None:
+            pending = sorted(set(pending) | {self.restart_stage}, key=STAGES.index)
+        return pending[0] if pending else None
+
+    def merged_outputs(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for stage in STAGES:
+            merged.update(self.outputs.get(stage.value, {}))
+        return merged
+
+
+class _CancelRequested(Exception):
+    """Found at a stage boundary: the user asked to cancel."""
+
+
 class Engine:
     """Runs deployments; one Engine per process, one lease per running deployment."""
 
@@ -89,39 +117,57 @@ class Engine:
         or RUNNING when `stop` was set and the deployment was left for another runner."""
         from targets.base import load_target
 
-        with self.store.read() as session:
-            target = load_target(session.get_one(Deployment, deployment_id).target)
+        state = self._load(deployment_id)
+        target = load_target(state.view.target)
         heartbeat = leases.Heartbeat(self.store, fence)
         try:
             with heartbeat:
-                return self._loop(deployment_id, fence, target, heartbeat)
+                return self._loop(state, fence, target, heartbeat)
         finally:
             if not heartbeat.lost:
                 leases.release(self.store, fence)
 
-    def _loop(self, deployment_id: int, fence: Fence, target: Any, heartbeat: leases.Heartbeat) -> DeploymentStatus:
+    def _load(self, deployment_id: int) -> _Run:
+        with self.store.read() as session:
+            deployment = session.get_one(Deployment, deployment_id)
+            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
+            attempts = dict(session.execute(
+                select(StageAttempt.stage, func.count()).where(StageAttempt.deployment_id == deployment_id)
+                .group_by(StageAttempt.stage)
+            ).all())
+            live_id = endpoint.live_deployment_id
+            return _Run(
+                view=DeploymentView.of(deployment, endpoint.name),
+                attempts={stage: int(count) for stage, count in attempts.items()},
+                outputs=stage_outputs(session, deployment_id),
+                live_outputs=merged_outputs(session, live_id) if live_id and live_id != deployment_id else None,
+                restart_stage=Stage(deployment.restart_stage) if deployment.restart_stage else None,
+            )
+
+    def _loop(self, state: _Run, fence: Fence, target: Any, heartbeat: leases.Heartbeat) -> DeploymentStatus:
+        view = state.view
         while True:
             if heartbeat.lost:
-                raise LeaseLost(f"deployment {deployment_id}: another runner took the endpoint's lease")
-            view, next_stage, cancel_requested = self._plan(deployment_id)
-            if self.stop.is_set() and next_stage is not None:
-                return DeploymentStatus.RUNNING
-            if cancel_requested and next_stage is not None and STAGES.index(next_stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
-                return self.abort(view, fence, target, DeploymentStatus.CANCELLED, "cancelled by request")
+                raise LeaseLost(f"deployment {view.id}: another runner took the endpoint's lease")
+            next_stage = state.next_stage()
             if next_stage is None:
                 self._finish(view, fence)
                 return DeploymentStatus.SUCCEEDED
+            if self.stop.is_set():
+                return DeploymentStatus.RUNNING
             if next_stage in target.not_applicable:
-                self._record_skipped(view, fence, next_stage, {}, f"{next_stage.value} does not apply to {view.target}")
+                self._record_skipped(state, fence, next_stage, {}, f"{next_stage.value} does not apply to {view.target}")
                 continue
             if view.source_deployment_id is not None and next_stage in REUSABLE_STAGES:
                 with self.store.read() as session:
                     reused = stage_outputs(session, view.source_deployment_id).get(next_stage.value, {})
-                self._record_skipped(view, fence, next_stage, reused,
+                self._record_skipped(state, fence, next_stage, reused,
                                      f"reused from deployment {view.source_deployment_id}")
                 continue
             try:
-                self._run_stage(view, fence, target, next_stage)
+                self._run_stage(state, fence, target, next_stage)
+            except _CancelRequested:
+                return self.abort(view, fence, target, DeploymentStatus.CANCELLED, "cancelled by request")
             except KeyboardInterrupt:
                 self.abort(view, fence, target, DeploymentStatus.FAILED,
                            f"interrupted during {next_stage.value}", kind=ErrorKind.INTERRUPTED)
@@ -131,21 +177,8 @@ class Engine:
             except OrchestrateError as exc:
                 return self._fail(view, fence, target, next_stage, exc)
 
-    def _plan(self, deployment_id: int) -> tuple[DeploymentView, Stage | None, bool]:
-        with self.store.read() as session:
-            deployment = session.get_one(Deployment, deployment_id)
-            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
-            done = set(stage_outputs(session, deployment_id))
-            view = DeploymentView.of(deployment, endpoint.name)
-            restart = Stage(deployment.restart_stage) if deployment.restart_stage else None
-            cancel_requested = deployment.cancel_requested
-        pending = [s for s in STAGES if s.value not in done]
-        if restart is not None:
-            pending = sorted(set(pending) | {restart}, key=STAGES.index)
-        return view, (pending[0] if pending else None), cancel_requested
-
-    def _run_stage(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage) -> None:
-        policy = RetryPolicy.for_stage(view.config, stage)
+    def _run_stage(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
+        policy = RetryPolicy.for_stage(state.view.config, stage)
         retrying = Retrying(
             stop=stop_after_attempt(policy.max_attempts),
             wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s, jitter=policy.initial_s),
@@ -155,28 +188,30 @@ class Engine:
         )
         for attempt in retrying:
             with attempt:
-                self._attempt(view, fence, target, stage)
+                self._attempt(state, fence, target, stage)
 
-    def _attempt(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage) -> None:
+    def _attempt(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
+        view = state.view
+        number = state.attempts.get(stage.value, 0) + 1
         with self.store.write(fence) as tx:
-            number = 1 + len(tx.session.execute(
-                select(StageAttempt.id).where(StageAttempt.deployment_id == view.id, StageAttempt.stage == stage.value)
-            ).all())
+            deployment = tx.session.get_one(Deployment, view.id)
+            # A cancel is honoured at a boundary up to shift_traffic; after it, finishing is safer.
+            if deployment.cancel_requested and STAGES.index(stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
+                raise _CancelRequested
             row = StageAttempt(deployment_id=view.id, stage=stage.value, attempt=number,
                                status=AttemptStatus.RUNNING.value, runner=self.runner.owner, started_at=utcnow())
             tx.session.add(row)
-            tx.session.get_one(Deployment, view.id).current_stage = stage.value
+            deployment.current_stage = stage.value
             tx.session.flush()
             attempt_id = row.id
             tx.event("stage_started", f"{stage.value} attempt {number} started",
                      endpoint_id=view.endpoint_id, deployment_id=view.id,
                      data={"stage": stage.value, "attempt": number})
-            outputs = merged_outputs(tx.session, view.id)
-            live_id = tx.session.get_one(Endpoint, view.endpoint_id).live_deployment_id
-            live_outputs = merged_outputs(tx.session, live_id) if live_id and live_id != view.id else None
+        state.attempts[stage.value] = number
         ctx = StageContext(
-            store=self.store, fence=fence, deployment=view, stage=stage, home=self.home, outputs=outputs,
-            log_file=self.attempt_log(view.id, stage, number), live_outputs=live_outputs, echo=self.echo,
+            store=self.store, fence=fence, deployment=view, stage=stage, home=self.home,
+            outputs=state.merged_outputs(), log_file=self.attempt_log(view.id, stage, number),
+            live_outputs=state.live_outputs, echo=self.echo,
         )
         started = time.monotonic()
         try:
@@ -185,10 +220,11 @@ class Engine:
         except LeaseLost:
             raise  # no longer ours to record
         except BaseException as exc:
-            self._end_attempt(view, fence, attempt_id, AttemptStatus.FAILED, error=exc, kind=error_kind(exc))
+            self._end_attempt(state, fence, attempt_id, stage, number, AttemptStatus.FAILED, error=exc,
+                              kind=error_kind(exc))
             raise
         result["duration_s"] = round(time.monotonic() - started, 3)
-        self._end_attempt(view, fence, attempt_id, AttemptStatus.SUCCEEDED, outputs=result)
+        self._end_attempt(state, fence, attempt_id, stage, number, AttemptStatus.SUCCEEDED, outputs=result)
         self.faults.on_stage_end(stage)
 
     def attempt_log(self, deployment_id: int, stage: Stage, attempt: int) -> Path:
@@ -198,39 +234,43 @@ class Engine:
 
     def _end_attempt(
         self,
-        view: DeploymentView,
+        state: _Run,
         fence: Fence,
         attempt_id: int,
+        stage: Stage,
+        number: int,
         status: AttemptStatus,
         *,
         outputs: dict[str, Any] | None = None,
         error: BaseException | None = None,
         kind: ErrorKind | None = None,
     ) -> None:
+        view = state.view
+        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
+        if outputs is not None:
+            values["outputs"] = outputs
+        message = None
+        if error is not None:
+            message = secrets.scrub(str(error) or type(error).__name__)
+            values.update(error_kind=kind.value if kind else None, error_class=type(error).__name__,
+                          error_message=message)
         with self.store.write(fence) as tx:
-            row = tx.session.get_one(StageAttempt, attempt_id)
-            row.status = status.value
-            row.finished_at = utcnow()
-            if outputs is not None:
-                row.outputs = outputs
-            if error is not None:
-                row.error_kind = kind.value if kind else None
-                row.error_class = type(error).__name__
-                row.error_message = secrets.scrub(str(error) or type(error).__name__)
-            deployment = tx.session.get_one(Deployment, view.id)
+            tx.session.execute(update(StageAttempt).where(StageAttempt.id == attempt_id).values(**values))
             if status == AttemptStatus.SUCCEEDED:
-                if deployment.restart_stage == row.stage:
-                    deployment.restart_stage = None
-                if row.stage == Stage.SHIFT_TRAFFIC.value:
-                    self._make_live(tx, deployment)
+                if state.restart_stage == stage:
+                    tx.session.execute(update(Deployment).where(Deployment.id == view.id).values(restart_stage=None))
+                if stage == Stage.SHIFT_TRAFFIC:
+                    self._make_live(tx, tx.session.get_one(Deployment, view.id))
             tx.event(
                 f"stage_{status.value}",
-                f"{row.stage} attempt {row.attempt} {status.value}"
-                + (f" ({kind.value}): {row.error_message}" if error is not None and kind else ""),
+                f"{stage.value} attempt {number} {status.value}" + (f" ({kind.value}): {message}" if kind else ""),
                 endpoint_id=view.endpoint_id, deployment_id=view.id,
-                data={"stage": row.stage, "attempt": row.attempt,
-                      "duration_s": (outputs or {}).get("duration_s")},
+                data={"stage": stage.value, "attempt": number, "duration_s": (outputs or {}).get("duration_s")},
             )
+        if status == AttemptStatus.SUCCEEDED:
+            state.outputs[stage.value] = outputs or {}
+            if state.restart_stage == stage:
+                state.restart_stage = None
 
     @staticmethod
     def _make_live(tx: Any, deployment: Deployment) -> None:
@@ -242,19 +282,21 @@ class Engine:
                  endpoint_id=endpoint.id, deployment_id=deployment.id,
                  data={"previous_live_id": deployment.previous_live_id})
 
-    def _record_skipped(self, view: DeploymentView, fence: Fence, stage: Stage, outputs: dict[str, Any],
+    def _record_skipped(self, state: _Run, fence: Fence, stage: Stage, outputs: dict[str, Any],
                         reason: str) -> None:
+        view = state.view
+        number = state.attempts.get(stage.value, 0) + 1
+        recorded = {**outputs, "skipped": reason}
         with self.store.write(fence) as tx:
-            number = 1 + len(tx.session.execute(
-                select(StageAttempt.id).where(StageAttempt.deployment_id == view.id, StageAttempt.stage == stage.value)
-            ).all())
             now = utcnow()
             tx.session.add(StageAttempt(
                 deployment_id=view.id, stage=stage.value, attempt=number, status=AttemptStatus.SKIPPED.value,
-                runner=self.runner.owner, started_at=now, finished_at=now, outputs={**outputs, "skipped": reason},
+                runner=self.runner.owner, started_at=now, finished_at=now, outputs=recorded,
             ))
             tx.event("stage_skipped", f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
                      deployment_id=view.id, data={"stage": stage.value})
+        state.attempts[stage.value] = number
+        state.outputs[stage.value] = recorded
 
     # -- endings --------------------------------------------------------------------------
 
