@@ -400,12 +400,13 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
               help="Comma-separated requirements that replace or add to the model's.")
 @click.option("--user", default="orchestrate", show_default=True,
               help="User the container runs as; 'root' for platforms that need it.")
+@click.option("--no-cache", is_flag=True, help="Build every step again, ignoring the Docker builder's cache.")
 @click.option("--username", envvar="ORCHESTRATE_REGISTRY_USERNAME",
               help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
                    "(default: `docker login` credentials).")
 @json_option
 def build(model: str, image: str, base_image: str | None, push_image: bool, overrides: str | None, user: str,
-          username: str | None, as_json: bool) -> None:
+          no_cache: bool, username: str | None, as_json: bool) -> None:
     """Build the scoring-container image of MODEL with the local Docker engine (and push it)."""
     from . import images
     from .store import orchestrate_home
@@ -413,6 +414,7 @@ def build(model: str, image: str, base_image: str | None, push_image: bool, over
     result = images.build_command(
         model, image, home=orchestrate_home(), base_image=base_image, push_image=push_image, overrides=overrides,
         user=user, credentials=images.credentials_from_environment(username), log=lambda line: click.echo(line, err=True),
+        no_cache=no_cache,
     )
     if as_json:
         _print_json(result)

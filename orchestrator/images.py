@@ -191,7 +191,7 @@ def plan_tag(spec: ImageSpec, base_id: str, platform: wheelhouse.Platform) -> tu
 
 
 def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
-          extra_tags: Iterable[str] = ()) -> BuiltImage:
+          extra_tags: Iterable[str] = (), no_cache: bool = False) -> BuiltImage:
     """Build (or find) the image of `spec` as `repository:<content tag>`; see the module docstring."""
     started = time.monotonic()
     check_repository(repository)
@@ -210,7 +210,8 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
     if reused:
         log(f"requirements layer {parent} reused (requirements unchanged)")
     else:
-        offline = _build_requirements(client, spec, platform, parent, requirements_hash, log=log, log_file=log_file)
+        offline = _build_requirements(client, spec, platform, parent, requirements_hash, log=log, log_file=log_file,
+                                      no_cache=no_cache)
     with tempfile.TemporaryDirectory(prefix="orchestrate-image-") as tmp:
         context = Path(tmp)
         template = dockerfile.Template(spec.base_image, installer_wheel="", user=spec.user)
@@ -218,7 +219,7 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
         dockerfile.write_server_files(context, Path(scoring.__file__).parent)
         dockerfile.write_model_files(context, spec.model_dir)
         log(f"building {reference} (server and model layers on {parent})")
-        image_id = _run_build(client, context, reference, log=log, log_file=log_file)
+        image_id = _run_build(client, context, reference, log=log, log_file=log_file, no_cache=no_cache)
     _tag_extras(client, reference, extras)
     log(f"built {reference} ({image_id[:19]})")
     return BuiltImage(reference, image_id, tag, labels, False, reused, offline, extras,
@@ -226,7 +227,7 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
 
 
 def _build_requirements(client: Any, spec: ImageSpec, platform: wheelhouse.Platform, reference: str,
-                        requirements_hash: str, *, log: Log, log_file: Path) -> bool:
+                        requirements_hash: str, *, log: Log, log_file: Path, no_cache: bool = False) -> bool:
     """Build the base + venv image; returns whether it installed offline (from the wheelhouse alone)."""
     with tempfile.TemporaryDirectory(prefix="orchestrate-requirements-") as tmp:
         context = Path(tmp)
@@ -236,7 +237,7 @@ def _build_requirements(client: Any, spec: ImageSpec, platform: wheelhouse.Platf
         _run_build(client, context, reference, log=log, log_file=log_file,
                    labels={f"{LABEL_PREFIX}requirements-hash": requirements_hash},
                    network_mode=None if house.complete else "host",
-                   buildargs=None if house.complete else _proxy_buildargs())
+                   buildargs=None if house.complete else _proxy_buildargs(), no_cache=no_cache)
     return house.complete
 
 
@@ -284,7 +285,7 @@ _MISSING_IN_BUILD = (
 
 def _run_build(client: Any, context: Path, reference: str, *, log: Log, log_file: Path,
                labels: Mapping[str, str] | None = None, network_mode: str | None = None,
-               buildargs: Mapping[str, str] | None = None) -> str:
+               buildargs: Mapping[str, str] | None = None, no_cache: bool = False) -> str:
     """One classic-builder build, its output streamed to `log`; returns the image id."""
     output: list[str] = []
     error: str | None = None
@@ -292,7 +293,7 @@ def _run_build(client: Any, context: Path, reference: str, *, log: Log, log_file
     with translated(f"building image {reference}"):
         stream = client.api.build(path=str(context), tag=reference, rm=True, forcerm=True, pull=False,
                                   decode=True, labels=dict(labels or {}), network_mode=network_mode,
-                                  buildargs=dict(buildargs or {}))
+                                  buildargs=dict(buildargs or {}), nocache=no_cache)
         for chunk in stream:
             if "stream" in chunk:
                 for line in str(chunk["stream"]).splitlines():
@@ -502,7 +503,8 @@ def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None
 
 
 def build_command(model_uri: str, image: str, *, home: Path, base_image: str | None, push_image: bool,
-                  overrides: str | None, user: str, credentials: Credentials | None, log: Log) -> dict[str, Any]:
+                  overrides: str | None, user: str, credentials: Credentials | None, log: Log,
+                  no_cache: bool = False) -> dict[str, Any]:
     """`orchestrate build`: build (and push) one model's image; returns what happened."""
     from .docker_engine import connect
 
@@ -513,7 +515,7 @@ def build_command(model_uri: str, image: str, *, home: Path, base_image: str | N
     log_file = _build_log(home)
     client = connect()
     built = build(client, spec, repository, cache_dir=home / "cache", log=log, log_file=log_file,
-                  extra_tags=[tag] if tag else [])
+                  extra_tags=[tag] if tag else [], no_cache=no_cache)
     result: dict[str, Any] = {
         "image": built.reference, "image_id": built.image_id, "tags": [built.reference, *built.extra_references],
         "skipped": built.skipped, "requirements_reused": built.requirements_reused, "offline": built.offline,
