@@ -38,7 +38,8 @@ BASE = "python:3.11-slim"
 
 
 def sh(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run(list(args), capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                            check=False)
     if check and result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
                          f"{result.stderr[-3000:]}")

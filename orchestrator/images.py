@@ -90,7 +90,7 @@ _REPOSITORY = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+
 
 def check_repository(repository: str) -> str:
     """A repository name Docker accepts (an optional `host[:port]/` then lower-case path parts)."""
-    host, _, path = repository.partition("/") if registry_of(repository) != "docker.io" else ("", "", repository)
+    path = repository.partition("/")[2] if registry_of(repository) != "docker.io" else repository
     if not path or not _REPOSITORY.match(path) or len(repository) > 255:
         raise ConfigError(f"invalid image name {repository!r}",
                           hint="use lower-case letters, digits and . _ - separators, e.g. "
@@ -459,7 +459,7 @@ def push(client: Any, reference: str, *, credentials: Credentials | None, log: L
                 detail = str(event.get("error") or event.get("errorDetail"))
                 if any(word in detail.lower() for word in _AUTH_WORDS):
                     raise _auth_error(registry, detail, credentials)
-                kind = RetryableTargetError if re.search(r"(timeout|connection|reset|5\d\d)", detail, re.I) \
+                kind = RetryableTargetError if re.search(r"(timeout|connection|reset|5\d\d)", detail, re.IGNORECASE) \
                     else PermanentTargetError
                 raise kind(f"pushing {reference} to {registry} failed: {detail}")
             layer, status = event.get("id"), str(event.get("status", ""))

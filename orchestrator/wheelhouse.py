@@ -95,7 +95,7 @@ def _pip_download(requirements: Sequence[str], platform: Platform, destination: 
                *(arg for tag in platform.pip_platforms() for arg in ("--platform", tag)),
                "-d", str(destination), *(["--no-deps"] if no_deps else []), *requirements]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            env=_pip_environment())
+                            env=_pip_environment(), check=False)
     with log_file.open("a") as handle:
         handle.write("$ " + " ".join(command) + "\n" + result.stdout + result.stderr)
     return subprocess.CompletedProcess(command, result.returncode, result.stdout + result.stderr, "")
@@ -106,7 +106,7 @@ def _exists_anywhere(requirement: str, log_file: Path) -> bool:
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
          "--no-binary=:all:", "-d", str(log_file.parent / ".sdist-probe"), requirement],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_pip_environment(),
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_pip_environment(), check=False,
     )
     with log_file.open("a") as handle:
         handle.write(result.stdout + result.stderr)

@@ -40,8 +40,8 @@ LABEL = "io.orchestrate."
 # of consecutive deployments sharing a pod never ask for the same one.
 PRIVATE_PORT_BASE = 20000
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
-_POD_COMMAND = ["python3", "-c", "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
-                "signal.pause()"]
+_POD_COMMAND = ["python3", "-c", ("import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+                                  "signal.pause()")]
 
 
 class DockerTarget(Target):
@@ -72,10 +72,10 @@ class DockerTarget(Target):
 
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         port = int(config.get("port") or 0)
-        if port and not (live_outputs and live_outputs.get("port") == port):
-            if not port_is_free(str(config["host"]), port):
-                raise ConfigError(f"port {port} on {config['host']} is in use by another program",
-                                  hint="choose another with -C port=N, or leave port out to get a free one")
+        if port and not (live_outputs and live_outputs.get("port") == port) \
+                and not port_is_free(str(config["host"]), port):
+            raise ConfigError(f"port {port} on {config['host']} is in use by another program",
+                              hint="choose another with -C port=N, or leave port out to get a free one")
         memory = str(config.get("memory") or "")
         if memory and not _MEMORY.match(memory):
             raise ConfigError(f"config key 'memory' must look like 512m or 2g, got {memory!r}")

@@ -46,7 +46,7 @@ class Poller(threading.Thread):
         while not self.stop.is_set():
             try:
                 self.answers.append(tuple(_predict(self.url, self.model)))
-            except Exception as exc:  # every failure counts
+            except Exception as exc:  # noqa: BLE001 - every failure counts
                 self.failures.append(repr(exc))
 
 
