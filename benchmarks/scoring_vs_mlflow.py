@@ -10,7 +10,7 @@ Models: the iris logistic regression, and a 100-tree random forest on 20 feature
 scikit-learn, saved by mlflow with a column signature). Loads: 1 and 16 connections, payloads
 of 1 and 100 rows (``dataframe_split``). Printed, not asserted: requests/s, p50 and p99 of both
 servers and their ratios, cold start (launch to the first ``/ping`` 200), resident memory per
-serving process.
+serving process, server CPU time per request, and the bare estimator's time per call.
 """
 
 from __future__ import annotations
@@ -144,6 +144,30 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms: float = 0.0  # server CPU time (all its processes) per request
+
+
+def tree_cpu_seconds(server: "Server") -> float:
+    root = psutil.Process(server.proc.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def model_ms(path: Path, columns: list[str], rows: list[list[float]]) -> float:
+    """Median time of the bare estimator's predict on the payload as a DataFrame (as MLflow
+    passes it): what no server can go below."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator = mlflow.pyfunc.load_model(str(path))._model_impl.sklearn_model
+    frame = pd.DataFrame(rows, columns=columns)
+    times = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        estimator.predict(frame)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1000
 
 
 def _ms(text: str) -> float:
@@ -229,11 +253,18 @@ def main() -> int:
                         raise SystemExit(f"different predictions for {model_name}: {answers}")
                     for s in servers.values():  # warm up
                         wrk(s.url, script, 4, 1)
+                    alone = model_ms(path, columns, (sample * 100)[:n_rows])
                     for n_conn in connections:
-                        result = {s.name: wrk(s.url, script, n_conn, args.duration)
-                                  for s in servers.values()}
+                        result = {}
+                        for s in servers.values():
+                            cpu0 = tree_cpu_seconds(s)
+                            r = wrk(s.url, script, n_conn, args.duration)
+                            r.cpu_ms = (tree_cpu_seconds(s) - cpu0) * 1000 / max(
+                                r.rps * args.duration, 1
+                            )
+                            result[s.name] = r
                         row = {"model": model_name, "rows": n_rows, "connections": n_conn,
-                               **{f"{k}": v for k, v in result.items()}}
+                               "model_ms": alone, **{f"{k}": v for k, v in result.items()}}
                         rows_out.append(row)
                         ours, theirs = result["orchestrate"], result["mlflow"]
                         print(f"{model_name}, {n_rows} row(s), {n_conn} conn: "
@@ -241,7 +272,9 @@ def main() -> int:
                               f"p99 {ours.p99_ms:.2f} ms | mlflow {theirs.rps:.0f} req/s "
                               f"p50 {theirs.p50_ms:.2f} ms p99 {theirs.p99_ms:.2f} ms | "
                               f"{ours.rps / theirs.rps:.1f}x throughput, "
-                              f"p99 {ours.p99_ms / theirs.p99_ms:.2f} of mlflow's"
+                              f"p99 {ours.p99_ms / theirs.p99_ms:.2f} of mlflow's | CPU/request "
+                              f"{ours.cpu_ms:.2f} vs {theirs.cpu_ms:.2f} ms, model alone "
+                              f"{alone:.2f} ms"
                               + (f" | ERRORS {ours.errors}/{theirs.errors}"
                                  if ours.errors or theirs.errors else ""), flush=True)
             finally:
@@ -250,13 +283,15 @@ def main() -> int:
         print()
         if args.markdown:
             print("| model | rows | conns | orchestrate req/s | mlflow req/s | ratio | "
-                  "orchestrate p50 / p99 ms | mlflow p50 / p99 ms | p99 ratio |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                  "orchestrate p50 / p99 ms | mlflow p50 / p99 ms | p99 ratio | "
+                  "CPU ms/request orchestrate / mlflow | model alone ms |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows_out:
                 o, m = r["orchestrate"], r["mlflow"]
                 print(f"| {r['model']} | {r['rows']} | {r['connections']} | {o.rps:.0f} | "
                       f"{m.rps:.0f} | {o.rps / m.rps:.1f}x | {o.p50_ms:.2f} / {o.p99_ms:.2f} | "
-                      f"{m.p50_ms:.2f} / {m.p99_ms:.2f} | {o.p99_ms / m.p99_ms:.2f} |")
+                      f"{m.p50_ms:.2f} / {m.p99_ms:.2f} | {o.p99_ms / m.p99_ms:.2f} | "
+                      f"{o.cpu_ms:.2f} / {m.cpu_ms:.2f} | {r['model_ms']:.2f} |")
             print()
             print("| model | server | cold start s | RSS per serving process MB | RSS total MB |")
             print("|---|---|---:|---:|---:|")

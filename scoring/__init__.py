@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 #: What the server itself needs installed next to a model (the model brings the rest).
-SERVER_REQUIREMENTS: tuple[str, ...] = ("flask>=3.0", "gunicorn>=22.0")
+SERVER_REQUIREMENTS: tuple[str, ...] = ("flask>=3.0", "gunicorn>=22.0", "pyyaml>=6.0")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

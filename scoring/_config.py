@@ -93,8 +93,8 @@ class ServerConfig:
         for name in ("workers", "threads", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+        if self.timeout < 0:
+            raise ValueError(f"timeout must not be negative (0: no limit), got {self.timeout}")
         if self.graceful_timeout < 0:
             raise ValueError(f"graceful_timeout must not be negative, got {self.graceful_timeout}")
         if self.loader not in _LOADERS:

@@ -494,6 +494,11 @@ class Enforcer:
                 and all(isinstance(c, (str, int, float)) or c is None for c in data.columns)
             ):
                 raise InvalidInput("'columns' must be a list of column names")
+            if isinstance(data, Rows) and isinstance(data.rows, list):
+                # pandas pads ragged rows with NaN (deprecated; it will raise): refuse them now.
+                widths = {len(r) for r in data.rows if isinstance(r, (list, dict))}
+                if len(widths) > 1:
+                    raise InvalidInput(f"rows have different lengths: {sorted(widths)[:5]}")
             try:
                 if isinstance(data, Rows):
                     return Enforced(pd.DataFrame(data.rows, columns=data.columns), [])

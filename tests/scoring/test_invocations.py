@@ -250,3 +250,14 @@ def test_unknown_route_and_method_are_json(client: Any, iris_model: Path) -> Non
     c = client(iris_model)
     assert_error(c.get("/nope"), 404, "RESOURCE_DOES_NOT_EXIST")
     response = assert_error(c.get("/invocations"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_ragged_rows_without_signature_are_400(client: Any, forest_model: Path) -> None:
+    body = {"dataframe_split": {"data": [[1.0] * 20, [1.0] * 19]}}
+    assert_error(post(client(forest_model), body), 400, "BAD_REQUEST", "different lengths")
+
+
+def test_timeout_zero_means_no_limit(client: Any, custom_model: Path) -> None:
+    payload = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}], "params": {"sleep": 0.3}}
+    response = post(client(custom_model, timeout=0), payload)
+    assert response.status_code == 200, response.get_data(as_text=True)

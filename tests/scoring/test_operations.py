@@ -115,7 +115,7 @@ def test_config_precedence() -> None:
     [
         ({"port": 0}, "port must be between"),
         ({"threads": 0}, "threads must be at least 1"),
-        ({"timeout": -1}, "timeout must be positive"),
+        ({"timeout": -1}, "timeout must not be negative"),
         ({"loader": "magic"}, "loader must be one of"),
         ({"nope": 1}, "unknown scoring setting 'nope'"),
         ({"access_log": "maybe"}, "invalid value for access_log"),
@@ -158,3 +158,47 @@ def test_no_orchestrator_or_cloud_imports_in_source() -> None:
         for banned in ("import orchestrator", "from orchestrator", "import targets", "from targets",
                        "boto3", "azure", "kubernetes"):
             assert banned not in text, (path.name, banned)
+
+
+def test_array_input_only_when_equivalent(iris_model: Path, tmp_path: Path) -> None:
+    """The 2-D array shortcut is on for a plain estimator, off for a pipeline that selects
+    columns by name; both answer as MLflow does."""
+    import warnings
+
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from scoring._model import load_model
+
+    assert load_model(str(iris_model)).enforcer.array_input
+    X, y = load_iris(return_X_y=True, as_frame=True)
+    pipe = make_pipeline(
+        ColumnTransformer([("scale", StandardScaler(), IRIS_COLUMNS[::-1])]),
+        LogisticRegression(max_iter=1000),
+    ).fit(X, y)
+    path = tmp_path / "pipeline"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            pipe, path, signature=infer_signature(X, pipe.predict(X)),
+            skops_trusted_types=["sklearn.compose._column_transformer._RemainderColsList"],
+        )
+        expected = mlflow.pyfunc.load_model(str(path)).predict(X.head(5)).tolist()
+    model = load_model(str(path))
+    assert not model.enforcer.array_input
+    app = scoring.create_app({"model": model, "model_dir": str(path), "access_log": False})
+    try:
+        frame = pd.DataFrame(X.head(5))
+        response = app.test_client().post(
+            "/invocations", json={"dataframe_split": frame.to_dict(orient="split")}
+        )
+        assert response.get_json() == {"predictions": expected}
+    finally:
+        app.extensions["scoring"]["runner"].shutdown()
