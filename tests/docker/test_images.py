@@ -8,6 +8,7 @@ import shutil
 import socket
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from orchestrator import docker_engine, images
 
 pytestmark = pytest.mark.docker
 
-REPOSITORY = "orchestrate-test/iris"
+# Unique per run: the registries keep what earlier runs pushed, and a content tag already in a
+# registry is (by design) not pushed again, which would make the digests below an earlier run's.
+REPOSITORY = f"orchestrate-test/iris-{uuid.uuid4().hex[:8]}"
 
 
 def _free_port() -> int:
