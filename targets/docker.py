@@ -225,6 +225,9 @@ class DockerTarget(Target):
                     ports={"8080/tcp": (host, port)}, labels={**labels, f"{LABEL}role": "pod",
                                                               f"{LABEL}deployment": str(ctx.deployment.id)},
                     restart_policy={"Name": "unless-stopped"}, healthcheck={"test": ["NONE"]},
+                    # When the old server closes its SO_REUSEPORT socket, the kernel (5.14+) moves
+                    # connections queued on it to the new server's instead of resetting them.
+                    sysctls={"net.ipv4.tcp_migrate_req": "1"},
                 )
             ctx.log(f"started pod {name} publishing {host}:{port}")
             state = ResourceState.CREATED
