@@ -67,12 +67,16 @@ def make_models(root: Path) -> dict[str, tuple[Path, list[str], list[list[float]
         rf = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1).fit(frame, yf)
         path = root / "forest"
         mlflow.sklearn.save_model(
-            rf, path, signature=infer_signature(frame, rf.predict(frame)),
+            rf,
+            path,
+            signature=infer_signature(frame, rf.predict(frame)),
             skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
         rng = np.random.default_rng(0)
         models["random forest (100 trees, 20 features)"] = (
-            path, list(frame.columns), rng.normal(size=(200, 20)).round(6).tolist()
+            path,
+            list(frame.columns),
+            rng.normal(size=(200, 20)).round(6).tolist(),
         )
     return models
 
@@ -116,7 +120,11 @@ def start(name: str, cmd: list[str], port: int, log: Path) -> Server:
     t0 = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         )
     deadline = t0 + 120
@@ -147,7 +155,7 @@ class Result:
     cpu_ms: float = 0.0  # server CPU time (all its processes) per request
 
 
-def tree_cpu_seconds(server: "Server") -> float:
+def tree_cpu_seconds(server: Server) -> float:
     root = psutil.Process(server.proc.pid)
     return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
 
@@ -177,9 +185,19 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, script: Path, connections: int, duration: float) -> Result:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
-         url + "/invocations"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/invocations",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -208,12 +226,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     try:
         models = {
-            k: v for k, v in make_models(work).items()
+            k: v
+            for k, v in make_models(work).items()
             if any(k.startswith(m[:4]) or m in k for m in args.models.split(","))
         }
-        print(f"# mlflow {mlflow.__version__}, {args.workers} worker(s) each, {os.cpu_count()} CPUs, "
-              f"wrk -t1 {args.duration:g} s per run, load average {os.getloadavg()[0]:.1f} at start",
-              flush=True)
+        print(
+            f"# mlflow {mlflow.__version__}, {args.workers} worker(s) each, {os.cpu_count()} CPUs, "
+            f"wrk -t1 {args.duration:g} s per run, load average {os.getloadavg()[0]:.1f} at start",
+            flush=True,
+        )
         rows_out: list[dict[str, Any]] = []
         starts: list[dict[str, Any]] = []
         for model_name, (path, columns, sample) in models.items():
@@ -222,31 +243,67 @@ def main() -> int:
                 port = free_port()
                 servers["orchestrate"] = start(
                     "orchestrate",
-                    [sys.executable, "-m", "scoring", "serve", str(path), "--port", str(port),
-                     "--workers", str(args.workers), "--no-access-log"],
-                    port, work / "orchestrate.log",
+                    [
+                        sys.executable,
+                        "-m",
+                        "scoring",
+                        "serve",
+                        str(path),
+                        "--port",
+                        str(port),
+                        "--workers",
+                        str(args.workers),
+                    ],  # access log on, as uvicorn's is for mlflow
+                    port,
+                    work / "orchestrate.log",
                 )
                 port = free_port()
                 servers["mlflow"] = start(
                     "mlflow",
-                    [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(path),
-                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-                     "-w", str(args.workers)],
-                    port, work / "mlflow.log",
+                    [
+                        sys.executable,
+                        "-m",
+                        "mlflow",
+                        "models",
+                        "serve",
+                        "-m",
+                        str(path),
+                        "--env-manager",
+                        "local",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(port),
+                        "-w",
+                        str(args.workers),
+                    ],
+                    port,
+                    work / "mlflow.log",
                 )
                 for server in servers.values():
                     per, total = server.rss_mb()
-                    starts.append({"model": model_name, "server": server.name,
-                                   "cold_start_s": server.cold_start, "rss_per_worker_mb": per,
-                                   "rss_total_mb": total})
+                    starts.append(
+                        {
+                            "model": model_name,
+                            "server": server.name,
+                            "cold_start_s": server.cold_start,
+                            "rss_per_worker_mb": per,
+                            "rss_total_mb": total,
+                        }
+                    )
                 for n_rows in row_counts:
-                    body = json.dumps({"dataframe_split": {"columns": columns,
-                                                           "data": (sample * 100)[:n_rows]}})
+                    body = json.dumps(
+                        {"dataframe_split": {"columns": columns, "data": (sample * 100)[:n_rows]}}
+                    )
                     script = work / f"post-{n_rows}.lua"
                     script.write_text(LUA.format(body=body))
                     answers = [
-                        requests.post(s.url + "/invocations", data=body, timeout=30,
-                                      headers={"Content-Type": "application/json"}).json()
+                        requests.post(
+                            s.url + "/invocations",
+                            data=body,
+                            timeout=30,
+                            headers={"Content-Type": "application/json"},
+                        ).json()
                         for s in servers.values()
                     ]
                     if answers[0] != answers[1]:
@@ -259,50 +316,69 @@ def main() -> int:
                         for s in servers.values():
                             cpu0 = tree_cpu_seconds(s)
                             r = wrk(s.url, script, n_conn, args.duration)
-                            r.cpu_ms = (tree_cpu_seconds(s) - cpu0) * 1000 / max(
-                                r.rps * args.duration, 1
+                            r.cpu_ms = (
+                                (tree_cpu_seconds(s) - cpu0) * 1000 / max(r.rps * args.duration, 1)
                             )
                             result[s.name] = r
-                        row = {"model": model_name, "rows": n_rows, "connections": n_conn,
-                               "model_ms": alone, **{f"{k}": v for k, v in result.items()}}
+                        row = {
+                            "model": model_name,
+                            "rows": n_rows,
+                            "connections": n_conn,
+                            "model_ms": alone,
+                            **{f"{k}": v for k, v in result.items()},
+                        }
                         rows_out.append(row)
                         ours, theirs = result["orchestrate"], result["mlflow"]
-                        print(f"{model_name}, {n_rows} row(s), {n_conn} conn: "
-                              f"orchestrate {ours.rps:.0f} req/s p50 {ours.p50_ms:.2f} ms "
-                              f"p99 {ours.p99_ms:.2f} ms | mlflow {theirs.rps:.0f} req/s "
-                              f"p50 {theirs.p50_ms:.2f} ms p99 {theirs.p99_ms:.2f} ms | "
-                              f"{ours.rps / theirs.rps:.1f}x throughput, "
-                              f"p99 {ours.p99_ms / theirs.p99_ms:.2f} of mlflow's | CPU/request "
-                              f"{ours.cpu_ms:.2f} vs {theirs.cpu_ms:.2f} ms, model alone "
-                              f"{alone:.2f} ms"
-                              + (f" | ERRORS {ours.errors}/{theirs.errors}"
-                                 if ours.errors or theirs.errors else ""), flush=True)
+                        print(
+                            f"{model_name}, {n_rows} row(s), {n_conn} conn: "
+                            f"orchestrate {ours.rps:.0f} req/s p50 {ours.p50_ms:.2f} ms "
+                            f"p99 {ours.p99_ms:.2f} ms | mlflow {theirs.rps:.0f} req/s "
+                            f"p50 {theirs.p50_ms:.2f} ms p99 {theirs.p99_ms:.2f} ms | "
+                            f"{ours.rps / theirs.rps:.1f}x throughput, "
+                            f"p99 {ours.p99_ms / theirs.p99_ms:.2f} of mlflow's | CPU/request "
+                            f"{ours.cpu_ms:.2f} vs {theirs.cpu_ms:.2f} ms, model alone "
+                            f"{alone:.2f} ms"
+                            + (
+                                f" | ERRORS {ours.errors}/{theirs.errors}"
+                                if ours.errors or theirs.errors
+                                else ""
+                            ),
+                            flush=True,
+                        )
             finally:
                 for server in servers.values():
                     server.stop()
         print()
         if args.markdown:
-            print("| model | rows | conns | orchestrate req/s | mlflow req/s | ratio | "
-                  "orchestrate p50 / p99 ms | mlflow p50 / p99 ms | p99 ratio | "
-                  "CPU ms/request orchestrate / mlflow | model alone ms |")
+            print(
+                "| model | rows | conns | orchestrate req/s | mlflow req/s | ratio | "
+                "orchestrate p50 / p99 ms | mlflow p50 / p99 ms | p99 ratio | "
+                "CPU ms/request orchestrate / mlflow | model alone ms |"
+            )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for r in rows_out:
                 o, m = r["orchestrate"], r["mlflow"]
-                print(f"| {r['model']} | {r['rows']} | {r['connections']} | {o.rps:.0f} | "
-                      f"{m.rps:.0f} | {o.rps / m.rps:.1f}x | {o.p50_ms:.2f} / {o.p99_ms:.2f} | "
-                      f"{m.p50_ms:.2f} / {m.p99_ms:.2f} | {o.p99_ms / m.p99_ms:.2f} | "
-                      f"{o.cpu_ms:.2f} / {m.cpu_ms:.2f} | {r['model_ms']:.2f} |")
+                print(
+                    f"| {r['model']} | {r['rows']} | {r['connections']} | {o.rps:.0f} | "
+                    f"{m.rps:.0f} | {o.rps / m.rps:.1f}x | {o.p50_ms:.2f} / {o.p99_ms:.2f} | "
+                    f"{m.p50_ms:.2f} / {m.p99_ms:.2f} | {o.p99_ms / m.p99_ms:.2f} | "
+                    f"{o.cpu_ms:.2f} / {m.cpu_ms:.2f} | {r['model_ms']:.2f} |"
+                )
             print()
             print("| model | server | cold start s | RSS per serving process MB | RSS total MB |")
             print("|---|---|---:|---:|---:|")
             for s in starts:
-                print(f"| {s['model']} | {s['server']} | {s['cold_start_s']:.2f} | "
-                      f"{s['rss_per_worker_mb']:.0f} | {s['rss_total_mb']:.0f} |")
+                print(
+                    f"| {s['model']} | {s['server']} | {s['cold_start_s']:.2f} | "
+                    f"{s['rss_per_worker_mb']:.0f} | {s['rss_total_mb']:.0f} |"
+                )
         else:
             for s in starts:
-                print(f"{s['model']}: {s['server']} cold start {s['cold_start_s']:.2f} s, "
-                      f"{s['rss_per_worker_mb']:.0f} MB per serving process, "
-                      f"{s['rss_total_mb']:.0f} MB in all")
+                print(
+                    f"{s['model']}: {s['server']} cold start {s['cold_start_s']:.2f} s, "
+                    f"{s['rss_per_worker_mb']:.0f} MB per serving process, "
+                    f"{s['rss_total_mb']:.0f} MB in all"
+                )
         print(f"# load average {os.getloadavg()[0]:.1f} at end")
     finally:
         shutil.rmtree(work, ignore_errors=True)

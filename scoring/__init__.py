@@ -33,6 +33,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return _create_app(config)
 
 
-from scoring._errors import ModelLoadError  # noqa: E402  (kept light: no third-party import)
+from scoring._errors import ModelLoadError
 
-__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app"]
+__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app"]  # noqa: RUF022 - sorted()

@@ -13,8 +13,8 @@ import os
 import threading
 import time
 import uuid
-from http import HTTPStatus
 from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, request
@@ -85,8 +85,7 @@ class Runner:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise RequestTimeout(
-                f"the request took longer than the {self.timeout:g} s limit "
-                "(ORCHESTRATE_TIMEOUT)"
+                f"the request took longer than the {self.timeout:g} s limit (ORCHESTRATE_TIMEOUT)"
             ) from None
 
     def shutdown(self) -> None:
@@ -265,7 +264,11 @@ def make_invocations(
             out, ignored = run(invoke, body, mime)
         except ScoringError as exc:
             out = error_body(exc.error_code, exc.message)
-            return exc.status, [("Content-Type", _JSON_MIME), ("Content-Length", str(len(out)))], out
+            return (
+                exc.status,
+                [("Content-Type", _JSON_MIME), ("Content-Length", str(len(out)))],
+                out,
+            )
         except Exception:
             log.exception("unexpected error answering POST /invocations")
             out = error_body("INTERNAL_ERROR", "internal server error")
@@ -306,7 +309,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "runner": runner,
         "scorer": scorer,
     }
-    _register_mlflow_routes(app, cfg, model, make_invocations(scorer, runner, cfg.max_request_bytes))
+    _register_mlflow_routes(
+        app, cfg, model, make_invocations(scorer, runner, cfg.max_request_bytes)
+    )
     _register_operations(app, cfg, model, metrics)
     from scoring._v2 import register_v2_routes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -52,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--handoff-socket",
         help="unix socket path handing the public listening socket to the next server (SCM_RIGHTS)",
     )
-    serve.add_argument(
-        "--no-access-log", dest="access_log", action="store_false", default=None
-    )
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
     serve.add_argument("--log-level")
     return parser
 
@@ -78,7 +77,8 @@ def serve(options: dict[str, Any]) -> int:
         print(f"scoring: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=cfg.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+        level=cfg.log_level.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
     )
     from scoring._app import create_app
     from scoring._gunicorn import ScoringServer
@@ -90,5 +90,10 @@ def serve(options: dict[str, Any]) -> int:
     except ModelLoadError as exc:
         print(f"scoring: error: {exc}", file=sys.stderr)
         return 1
+    # Everything loaded so far (libraries, the model) lives as long as the server: keep it out
+    # of the cyclic garbage collector, so full collections in a worker skip it and do not
+    # write to (so do not copy) the pages it shares with the master.
+    gc.collect()
+    gc.freeze()
     ScoringServer(app, cfg, metrics).run()
     return 0

@@ -30,7 +30,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "port": 8080,
         "private_port": None,
         "workers": None,  # None: one per CPU the process may run on
-        "threads": 4,
+        "threads": 2,
         "timeout": 60.0,
         "graceful_timeout": 30.0,
         "keepalive": 5,

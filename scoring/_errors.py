@@ -1,14 +1,14 @@
 """Errors of the scoring server and the HTTP answer each one becomes.
 
-    ScoringError                 (status, error_code; answered as JSON)
-    ├── InvalidInput             400 BAD_REQUEST         the client sent something wrong
-    ├── NotFound                 404 RESOURCE_DOES_NOT_EXIST
-    ├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
-    ├── UnsupportedMediaType     415 UNSUPPORTED_MEDIA_TYPE
-    ├── ModelError               500 MODEL_ERROR         the model raised while predicting
-    ├── NotReady                 503 NOT_READY
-    └── RequestTimeout           504 REQUEST_TIMEOUT
-    ModelLoadError               the server cannot start: the model does not load
+ScoringError                 (status, error_code; answered as JSON)
+├── InvalidInput             400 BAD_REQUEST         the client sent something wrong
+├── NotFound                 404 RESOURCE_DOES_NOT_EXIST
+├── PayloadTooLarge          413 PAYLOAD_TOO_LARGE
+├── UnsupportedMediaType     415 UNSUPPORTED_MEDIA_TYPE
+├── ModelError               500 MODEL_ERROR         the model raised while predicting
+├── NotReady                 503 NOT_READY
+└── RequestTimeout           504 REQUEST_TIMEOUT
+ModelLoadError               the server cannot start: the model does not load
 """
 
 from __future__ import annotations

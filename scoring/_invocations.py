@@ -8,6 +8,7 @@ JSON or CSV only: nothing in a request is unpickled or evaluated.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,14 +57,16 @@ def parse_json(body: bytes) -> tuple[RequestData, Any]:
     doc = _json.loads(body)
     if not isinstance(doc, dict):
         raise InvalidInput(
-            "expected a JSON object with one of the keys " + ", ".join(FORMATS)
+            "expected a JSON object with one of the keys "
+            + ", ".join(FORMATS)
             + f"; got a JSON {_kind(doc)}"
         )
     found = [k for k in doc if k in _FORMAT_SET]
     if len(found) != 1:
         shown = ", ".join(repr(k)[:40] for k in list(doc)[:10])
         raise InvalidInput(
-            "the request must have exactly one of the keys " + ", ".join(FORMATS)
+            "the request must have exactly one of the keys "
+            + ", ".join(FORMATS)
             + f"; it has: {shown or 'no keys'}"
         )
     key = found[0]
@@ -109,7 +112,9 @@ def parse_csv(body: bytes, enforcer: Enforcer) -> RequestData:
     for name in frame.columns:
         values = frame[name].to_numpy()
         if values.dtype == object:
-            values = [None if isinstance(v, float) and v != v else v for v in values.tolist()]
+            values = [
+                None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()
+            ]
         columns[name] = values
     return Columns(columns)
 

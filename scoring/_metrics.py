@@ -108,7 +108,9 @@ class Metrics:
         """Everything in the Prometheus text exposition format (version 0.0.4)."""
         t = self._totals()
         out: list[str] = []
-        out += _header("scoring_requests_total", "counter", "Requests answered, by route and status.")
+        out += _header(
+            "scoring_requests_total", "counter", "Requests answered, by route and status."
+        )
         for r, route in enumerate(ROUTES):
             for s, status in enumerate(STATUSES):
                 n = t[_REQ + r * _NS + s]
@@ -122,9 +124,7 @@ class Metrics:
             n = sum(t[_REQ + r * _NS + s] for s, st in enumerate(STATUSES) if st != 200)
             if n:
                 out.append(f'scoring_request_errors_total{{route="{route}"}} {n:.0f}')
-        out += _header(
-            "scoring_request_duration_seconds", "histogram", "Time to answer, by route."
-        )
+        out += _header("scoring_request_duration_seconds", "histogram", "Time to answer, by route.")
         for r, route in enumerate(ROUTES):
             counts = t[_BUCKET + r * _NB : _BUCKET + (r + 1) * _NB]
             total = sum(counts)
@@ -142,8 +142,10 @@ class Metrics:
         out += _header("scoring_requests_in_flight", "gauge", "Requests being answered now.")
         out.append(f"scoring_requests_in_flight {max(t[_INFLIGHT], 0.0):.0f}")
         out += _header("scoring_model_load_seconds", "gauge", "Time the model took to load.")
-        out.append(f'scoring_model_load_seconds{{model="{_escape(model_name)}"}} '
-                   f"{self.model_load_seconds!r}")
+        out.append(
+            f'scoring_model_load_seconds{{model="{_escape(model_name)}"}} '
+            f"{self.model_load_seconds!r}"
+        )
         return "\n".join(out) + "\n"
 
 

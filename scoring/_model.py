@@ -67,14 +67,14 @@ class LoadedModel:
         predict_fn_name = conf.get("predict_fn") or "predict"
         fn = getattr(pyfunc, "_predict_fn", None) if pyfunc is not None else None
         if fn is None:
-            fn = getattr(impl, predict_fn_name, None) or getattr(impl, "predict")
+            fn = getattr(impl, predict_fn_name, None) or impl.predict
         self._fn: Callable[..., Any] = fn
         param = _params_parameter(fn)
         self._accepts_params = param
         # Direct call when our enforcement is all MLflow would do, or without mlflow at all.
         sig = self.signature
-        self.direct = pyfunc is None or sig.enforceable or (
-            sig.inputs is None and not sig.from_type_hint
+        self.direct = (
+            pyfunc is None or sig.enforceable or (sig.inputs is None and not sig.from_type_hint)
         )
 
         self._array_fn: Callable[..., Any] | None = None
@@ -158,7 +158,7 @@ def read_mlmodel(path: str) -> dict[str, Any]:
         raise ModelLoadError(f"no MLmodel file in {path}: not an MLflow model directory")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(mlmodel_path, encoding="utf-8") as f:
-        doc = yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
+        doc = yaml.load(f, Loader=loader)
     if not isinstance(doc, dict):
         raise ModelLoadError(f"{mlmodel_path} is not a YAML mapping")
     if "python_function" not in (doc.get("flavors") or {}):
@@ -213,7 +213,7 @@ def _load_sklearn(path: str, mlmodel: Mapping[str, Any]) -> _SklearnModel:
         import pickle
 
         with open(model_file, "rb") as f:
-            estimator = pickle.load(f)  # noqa: S301 - the model artifact, never request data
+            estimator = pickle.load(f)
     else:
         raise ModelLoadError(f"unknown sklearn serialization format {fmt!r} in {path}/MLmodel")
     return _SklearnModel(estimator)
@@ -249,9 +249,7 @@ def load_model(path: str, loader: str = "auto") -> LoadedModel:
     Raises ``ModelLoadError`` with a one-line reason (the missing module and the fix, for a
     ``ModuleNotFoundError``).
     """
-    path = os.path.abspath(path)
-    if path.startswith("file:"):
-        path = path[len("file:") :]
+    path = os.path.abspath(path.removeprefix("file://"))
     if not os.path.isdir(path):
         raise ModelLoadError(f"model directory {path} does not exist")
     start = time.perf_counter()

@@ -49,14 +49,15 @@ def _value_schema(spec: ColumnSpec) -> dict[str, Any]:
 def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
     """The document ``GET /openapi.json`` serves."""
     name = cfg.served_model_name
-    columns = [
-        s for s in (model.signature.inputs or ()) if isinstance(s, ColumnSpec) and s.name
-    ]
+    columns = [s for s in (model.signature.inputs or ()) if isinstance(s, ColumnSpec) and s.name]
     record: dict[str, Any] = {"type": "object"}
     if columns:
         record["properties"] = {c.name: _value_schema(c) for c in columns}
     ping = {
-        "200": {"description": "The model is loaded.", "content": {"application/json": {"schema": {"type": "string"}}}}
+        "200": {
+            "description": "The model is loaded.",
+            "content": {"application/json": {"schema": {"type": "string"}}},
+        }
     }
     json_ok = {"description": "OK", "content": _json_content({"type": "object"})}
     invocation_body = {
@@ -87,15 +88,33 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {
                 "type": "string",
-                "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
-                         "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"],
+                "enum": [
+                    "BOOL",
+                    "UINT8",
+                    "UINT16",
+                    "UINT32",
+                    "UINT64",
+                    "INT8",
+                    "INT16",
+                    "INT32",
+                    "INT64",
+                    "FP16",
+                    "FP32",
+                    "FP64",
+                    "BYTES",
+                ],
             },
             "parameters": {"type": "object"},
             "data": {},
         },
     }
-    model_path = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"},
-                  "example": name}
+    model_path = {
+        "name": "model_name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "example": name,
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -104,9 +123,13 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
             "description": "MLflow scoring protocol and Open Inference Protocol (V2) for one model.",
         },
         "paths": {
-            "/ping": {"get": {"summary": "Liveness and readiness (MLflow, SageMaker).", "responses": ping}},
+            "/ping": {
+                "get": {"summary": "Liveness and readiness (MLflow, SageMaker).", "responses": ping}
+            },
             "/health": {"get": {"summary": "Same as /ping.", "responses": ping}},
-            "/version": {"get": {"summary": "Server and model versions.", "responses": {"200": json_ok}}},
+            "/version": {
+                "get": {"summary": "Server and model versions.", "responses": {"200": json_ok}}
+            },
             "/invocations": {
                 "post": {
                     "summary": "Predict (MLflow scoring protocol).",
@@ -121,8 +144,11 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
                         "200": {
                             "description": "Predictions.",
                             "content": _json_content(
-                                {"type": "object", "required": ["predictions"],
-                                 "properties": {"predictions": {}}}
+                                {
+                                    "type": "object",
+                                    "required": ["predictions"],
+                                    "properties": {"predictions": {}},
+                                }
                             ),
                         },
                         **_errors(400, 413, 415, 500, 504),
@@ -132,14 +158,22 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics.",
-                    "responses": {"200": {"description": "Text exposition format.",
-                                          "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok}}},
             "/v2": {"get": {"summary": "Server metadata (V2).", "responses": {"200": json_ok}}},
-            "/v2/health/live": {"get": {"summary": "Liveness (V2).", "responses": {"200": json_ok}}},
-            "/v2/health/ready": {"get": {"summary": "Readiness (V2).", "responses": {"200": json_ok}}},
+            "/v2/health/live": {
+                "get": {"summary": "Liveness (V2).", "responses": {"200": json_ok}}
+            },
+            "/v2/health/ready": {
+                "get": {"summary": "Readiness (V2).", "responses": {"200": json_ok}}
+            },
             "/v2/models/{model_name}": {
                 "get": {
                     "summary": "Model metadata (V2), from the signature.",
@@ -170,8 +204,11 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
                                     "inputs": {"type": "array", "items": tensor},
                                     "outputs": {
                                         "type": "array",
-                                        "items": {"type": "object", "required": ["name"],
-                                                  "properties": {"name": {"type": "string"}}},
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name"],
+                                            "properties": {"name": {"type": "string"}},
+                                        },
                                     },
                                 },
                             }
@@ -181,10 +218,15 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
                         "200": {
                             "description": "Output tensors.",
                             "content": _json_content(
-                                {"type": "object", "required": ["model_name", "outputs"],
-                                 "properties": {"model_name": {"type": "string"},
-                                                "id": {"type": "string"},
-                                                "outputs": {"type": "array", "items": tensor}}}
+                                {
+                                    "type": "object",
+                                    "required": ["model_name", "outputs"],
+                                    "properties": {
+                                        "model_name": {"type": "string"},
+                                        "id": {"type": "string"},
+                                        "outputs": {"type": "array", "items": tensor},
+                                    },
+                                }
                             ),
                         },
                         **_errors(400, 404, 413, 415, 500, 504, v2=True),

@@ -203,18 +203,18 @@ class Enforcer:
         self.columns: tuple[ColumnSpec, ...] | None = None
         self.tensors: tuple[TensorSpec, ...] | None = None
         if inputs and isinstance(inputs[0], TensorSpec):
-            self.tensors = inputs  # type: ignore[assignment]
+            self.tensors = inputs
         elif inputs:
-            self.columns = inputs  # type: ignore[assignment]
+            columns: tuple[ColumnSpec, ...] = inputs  # type: ignore[assignment]
+            self.columns = columns
             import pandas as pd
 
             self._pd = pd
-            self._names = [c.name for c in self.columns]
-            self._required = {c.name for c in self.columns if c.required}
+            self._names = [c.name for c in columns]
             self._converters: dict[Any, Callable[[Any], Any]] = {
-                c.name: self._column_converter(c) for c in self.columns
+                c.name: self._column_converter(c) for c in columns
             }
-            types = {c.type for c in self.columns}
+            types = {c.type for c in columns}
             only = next(iter(types)) if len(types) == 1 else None
             # Every column numeric of one type: rows convert in one numpy call.
             self._uniform_dtype = np.dtype(COLUMN_DTYPES[only]) if only in _NUMERIC else None
@@ -250,8 +250,11 @@ class Enforcer:
                     if arr.size and (arr.min() < info.min or arr.max() > info.max):
                         raise fail(f"value out of range for {spec.type}")
                     return arr.astype(dtype, copy=False)
-                if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(
-                    arr == np.floor(arr)
+                if (
+                    arr.dtype.kind == "f"
+                    and arr.size
+                    and np.all(np.isfinite(arr))
+                    and np.all(arr == np.floor(arr))
                 ):
                     return arr.astype(dtype)
                 if arr.dtype.kind in "OUS":
@@ -372,8 +375,11 @@ class Enforcer:
                 arr = np.asarray(rows, dtype=None if self._uniform_int else self._uniform_dtype)
             except (ValueError, TypeError):
                 arr = None
-            if arr is not None and arr.ndim == 2 and arr.shape[1] == width and (
-                not self._uniform_int or arr.dtype.kind in "iu"
+            if (
+                arr is not None
+                and arr.ndim == 2
+                and arr.shape[1] == width
+                and (not self._uniform_int or arr.dtype.kind in "iu")
             ):
                 index = [columns.index(n) for n in self._names]
                 if index != list(range(width)):
@@ -389,7 +395,9 @@ class Enforcer:
         for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != width:
                 got = len(row) if isinstance(row, list) else "a non-list value"
-                raise InvalidInput(f"row {i} has {got} values, expected {width} ({_names(columns)})")
+                raise InvalidInput(
+                    f"row {i} has {got} values, expected {width} ({_names(columns)})"
+                )
         transposed = list(zip(*rows)) if rows else [() for _ in columns]
         return self._from_columns(dict(zip(columns, transposed)))
 
@@ -416,9 +424,13 @@ class Enforcer:
             arr = np.asarray(value)
             if arr.dtype == object:
                 raise ValueError
-            if dtype.kind in "iu" and arr.dtype.kind == "f":
-                if arr.size and not np.all(arr == np.floor(arr)):
-                    raise InvalidInput(f"{spec.describe()}: expected integers")
+            if (
+                dtype.kind in "iu"
+                and arr.dtype.kind == "f"
+                and arr.size
+                and not np.all(arr == np.floor(arr))
+            ):
+                raise InvalidInput(f"{spec.describe()}: expected integers")
             if dtype.kind in "iuf" and arr.dtype.kind not in "iufb":
                 raise ValueError
             arr = arr.astype(dtype, copy=False)
@@ -435,8 +447,10 @@ class Enforcer:
 
     def _tensors(self, data: RequestData) -> Enforced:
         specs = self.tensors or ()
-        if len(specs) == 1 and specs[0].name is None or (
-            len(specs) == 1 and isinstance(data, (Raw, Rows))
+        if (
+            len(specs) == 1
+            and specs[0].name is None
+            or (len(specs) == 1 and isinstance(data, (Raw, Rows)))
         ):
             spec = specs[0]
             if isinstance(data, Raw):

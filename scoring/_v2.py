@@ -18,7 +18,7 @@ from scoring import __version__, _json
 from scoring._config import ServerConfig
 from scoring._errors import InvalidInput, ModelError, NotFound, ScoringError, UnsupportedMediaType
 from scoring._model import LoadedModel
-from scoring._schema import ColumnSpec, Columns, Raw, RequestData, Rows, TensorSpec
+from scoring._schema import Columns, ColumnSpec, Raw, RequestData, Rows, TensorSpec
 
 V2_DATATYPES: Mapping[str, str] = {
     "BOOL": "bool",
@@ -177,7 +177,7 @@ class V2Codec:
         if enforcer.columns is not None:
             names = [c.name for c in enforcer.columns]
             if len(tensors) == 1:
-                (name, arr), = tensors.items()
+                ((name, arr),) = tensors.items()
                 if name not in names and arr.ndim == 2:
                     return Rows(None, arr.tolist())
             columns = {}
@@ -226,17 +226,25 @@ class V2Codec:
             data = arr.ravel().tolist()
         else:
             datatype = "BYTES"
-            data = _json.jsonable_predictions(arr.ravel()) if arr.dtype.kind in "MmS" else [
-                v if isinstance(v, str) or v is None else str(v) for v in arr.ravel().tolist()
-            ]
+            data = (
+                _json.jsonable_predictions(arr.ravel())
+                if arr.dtype.kind in "MmS"
+                else [
+                    v if isinstance(v, str) or v is None else str(v) for v in arr.ravel().tolist()
+                ]
+            )
         return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
 
 
-def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Any, runner: Any) -> None:
+def register_v2_routes(
+    app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Any, runner: Any
+) -> None:
     """Add the V2 routes to ``app``."""
     name = cfg.served_model_name
     codec = V2Codec(model)
-    server_body = _json.dumps({"name": "orchestrate-scoring", "version": __version__, "extensions": []})
+    server_body = _json.dumps(
+        {"name": "orchestrate-scoring", "version": __version__, "extensions": []}
+    )
     metadata_body = _json.dumps(model_metadata(name, model))
     live_body = _json.dumps({"live": True})
     ready_body = _json.dumps({"ready": True})
@@ -248,7 +256,9 @@ def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer
 
     def check_name(requested: str) -> None:
         if requested != name:
-            raise NotFound(f"model '{requested[:100]}' is not served here; this server serves '{name}'")
+            raise NotFound(
+                f"model '{requested[:100]}' is not served here; this server serves '{name}'"
+            )
 
     @app.get("/v2")
     def v2_server() -> Response:

@@ -263,8 +263,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``serve(model_dir, *args, env=None, wait=True)``: start a server on a free port."""
     servers: list[Server] = []
 
-    def start(model_dir: Path | None, *args: str, env: dict[str, str] | None = None,
-              wait: bool = True, port: int | None = None) -> Server:
+    def start(
+        model_dir: Path | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        port: int | None = None,
+    ) -> Server:
         port = port or free_port()
         log = tmp_path / f"server-{len(servers)}.log"
         cmd = [sys.executable, "-m", "scoring", "serve"]
@@ -273,7 +278,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         cmd += ["--port", str(port), *args]
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                cmd,
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
             )
         server = Server(proc, port, log)
@@ -302,4 +311,3 @@ def reference() -> Callable[[Path], Any]:
         return cache[path]
 
     return load
-

@@ -2,7 +2,6 @@
 fixtures in ``conftest.py``); importing this file needs mlflow, pandas and numpy only."""
 
 import time
-from typing import Any
 
 import mlflow.pyfunc
 import numpy as np

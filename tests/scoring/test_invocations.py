@@ -46,18 +46,20 @@ IRIS_FORMATS = {
             "data": [row[::-1] for row in IRIS_ROWS],
         }
     },
-    "dataframe_records": {
-        "dataframe_records": [dict(zip(IRIS_COLUMNS, row)) for row in IRIS_ROWS]
-    },
+    "dataframe_records": {"dataframe_records": [dict(zip(IRIS_COLUMNS, row)) for row in IRIS_ROWS]},
     "instances records": {"instances": [dict(zip(IRIS_COLUMNS, row)) for row in IRIS_ROWS]},
     "instances rows": {"instances": IRIS_ROWS},
-    "inputs columns": {"inputs": {c: [r[i] for r in IRIS_ROWS] for i, c in enumerate(IRIS_COLUMNS)}},
+    "inputs columns": {
+        "inputs": {c: [r[i] for r in IRIS_ROWS] for i, c in enumerate(IRIS_COLUMNS)}
+    },
     "inputs records": {"inputs": [dict(zip(IRIS_COLUMNS, row)) for row in IRIS_ROWS]},
 }
 
 
 @pytest.mark.parametrize("payload", IRIS_FORMATS.values(), ids=IRIS_FORMATS.keys())
-def test_iris_formats_match_mlflow(client: Any, iris_model: Path, reference: Any, payload: Any) -> None:
+def test_iris_formats_match_mlflow(
+    client: Any, iris_model: Path, reference: Any, payload: Any
+) -> None:
     response = post(client(iris_model), payload)
     assert response.status_code == 200, response.get_data(as_text=True)
     expected = reference(iris_model).predict(iris_frame()).tolist()
@@ -66,7 +68,9 @@ def test_iris_formats_match_mlflow(client: Any, iris_model: Path, reference: Any
 
 
 def test_charset_is_accepted(client: Any, iris_model: Path) -> None:
-    response = post(client(iris_model), IRIS_FORMATS["dataframe_split"], "application/json; charset=utf-8")
+    response = post(
+        client(iris_model), IRIS_FORMATS["dataframe_split"], "application/json; charset=utf-8"
+    )
     assert response.status_code == 200
 
 
@@ -74,26 +78,43 @@ def test_csv_matches_mlflow(client: Any, iris_model: Path, reference: Any) -> No
     body = iris_frame().to_csv(index=False)
     response = post(client(iris_model), body, "text/csv")
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.get_json()["predictions"] == reference(iris_model).predict(iris_frame()).tolist()
+    assert (
+        response.get_json()["predictions"] == reference(iris_model).predict(iris_frame()).tolist()
+    )
 
 
-def test_integers_are_accepted_for_double_columns(client: Any, iris_model: Path, reference: Any) -> None:
+def test_integers_are_accepted_for_double_columns(
+    client: Any, iris_model: Path, reference: Any
+) -> None:
     rows = [[5, 3, 1, 0]]
-    response = post(client(iris_model), {"dataframe_split": {"columns": IRIS_COLUMNS, "data": rows}})
+    response = post(
+        client(iris_model), {"dataframe_split": {"columns": IRIS_COLUMNS, "data": rows}}
+    )
     assert response.status_code == 200
     expected = reference(iris_model).predict(pd.DataFrame(rows, columns=IRIS_COLUMNS).astype(float))
     assert response.get_json()["predictions"] == expected.tolist()
 
 
-def test_extra_columns_are_ignored_and_listed(client: Any, iris_model: Path, reference: Any) -> None:
-    payload = {"dataframe_split": {"columns": [*IRIS_COLUMNS, "extra"], "data": [[*r, 1] for r in IRIS_ROWS]}}
+def test_extra_columns_are_ignored_and_listed(
+    client: Any, iris_model: Path, reference: Any
+) -> None:
+    payload = {
+        "dataframe_split": {
+            "columns": [*IRIS_COLUMNS, "extra"],
+            "data": [[*r, 1] for r in IRIS_ROWS],
+        }
+    }
     response = post(client(iris_model), payload)
     assert response.status_code == 200
     assert json.loads(response.headers["X-Ignored-Columns"]) == ["extra"]
-    assert response.get_json()["predictions"] == reference(iris_model).predict(iris_frame()).tolist()
+    assert (
+        response.get_json()["predictions"] == reference(iris_model).predict(iris_frame()).tolist()
+    )
 
 
-def test_forest_without_signature_predict_proba(client: Any, forest_model: Path, reference: Any) -> None:
+def test_forest_without_signature_predict_proba(
+    client: Any, forest_model: Path, reference: Any
+) -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(5, 20)), columns=[f"f{i}" for i in range(20)])
     response = post(client(forest_model), {"dataframe_split": frame.to_dict(orient="split")})
@@ -118,7 +139,12 @@ def test_custom_model_with_params(client: Any, custom_model: Path, reference: An
     frame = pd.DataFrame(CUSTOM_ROWS, columns=CUSTOM_COLUMNS)
     expected = reference(custom_model).predict(frame, params={"scale": 2.0})
     assert response.get_json() == {"predictions": expected.to_dict(orient="records")}
-    assert response.get_json()["predictions"][0] == {"y": 5.0, "label": "A", "flag": False, "n_type": "int"}
+    assert response.get_json()["predictions"][0] == {
+        "y": 5.0,
+        "label": "A",
+        "flag": False,
+        "n_type": "int",
+    }
 
 
 def test_custom_model_defaults_params_and_csv(client: Any, custom_model: Path) -> None:
@@ -153,16 +179,24 @@ def test_named_tensors(client: Any, named_tensor_model: Path) -> None:
 
 
 def test_missing_content_type_is_415(client: Any, iris_model: Path) -> None:
-    assert_error(post(client(iris_model), IRIS_FORMATS["inputs columns"], None), 415,
-                 "UNSUPPORTED_MEDIA_TYPE", "Content-Type")
+    assert_error(
+        post(client(iris_model), IRIS_FORMATS["inputs columns"], None),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "Content-Type",
+    )
 
 
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/json; charset=latin-1", "application/json; format=x"]
+    "content_type",
+    ["text/plain", "application/json; charset=latin-1", "application/json; format=x"],
 )
 def test_bad_content_type_is_415(client: Any, iris_model: Path, content_type: str) -> None:
-    assert_error(post(client(iris_model), IRIS_FORMATS["inputs columns"], content_type), 415,
-                 "UNSUPPORTED_MEDIA_TYPE")
+    assert_error(
+        post(client(iris_model), IRIS_FORMATS["inputs columns"], content_type),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
 
 
 BAD_INPUTS = {
@@ -171,7 +205,10 @@ BAD_INPUTS = {
     "no format key": ({"data": []}, "exactly one of"),
     "two format keys": ({"inputs": [], "instances": []}, "exactly one of"),
     "split not object": ({"dataframe_split": [1]}, "'dataframe_split' must be an object"),
-    "split extra key": ({"dataframe_split": {"data": [], "rows": 1}}, "'dataframe_split' must have"),
+    "split extra key": (
+        {"dataframe_split": {"data": [], "rows": 1}},
+        "'dataframe_split' must have",
+    ),
     "records not list": ({"dataframe_records": {"a": 1}}, "list of records"),
     "missing column": (
         {"dataframe_split": {"columns": IRIS_COLUMNS[:3], "data": [[1, 2, 3]]}},
@@ -194,41 +231,81 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("body,fragment", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_is_400_naming_the_problem(client: Any, iris_model: Path, body: Any, fragment: str) -> None:
+def test_bad_input_is_400_naming_the_problem(
+    client: Any, iris_model: Path, body: Any, fragment: str
+) -> None:
     assert_error(post(client(iris_model), body), 400, "BAD_REQUEST", fragment)
 
 
 def test_errors_do_not_echo_the_body(client: Any, iris_model: Path) -> None:
     secret = "x" * 5000
-    body = assert_error(post(client(iris_model), {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[1, 2, 3, secret]]}}),
-                        400, "BAD_REQUEST")
+    body = assert_error(
+        post(
+            client(iris_model),
+            {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[1, 2, 3, secret]]}},
+        ),
+        400,
+        "BAD_REQUEST",
+    )
     assert len(body["message"]) < 300
 
 
 def test_custom_model_type_errors(client: Any, custom_model: Path) -> None:
     c = client(custom_model)
     row = {"x": 1.0, "n": 1.5, "label": "a", "flag": True}
-    assert_error(post(c, {"dataframe_records": [row]}), 400, "BAD_REQUEST", "column 'n' (long): expected an integer")
+    assert_error(
+        post(c, {"dataframe_records": [row]}),
+        400,
+        "BAD_REQUEST",
+        "column 'n' (long): expected an integer",
+    )
     row = {"x": 1.0, "n": 1, "label": 3, "flag": True}
-    assert_error(post(c, {"dataframe_records": [row]}), 400, "BAD_REQUEST", "column 'label' (string)")
+    assert_error(
+        post(c, {"dataframe_records": [row]}), 400, "BAD_REQUEST", "column 'label' (string)"
+    )
     row = {"x": 1.0, "n": 1, "label": "a", "flag": "maybe"}
-    assert_error(post(c, {"dataframe_records": [row]}), 400, "BAD_REQUEST", "column 'flag' (boolean)")
+    assert_error(
+        post(c, {"dataframe_records": [row]}), 400, "BAD_REQUEST", "column 'flag' (boolean)"
+    )
     good = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}]}
-    assert_error(post(c, {**good, "params": {"scale": "big"}}), 400, "BAD_REQUEST", "param 'scale': expected double")
+    assert_error(
+        post(c, {**good, "params": {"scale": "big"}}),
+        400,
+        "BAD_REQUEST",
+        "param 'scale': expected double",
+    )
 
 
 def test_tensor_shape_errors(client: Any, tensor_model: Path, named_tensor_model: Path) -> None:
-    assert_error(post(client(tensor_model), {"inputs": [[1, 2, 3]]}), 400, "BAD_REQUEST",
-                 "shape [-1, 4]", "got shape [1, 3]")
-    assert_error(post(client(tensor_model), {"inputs": [[1, 2, 3, 4], [1]]}), 400, "BAD_REQUEST",
-                 "rectangular")
-    assert_error(post(client(named_tensor_model), {"inputs": {"a": [[1.0, 2.0]]}}), 400, "BAD_REQUEST",
-                 "missing input input 'b'")
+    assert_error(
+        post(client(tensor_model), {"inputs": [[1, 2, 3]]}),
+        400,
+        "BAD_REQUEST",
+        "shape [-1, 4]",
+        "got shape [1, 3]",
+    )
+    assert_error(
+        post(client(tensor_model), {"inputs": [[1, 2, 3, 4], [1]]}),
+        400,
+        "BAD_REQUEST",
+        "rectangular",
+    )
+    assert_error(
+        post(client(named_tensor_model), {"inputs": {"a": [[1.0, 2.0]]}}),
+        400,
+        "BAD_REQUEST",
+        "missing input input 'b'",
+    )
 
 
 def test_model_exception_is_500_model_error(client: Any, custom_model: Path) -> None:
-    payload = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}], "params": {"fail": True}}
-    assert_error(post(client(custom_model), payload), 500, "MODEL_ERROR", "RuntimeError: asked to fail")
+    payload = {
+        "dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}],
+        "params": {"fail": True},
+    }
+    assert_error(
+        post(client(custom_model), payload), 500, "MODEL_ERROR", "RuntimeError: asked to fail"
+    )
 
 
 def test_model_error_without_signature(client: Any, forest_model: Path) -> None:
@@ -237,7 +314,10 @@ def test_model_error_without_signature(client: Any, forest_model: Path) -> None:
 
 
 def test_timeout_is_504(client: Any, custom_model: Path) -> None:
-    payload = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}], "params": {"sleep": 1.0}}
+    payload = {
+        "dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}],
+        "params": {"sleep": 1.0},
+    }
     assert_error(post(client(custom_model, timeout=0.2), payload), 504, "REQUEST_TIMEOUT", "0.2 s")
 
 
@@ -250,6 +330,7 @@ def test_unknown_route_and_method_are_json(client: Any, iris_model: Path) -> Non
     c = client(iris_model)
     assert_error(c.get("/nope"), 404, "RESOURCE_DOES_NOT_EXIST")
     response = assert_error(c.get("/invocations"), 405, "METHOD_NOT_ALLOWED")
+    assert response["message"]
 
 
 def test_ragged_rows_without_signature_are_400(client: Any, forest_model: Path) -> None:
@@ -258,6 +339,9 @@ def test_ragged_rows_without_signature_are_400(client: Any, forest_model: Path) 
 
 
 def test_timeout_zero_means_no_limit(client: Any, custom_model: Path) -> None:
-    payload = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}], "params": {"sleep": 0.3}}
+    payload = {
+        "dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}],
+        "params": {"sleep": 0.3},
+    }
     response = post(client(custom_model, timeout=0), payload)
     assert response.status_code == 200, response.get_data(as_text=True)

@@ -42,14 +42,23 @@ def test_request_id_generated_or_echoed(client: Any, iris_model: Path) -> None:
     first = c.get("/ping").headers["X-Request-ID"]
     second = c.get("/ping").headers["X-Request-ID"]
     assert first != second and len(first) == 32
-    assert c.post("/invocations", json=IRIS_PAYLOAD, headers={"X-Request-ID": "r-1"}).headers["X-Request-ID"] == "r-1"
+    assert (
+        c.post("/invocations", json=IRIS_PAYLOAD, headers={"X-Request-ID": "r-1"}).headers[
+            "X-Request-ID"
+        ]
+        == "r-1"
+    )
     assert c.get("/nope", headers={"X-Request-ID": "r-2"}).headers["X-Request-ID"] == "r-2"
     assert c.get("/ping", headers={"X-Request-ID": "x" * 500}).headers["X-Request-ID"] != "x" * 500
 
 
 def _sample(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.rsplit(" ", 1)[0] == name:
+        if (
+            line.startswith(name + " ")
+            or line.startswith(name + "{")
+            and line.rsplit(" ", 1)[0] == name
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -77,7 +86,9 @@ def test_metrics_counters_move(client: Any, iris_model: Path) -> None:
     assert "# TYPE scoring_request_duration_seconds histogram" in after
 
 
-def test_access_log_lines(client: Any, iris_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_access_log_lines(
+    client: Any, iris_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = client(iris_model, access_log=True)
     capsys.readouterr()
     c.post("/invocations", json=IRIS_PAYLOAD, headers={"X-Request-ID": "log-1"})
@@ -85,23 +96,41 @@ def test_access_log_lines(client: Any, iris_model: Path, capsys: pytest.CaptureF
     assert line["request_id"] == "log-1"
     assert line["method"] == "POST" and line["path"] == "/invocations" and line["status"] == 200
     assert line["duration_ms"] > 0 and line["bytes_in"] > 0
-    assert set(line) == {"time", "request_id", "method", "path", "status", "duration_ms", "remote", "bytes_in"}
+    assert set(line) == {
+        "time",
+        "request_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+        "remote",
+        "bytes_in",
+    }
 
 
 def test_openapi_document(client: Any, iris_model: Path) -> None:
     doc = client(iris_model).get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
-    assert {"/invocations", "/ping", "/v2/models/{model_name}/infer", "/metrics"} <= set(doc["paths"])
+    assert {"/invocations", "/ping", "/v2/models/{model_name}/infer", "/metrics"} <= set(
+        doc["paths"]
+    )
     records = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
-    assert set(records["schema"]["properties"]["dataframe_records"]["items"]["properties"]) == set(IRIS_COLUMNS)
+    assert set(records["schema"]["properties"]["dataframe_records"]["items"]["properties"]) == set(
+        IRIS_COLUMNS
+    )
 
 
 # ---- settings ---------------------------------------------------------------------------
 
 
 def test_config_precedence() -> None:
-    env = {"PORT": "9001", "SAGEMAKER_BIND_TO_PORT": "9002", "ORCHESTRATE_THREADS": "7",
-           "SAGEMAKER_MODEL_SERVER_WORKERS": "3", "ORCHESTRATE_ACCESS_LOG": "off"}
+    env = {
+        "PORT": "9001",
+        "SAGEMAKER_BIND_TO_PORT": "9002",
+        "ORCHESTRATE_THREADS": "7",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "ORCHESTRATE_ACCESS_LOG": "off",
+    }
     cfg = load_config({}, env)
     assert (cfg.port, cfg.threads, cfg.workers, cfg.access_log) == (9002, 7, 3, False)
     assert load_config({"port": 9100}, env).port == 9100
@@ -139,24 +168,45 @@ def test_model_load_errors(missing_requirements_model: Path, tmp_path: Path) -> 
 
 def test_exported_members_sorted_and_complete() -> None:
     assert scoring.__all__ == sorted(scoring.__all__)
-    public = {n for n in vars(scoring) if not n.startswith("_") and n not in ("annotations", "TYPE_CHECKING", "Any", "Mapping")}
+    public = {
+        n
+        for n in vars(scoring)
+        if not n.startswith("_") and n not in ("annotations", "TYPE_CHECKING", "Any", "Mapping")
+    }
     assert public | {"__version__"} == set(scoring.__all__)
-    assert scoring.SERVER_REQUIREMENTS and all(isinstance(r, str) for r in scoring.SERVER_REQUIREMENTS)
+    assert scoring.SERVER_REQUIREMENTS and all(
+        isinstance(r, str) for r in scoring.SERVER_REQUIREMENTS
+    )
 
 
 def test_import_is_light() -> None:
-    code = ("import sys, scoring; heavy = {'flask', 'gunicorn', 'numpy', 'pandas', 'mlflow', "
-            "'orchestrator', 'targets', 'boto3'} & {m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+    code = (
+        "import sys, scoring; heavy = {'flask', 'gunicorn', 'numpy', 'pandas', 'mlflow', "
+        "'orchestrator', 'targets', 'boto3'} & {m.split('.')[0] for m in sys.modules}; print(sorted(heavy))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        check=True,
+    )
     assert done.stdout.strip() == "[]"
 
 
 def test_no_orchestrator_or_cloud_imports_in_source() -> None:
     for path in (REPO_ROOT / "scoring").glob("*.py"):
         text = path.read_text()
-        for banned in ("import orchestrator", "from orchestrator", "import targets", "from targets",
-                       "boto3", "azure", "kubernetes"):
+        for banned in (
+            "import orchestrator",
+            "from orchestrator",
+            "import targets",
+            "from targets",
+            "boto3",
+            "azure",
+            "kubernetes",
+        ):
             assert banned not in text, (path.name, banned)
 
 
@@ -187,7 +237,9 @@ def test_array_input_only_when_equivalent(iris_model: Path, tmp_path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mlflow.sklearn.save_model(
-            pipe, path, signature=infer_signature(X, pipe.predict(X)),
+            pipe,
+            path,
+            signature=infer_signature(X, pipe.predict(X)),
             skops_trusted_types=["sklearn.compose._column_transformer._RemainderColsList"],
         )
         expected = mlflow.pyfunc.load_model(str(path)).predict(X.head(5)).tolist()

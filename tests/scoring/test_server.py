@@ -25,6 +25,7 @@ IRIS_PAYLOAD = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5,
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scoring", *args],
+        check=False,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -36,8 +37,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_serve_end_to_end(serve: Any, iris_model: Path, tmp_path: Path) -> None:
     private = free_port()
     pid_file = tmp_path / "server.pid"
-    server = serve(iris_model, "--private-port", str(private), "--workers", "2",
-                   "--pid-file", str(pid_file))
+    server = serve(
+        iris_model, "--private-port", str(private), "--workers", "2", "--pid-file", str(pid_file)
+    )
     response = requests.post(server.url + "/invocations", json=IRIS_PAYLOAD, timeout=10)
     assert response.status_code == 200
     assert response.json() == {"predictions": [0]}
@@ -48,9 +50,9 @@ def test_serve_end_to_end(serve: Any, iris_model: Path, tmp_path: Path) -> None:
     assert int(pid_file.read_text().strip()) == server.proc.pid
     assert server.stop() == 0
     lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
-    assert {"request_id": "abc-123", "path": "/ping", "status": 200}.items() <= lines[-1].items() or any(
-        line["request_id"] == "abc-123" and line["status"] == 200 for line in lines
-    )
+    assert {"request_id": "abc-123", "path": "/ping", "status": 200}.items() <= lines[
+        -1
+    ].items() or any(line["request_id"] == "abc-123" and line["status"] == 200 for line in lines)
     assert any(line["path"] == "/invocations" and line["method"] == "POST" for line in lines)
 
 
@@ -68,8 +70,9 @@ def test_metrics_count_across_workers(serve: Any, iris_model: Path) -> None:
 
 def test_env_settings_and_no_access_log(serve: Any, iris_model: Path) -> None:
     port = free_port()
-    server = serve(iris_model, env={"ORCHESTRATE_ACCESS_LOG": "false", "PORT": str(port)},
-                   port=port)
+    server = serve(
+        iris_model, env={"ORCHESTRATE_ACCESS_LOG": "false", "PORT": str(port)}, port=port
+    )
     assert requests.post(server.url + "/invocations", json=IRIS_PAYLOAD, timeout=10).ok
     server.stop()
     assert not [line for line in server.output().splitlines() if line.startswith("{")]
@@ -82,13 +85,17 @@ def test_model_dir_from_environment(serve: Any, iris_model: Path) -> None:
 
 def test_sigterm_lets_in_flight_requests_finish(serve: Any, custom_model: Path) -> None:
     server = serve(custom_model, "--workers", "1", "--threads", "2")
-    payload = {"dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}],
-               "params": {"sleep": 2.0}}
+    payload = {
+        "dataframe_records": [{"x": 1.0, "n": 1, "label": "a", "flag": True}],
+        "params": {"sleep": 2.0},
+    }
     result: dict[str, Any] = {}
 
     def call() -> None:
         try:
-            result["response"] = requests.post(server.url + "/invocations", json=payload, timeout=30)
+            result["response"] = requests.post(
+                server.url + "/invocations", json=payload, timeout=30
+            )
         except requests.RequestException as exc:  # pragma: no cover - reported below
             result["error"] = exc
 
@@ -130,8 +137,16 @@ def test_reuse_port_lets_two_servers_share_a_port(serve: Any, iris_model: Path) 
     port = free_port()
     old = serve(iris_model, "--reuse-port", "--workers", "1", port=port)
     private = free_port()
-    new = serve(iris_model, "--reuse-port", "--workers", "1", "--private-port", str(private),
-                port=port, wait=False)
+    new = serve(
+        iris_model,
+        "--reuse-port",
+        "--workers",
+        "1",
+        "--private-port",
+        str(private),
+        port=port,
+        wait=False,
+    )
     new.wait_ready(port=private)  # the shared port may answer from the old server
     assert old.stop() == 0
     for _ in range(5):

@@ -34,7 +34,9 @@ def test_health_and_server_metadata(client: Any, iris_model: Path) -> None:
     assert c.get("/v2/models/iris/ready").get_json() == {"name": "iris", "ready": True}
 
 
-def test_model_metadata_from_signature(client: Any, iris_model: Path, named_tensor_model: Path) -> None:
+def test_model_metadata_from_signature(
+    client: Any, iris_model: Path, named_tensor_model: Path
+) -> None:
     meta = client(iris_model).get("/v2/models/iris").get_json()
     assert meta["name"] == "iris" and meta["platform"] == "mlflow"
     assert meta["inputs"] == [{"name": c, "datatype": "FP64", "shape": [-1]} for c in IRIS_COLUMNS]
@@ -63,12 +65,23 @@ def test_infer_one_tensor_per_column(client: Any, iris_model: Path, reference: A
     assert response.get_json() == {
         "model_name": "iris",
         "id": "req-1",
-        "outputs": [{"name": "predictions", "datatype": "INT64", "shape": [2], "data": expected.tolist()}],
+        "outputs": [
+            {"name": "predictions", "datatype": "INT64", "shape": [2], "data": expected.tolist()}
+        ],
     }
 
 
 def test_infer_one_matrix_for_all_columns(client: Any, iris_model: Path, reference: Any) -> None:
-    body = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": sum(IRIS_ROWS, [])}]}
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [2, 4],
+                "datatype": "FP32",
+                "data": [v for row in IRIS_ROWS for v in row],
+            }
+        ]
+    }
     response = infer(client(iris_model), "iris", body)
     assert response.status_code == 200, response.get_data(as_text=True)
     expected = reference(iris_model).predict(pd.DataFrame(IRIS_ROWS, columns=IRIS_COLUMNS))
@@ -77,13 +90,24 @@ def test_infer_one_matrix_for_all_columns(client: Any, iris_model: Path, referen
 
 
 def test_infer_tensor_models(client: Any, tensor_model: Path, named_tensor_model: Path) -> None:
-    body = {"inputs": [{"name": "t", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [-1, 0, 0, 0]]}]}
+    body = {
+        "inputs": [
+            {
+                "name": "t",
+                "shape": [2, 4],
+                "datatype": "FP32",
+                "data": [[1, 2, 3, 4], [-1, 0, 0, 0]],
+            }
+        ]
+    }
     out = infer(client(tensor_model), "tensor", body).get_json()["outputs"]
     assert out == [{"name": "predictions", "datatype": "FP64", "shape": [2], "data": [10.0, None]}]
-    body = {"inputs": [
-        {"name": "a", "shape": [2, 2], "datatype": "FP64", "data": [1.0, 0.5, 2.0, 1.0]},
-        {"name": "b", "shape": [2], "datatype": "INT64", "data": [3, 4]},
-    ]}
+    body = {
+        "inputs": [
+            {"name": "a", "shape": [2, 2], "datatype": "FP64", "data": [1.0, 0.5, 2.0, 1.0]},
+            {"name": "b", "shape": [2], "datatype": "INT64", "data": [3, 4]},
+        ]
+    }
     out = infer(client(named_tensor_model), "named_tensor", body).get_json()["outputs"]
     assert out[0]["data"] == [3.5, 9.0]
 
@@ -110,14 +134,33 @@ def test_infer_dataframe_output_and_params(client: Any, custom_model: Path) -> N
 V2_ERRORS = {
     "not an object": ([1], "must be a JSON object"),
     "no inputs": ({"inputs": []}, "non-empty 'inputs'"),
-    "bad shape": ({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP64", "data": []}]}, "non-negative"),
-    "bad datatype": ({"inputs": [{"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]}]}, "unknown datatype"),
-    "size mismatch": ({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64", "data": [1, 2]}]}, "needs 8 values, got 2"),
-    "wrong values": ({"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": ["a"]}]}, "must be INT64 values"),
-    "missing column": ({"inputs": [{"name": "sepal length (cm)", "shape": [1], "datatype": "FP64", "data": [1]}]},
-                       "missing required columns"),
-    "unknown output": ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}],
-                        "outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
+    "bad shape": (
+        {"inputs": [{"name": "x", "shape": [-1], "datatype": "FP64", "data": []}]},
+        "non-negative",
+    ),
+    "bad datatype": (
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]}]},
+        "unknown datatype",
+    ),
+    "size mismatch": (
+        {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64", "data": [1, 2]}]},
+        "needs 8 values, got 2",
+    ),
+    "wrong values": (
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": ["a"]}]},
+        "must be INT64 values",
+    ),
+    "missing column": (
+        {"inputs": [{"name": "sepal length (cm)", "shape": [1], "datatype": "FP64", "data": [1]}]},
+        "missing required columns",
+    ),
+    "unknown output": (
+        {
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}],
+            "outputs": [{"name": "nope"}],
+        },
+        "unknown output 'nope'",
+    ),
 }
 
 
@@ -129,21 +172,33 @@ def test_infer_errors(client: Any, iris_model: Path, body: Any, fragment: str) -
 def test_infer_other_errors(client: Any, iris_model: Path, custom_model: Path) -> None:
     c = client(iris_model)
     assert_v2_error(infer(c, "nope", {"inputs": []}), 404, "RESOURCE_DOES_NOT_EXIST", "not served")
-    response = c.post("/v2/models/iris/infer", data=b"abc", headers={"Content-Type": "application/octet-stream"})
+    response = c.post(
+        "/v2/models/iris/infer", data=b"abc", headers={"Content-Type": "application/octet-stream"}
+    )
     assert_v2_error(response, 415, "UNSUPPORTED_MEDIA_TYPE", "application/json")
-    fail = {"parameters": {"fail": True}, "inputs": [
-        {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]},
-        {"name": "n", "shape": [1], "datatype": "INT64", "data": [1]},
-        {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["a"]},
-        {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
-    ]}
-    assert_v2_error(infer(client(custom_model), "custom", fail), 500, "MODEL_ERROR", "asked to fail")
+    fail = {
+        "parameters": {"fail": True},
+        "inputs": [
+            {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]},
+            {"name": "n", "shape": [1], "datatype": "INT64", "data": [1]},
+            {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+            {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
+        ],
+    }
+    assert_v2_error(
+        infer(client(custom_model), "custom", fail), 500, "MODEL_ERROR", "asked to fail"
+    )
 
 
 def test_numpy_reference_equal(client: Any, forest_model: Path, reference: Any) -> None:
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(3, 20)), columns=[f"f{i}" for i in range(20)])
-    inputs = [{"name": c, "shape": [3], "datatype": "FP64", "data": frame[c].tolist()} for c in frame.columns]
+    inputs = [
+        {"name": c, "shape": [3], "datatype": "FP64", "data": frame[c].tolist()}
+        for c in frame.columns
+    ]
     out = infer(client(forest_model), "forest", {"inputs": inputs}).get_json()["outputs"][0]
     assert out["shape"] == [3, 2]
-    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 2), reference(forest_model).predict(frame))
+    np.testing.assert_allclose(
+        np.array(out["data"]).reshape(3, 2), reference(forest_model).predict(frame)
+    )
