@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -303,28 +304,80 @@ def delete(ctx: click.Context, name: str) -> None:
     click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
 
 
+env_manager_option = click.option(
+    "--env-manager", type=click.Choice(["virtualenv", "local"]), default="virtualenv", show_default=True,
+    help="Run the model in its own cached virtualenv, or in this Python (local).")
+override_option = click.option(
+    "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
+    help="Requirements that replace or add to the model's for this run (the model is unchanged).")
+
+
 @cli.command()
-@click.argument("name")
+@click.argument("ref", metavar="NAME|MODEL")
 @click.option("-i", "--input-path", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSON or CSV file to send.")
 @click.option("-t", "--content-type", "content_type", type=click.Choice(["json", "csv"]), default=None,
               help="Input format (default: from the file extension).")
 @click.option("-o", "--output-path", "output_path", type=click.Path(dir_okay=False), help="Write the answer here.")
+@env_manager_option
+@override_option
 @click.pass_context
-def predict(ctx: click.Context, name: str, input_path: str, content_type: str | None, output_path: str | None) -> None:
-    """Send a JSON or CSV file to endpoint NAME's live deployment."""
+def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | None, output_path: str | None,
+            env_manager: str, pip_override: str | None) -> None:
+    """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with the
+    model directory MODEL (no server; like `mlflow models predict`)."""
     from .errors import TargetError
+    from .serving import is_model_reference
 
     kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
-    target, outputs = _client(ctx).live_target(name)
+    if is_model_reference(ref):
+        _run_scoring(ref, ["predict", "-i", input_path, "-t", kind, *(["-o", output_path] if output_path else [])],
+                     env_manager, pip_override, replace_process=False)
+        return
+    target, outputs = _client(ctx).live_target(ref)
     answer = target.invoke(outputs, Path(input_path).read_bytes(), "text/csv" if kind == "csv" else "application/json")
     text = answer.body.decode(errors="replace")
     if answer.status != 200:
-        raise TargetError(f"endpoint {name} answered HTTP {answer.status}: {text}")
+        raise TargetError(f"endpoint {ref} answered HTTP {answer.status}: {text}")
     if output_path:
         Path(output_path).write_text(text)
     else:
         click.echo(text)
+
+
+@cli.command(context_settings={"help_option_names": ["--help"]})
+@click.argument("model")
+@click.option("-p", "--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("-h", "--host", default="127.0.0.1", show_default=True)
+@click.option("-w", "--workers", default=1, show_default=True, type=click.IntRange(1))
+@env_manager_option
+@override_option
+def serve(model: str, port: int, host: str, workers: int, env_manager: str, pip_override: str | None) -> None:
+    """Serve MODEL (an MLflow model directory) in the foreground, like `mlflow models serve`;
+    nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
+    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers)],
+                 env_manager, pip_override, replace_process=True)
+
+
+def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_override: str | None,
+                 *, replace_process: bool) -> None:
+    import os
+    import subprocess
+
+    from .environments import parse_overrides
+    from .errors import ConfigError, TargetError
+    from .serving import scoring_command
+
+    command, env = scoring_command(model, arguments, env_manager=env_manager,
+                                   overrides=parse_overrides(pip_override),
+                                   log=lambda line: click.echo(line, err=True))
+    if replace_process:  # the server owns the terminal: Ctrl-C reaches gunicorn directly
+        os.execve(command[0], command, env)
+    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    sys.stdout.write(result.stdout)
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("scoring: error: ")
+        raise (ConfigError if result.returncode == 2 else TargetError)(message)
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""``python -m scoring serve [MODEL_DIR]``: the server's command line (and container entry)."""
+"""``python -m scoring serve [MODEL_DIR]`` (the container entry) and ``python -m scoring predict``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
     serve.add_argument("--log-level")
+    predict = commands.add_parser(
+        "predict",
+        help="score one input file offline, through the server's own request handling",
+        description="Score INPUT with MODEL_DIR without a server: the same parsing, checks and "
+        "answer as POST /invocations.",
+    )
+    predict.add_argument("model_dir", metavar="MODEL_DIR")
+    predict.add_argument("-i", "--input-path", required=True)
+    predict.add_argument("-t", "--content-type", choices=("json", "csv"))
+    predict.add_argument("-o", "--output-path")
     return parser
 
 
@@ -62,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(vars(args))
+    if args.command == "predict":
+        return predict(args.model_dir, args.input_path, args.content_type, args.output_path)
     return 2  # pragma: no cover - argparse rejects other commands
 
 
@@ -96,4 +108,35 @@ def serve(options: dict[str, Any]) -> int:
     gc.collect()
     gc.freeze()
     ScoringServer(app, cfg, metrics).run()
+    return 0
+
+
+def predict(model_dir: str, input_path: str, content_type: str | None, output_path: str | None) -> int:
+    """Answer one request from a file, as POST /invocations would; the process exit code."""
+    from scoring._app import create_app
+    from scoring._errors import ModelLoadError
+
+    kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
+    try:
+        with open(input_path, "rb") as handle:
+            body = handle.read()
+    except OSError as exc:
+        print(f"scoring: error: cannot read {input_path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app({"model_dir": model_dir, "access_log": False})
+    except ModelLoadError as exc:
+        print(f"scoring: error: {exc}", file=sys.stderr)
+        return 1
+    mime = "text/csv" if kind == "csv" else "application/json"
+    response = app.test_client().post("/invocations", data=body, content_type=mime)
+    answer = response.get_data(as_text=True)
+    if response.status_code != 200:
+        print(f"scoring: error: HTTP {response.status_code}: {answer}", file=sys.stderr)
+        return 2 if response.status_code < 500 else 1
+    if output_path:
+        with open(output_path, "w") as handle:
+            handle.write(answer)
+    else:
+        print(answer)
     return 0

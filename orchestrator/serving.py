@@ -1,0 +1,49 @@
+"""`orchestrate serve MODEL` and `orchestrate predict MODEL`: a model run straight from its
+directory, like `mlflow models serve/predict`, in the environment the local target would use."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import environments, mlmodel
+from .errors import ConfigError
+from .store import orchestrate_home
+
+ENV_MANAGERS = ("virtualenv", "local")
+
+
+def is_model_reference(ref: str) -> bool:
+    """A model directory or file:// URI, as opposed to an endpoint name."""
+    return ref.startswith("file://") or "/" in ref or Path(ref, "MLmodel").is_file()
+
+
+def scoring_command(
+    model_uri: str,
+    arguments: Sequence[str],
+    *,
+    env_manager: str,
+    overrides: Sequence[str],
+    log: Callable[[str], None],
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `python -m scoring ARGUMENTS` for the model:
+    in its cached virtualenv (built now if needed), or in this interpreter with `local`."""
+    if env_manager not in ENV_MANAGERS:
+        raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
+    info = mlmodel.read_model(model_uri)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    if env_manager == "local":
+        python = sys.executable
+    else:
+        home = orchestrate_home()
+        log_file = home / "logs" / "environments" / f"{info.digest[:12]}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        built = environments.model_environment(
+            home=home, requirements=info.requirements, python_version=info.python_version,
+            overrides=overrides, log=log, log_file=log_file,
+        )
+        python = str(built.python)
+        env["PYTHONPATH"] = str(environments.install_server(home))
+    return [python, "-m", "scoring", *arguments[:1], str(info.path), *arguments[1:]], env
