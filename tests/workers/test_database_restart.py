@@ -80,6 +80,8 @@ def test_worker_survives_a_postgres_restart(pg_cluster: Cluster, noop_model: Pat
     for earlier, later in itertools.pairwise(attempts):
         assert earlier.finished_at is not None and earlier.finished_at <= later.started_at, attempts
     assert worker.stop() == 0
-    # The worker noticed the outage, waited, and took its own lease back.
+    # Either a statement hit the outage (the worker waited, then took its own lease back), or
+    # none did and pool pre-ping replaced the dead connections unseen; both are correct.
     events = [line["event"] for line in worker.lines()]
-    assert {"database_unavailable", "database_back"} <= set(events), events
+    if "database_unavailable" in events:
+        assert "database_back" in events, events
