@@ -91,7 +91,8 @@ def find_python(version: str | None, override: str | None = None) -> tuple[str, 
     )
 
 
-def _uv() -> str | None:
+def find_uv() -> str | None:
+    """The uv executable (on PATH, or from the `uv` package), or None."""
     found = shutil.which("uv")
     if found:
         return found
@@ -138,7 +139,7 @@ def ensure_environment(
         if path.exists():
             log(f"removing the unfinished environment {path} (an earlier build stopped midway)")
             shutil.rmtree(path)
-        uv = _uv() if installer in ("auto", "uv") else None
+        uv = find_uv() if installer in ("auto", "uv") else None
         if installer == "uv" and uv is None:
             raise ConfigError("installer 'uv' asked for but uv is not installed", hint="pip install uv")
         used = "uv" if uv else "pip"
