@@ -5,8 +5,10 @@ rebuilds and pushes only the last one:
 
     base image  →  user + model requirements (a venv)  →  scoring server  →  model files
 
-The template has two halves. `DEPENDENCIES` installs the requirements in a throwaway stage
-from a wheelhouse and copies only the finished venv into the image. `APPLICATION` adds the
+The template has two halves. `DEPENDENCIES` prepares the venv in a throwaway stage and copies
+only the finished venv into the image: normally the requirements were installed on the host by
+uv for the image's platform (`host_install`) and the stage only copies them in, makes the venv
+and writes byte code; otherwise it installs them there from a wheelhouse. `APPLICATION` adds the
 server and the model. `orchestrate build` builds each half as its own image (the first
 tagged by the requirements' hash, so a model-only change skips it, wheel downloads and all);
 `orchestrate generate-dockerfile` writes both halves as one multi-stage Dockerfile. Only
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the template changes: it is part of every content tag.
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 
 VENV = "/opt/orchestrate/venv"
 SERVER_DIR = "/opt/orchestrate/server"
@@ -41,15 +43,13 @@ _DEPENDENCIES = """\
 ARG BASE_IMAGE={base_image}
 FROM ${{BASE_IMAGE}} AS requirements
 COPY requirements.txt /tmp/orchestrate/requirements.txt
-COPY wheelhouse /tmp/orchestrate/wheelhouse
-COPY build /tmp/orchestrate/build
-# {install_note} The installer runs from its wheel and never lands in the venv.
+{payload}COPY build /tmp/orchestrate/build
+# {install_note}
 # Byte code: compiling every installed module costs about a minute of build; compiling none
 # costs seconds at every container start. So the modules a server imports to load this kind
 # of model are imported once here, which writes their byte code and nothing else.
 RUN python3 -m venv --without-pip {venv} \\
- && {install} \\
- && {venv}/bin/python /tmp/orchestrate/build/warm_imports.py {warm_imports} \\
+{install_step} && {venv}/bin/python /tmp/orchestrate/build/warm_imports.py {warm_imports} \\
  && {strip}
 
 """
@@ -136,13 +136,23 @@ class Template:
     """What varies between images built from the template."""
 
     base_image: str
-    installer_wheel: str  # file name of the uv (offline) or pip wheel in the wheelhouse
+    installer_wheel: str  # file name of the uv (offline) or pip wheel in the wheelhouse; "" when installed on the host
     offline: bool = True  # install with --no-index (a complete wheelhouse)
     user: str = USER_NAME  # "root" for targets that need it
     warm_imports: tuple[str, ...] = SERVER_IMPORTS
 
     def dependencies(self) -> str:
         offline = self.offline
+        payload = "COPY wheelhouse /tmp/orchestrate/wheelhouse\n"
+        note = ("Offline: every requirement is in the wheelhouse." if offline else
+                "Some requirement has no wheel for this platform: install from the index (host pip config).") \
+            + " The installer runs from its wheel and never lands in the venv."
+        if not self.installer_wheel:
+            # Installed on the host: `python3 -m venv` over it only adds the interpreter links and pyvenv.cfg.
+            payload = f"COPY venv {VENV}\n"
+            install = ""
+            note = "The requirements were installed on the host by uv for this platform; nothing runs an installer."
+            return self._dependencies(payload, install, note)
         if self.installer_wheel.startswith("uv-") and offline:
             install = _UV_INSTALL.format(wheel=self.installer_wheel, venv=VENV)
         else:
@@ -150,13 +160,16 @@ class Template:
                 wheel=self.installer_wheel, venv=VENV, index_options="--no-index" if offline else "",
                 pip_env="" if offline else
                 "PIP_CONFIG_FILE=/tmp/orchestrate/build/pip.conf PIP_CERT=/tmp/orchestrate/build/ca.crt ")
+        return self._dependencies(payload, install, note)
+
+    def _dependencies(self, payload: str, install: str, note: str) -> str:
         return _DEPENDENCIES.format(
             base_image=self.base_image,
+            payload=payload,
             venv=VENV,
-            install=install,
+            install_step=f" && {install} \\\n" if install else "",
             warm_imports=" ".join(self.warm_imports),
-            install_note="Offline: every requirement is in the wheelhouse." if offline else
-            "Some requirement has no wheel for this platform: install from the index (host pip config).",
+            install_note=note,
             strip=_STRIP,
         ) + _RUNTIME.format(
             venv=VENV,

@@ -27,7 +27,7 @@ from typing import Any
 
 import scoring
 
-from . import dockerfile, environments, wheelhouse
+from . import dockerfile, environments, host_install, wheelhouse
 from .docker_engine import image_exists, translated
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 
@@ -232,8 +232,9 @@ def _build_requirements(client: Any, spec: ImageSpec, platform: wheelhouse.Platf
     with tempfile.TemporaryDirectory(prefix="orchestrate-requirements-") as tmp:
         context = Path(tmp)
         house = prepare_requirements_context(context, spec, platform, log=log, log_file=log_file)
-        log(f"building requirements layer {reference} ({len(spec.requirements)} requirements, "
-            + ("offline from the wheelhouse" if house.complete else "from the package index") + ")")
+        how = ("installed on the host by uv" if house.installed else
+               "offline from the wheelhouse" if house.complete else "from the package index")
+        log(f"building requirements layer {reference} ({len(spec.requirements)} requirements, {how})")
         _run_build(client, context, reference, log=log, log_file=log_file,
                    labels={f"{LABEL_PREFIX}requirements-hash": requirements_hash},
                    network_mode=None if house.complete else "host",
@@ -242,6 +243,10 @@ def _build_requirements(client: Any, spec: ImageSpec, platform: wheelhouse.Platf
 
 
 def _template(spec: ImageSpec, context: Path, house: wheelhouse.Wheelhouse) -> dockerfile.Template:
+    warm_imports = (*dockerfile.SERVER_IMPORTS, spec.loader_module)
+    if house.installed:
+        return dockerfile.Template(spec.base_image, installer_wheel="", user=spec.user, warm_imports=warm_imports)
+
     def newest(pattern: str) -> str | None:
         found = sorted(p.name for p in (context / "wheelhouse").glob(pattern))
         return found[-1] if found else None
@@ -251,14 +256,22 @@ def _template(spec: ImageSpec, context: Path, house: wheelhouse.Wheelhouse) -> d
         raise PermanentTargetError("the wheelhouse has no pip wheel to install with",
                                    hint="check that the host's pip can download pip itself")
     return dockerfile.Template(spec.base_image, installer_wheel=installer, offline=house.complete, user=spec.user,
-                               warm_imports=(*dockerfile.SERVER_IMPORTS, spec.loader_module))
+                               warm_imports=warm_imports)
 
 
 def prepare_requirements_context(context: Path, spec: ImageSpec, platform: wheelhouse.Platform, *, log: Log,
                                  log_file: Path) -> wheelhouse.Wheelhouse:
-    """Write requirements.txt, the wheelhouse, pip settings and the first half of the Dockerfile."""
-    log(f"downloading wheels for CPython {platform.python} {platform.machine} (glibc {platform.glibc})")
-    house = wheelhouse.download(spec.requirements, platform, context / "wheelhouse", log=log, log_file=log_file)
+    """Write requirements.txt, the requirements installed on the host (or else a wheelhouse and
+    pip settings) and the first half of the Dockerfile."""
+    installed = host_install.install(spec.requirements, platform, context / "venv", venv=dockerfile.VENV,
+                                     log_file=log_file, log=log)
+    if installed.ok:
+        house = wheelhouse.Wheelhouse(installed.prefix, True, (), installed=True)
+    else:
+        log(f"uv could not install the requirements on the host ({installed.reason}); "
+            "falling back to a pip wheelhouse installed inside the build")
+        log(f"downloading wheels for CPython {platform.python} {platform.machine} (glibc {platform.glibc})")
+        house = wheelhouse.download(spec.requirements, platform, context / "wheelhouse", log=log, log_file=log_file)
     (context / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
     build_dir = context / "build"
     build_dir.mkdir(exist_ok=True)

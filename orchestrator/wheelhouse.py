@@ -1,5 +1,8 @@
 """Wheelhouses: a model's dependencies downloaded on the host for an image's platform.
 
+The fallback of `host_install` (uv installing the requirements on the host): used when uv is
+missing, names no platform for the image, or cannot install some requirement as a wheel.
+
 `pip download` runs on the host with the host's pip settings (index URLs, `find-links`,
 proxy variables, `PIP_CERT` / custom CA), for the image's Python version, CPU and glibc, so the
 image build installs with `--no-index` and needs no network. When some requirement has no
@@ -48,6 +51,7 @@ class Wheelhouse:
     path: Path
     complete: bool  # False: some requirement must be installed from the index inside the build
     missing: tuple[str, ...]  # requirements without a wheel for the platform
+    installed: bool = False  # path is a venv-shaped tree uv installed on the host (`host_install`), not wheels
 
 
 def download(requirements: Sequence[str], platform: Platform, destination: Path, *,

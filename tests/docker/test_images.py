@@ -181,7 +181,9 @@ def test_generate_dockerfile_builds_with_plain_docker(docker_client: Any, cli: A
     order = [text.index(step) for step in ("FROM ${BASE_IMAGE} AS requirements", "COPY --from=requirements",
                                            "COPY server", "COPY model")]
     assert order == sorted(order)
-    assert {"wheelhouse", "requirements.txt", "server", "bin", "model"} <= {p.name for p in directory.iterdir()}
+    # venv: the requirements uv installed on the host for the image's platform (wheelhouse/ on the fallback)
+    assert {"venv", "requirements.txt", "server", "bin", "model"} <= {p.name for p in directory.iterdir()}
+    assert (directory / "venv" / "bin" / "gunicorn").read_text().startswith("#!/opt/orchestrate/venv/bin/python\n")
     assert "mlflow-skinny==" in (directory / "requirements.txt").read_text()
     # The builder's cache makes this quick: the requirements steps ran before for `orchestrate build`.
     image, _logs = docker_client.images.build(path=str(directory), tag="orchestrate-test/generated:latest", rm=True)
@@ -202,6 +204,9 @@ def test_a_package_that_does_not_exist_is_named_with_the_override_hint(cli: Any,
         handle.write("\norchestrate-no-such-package==1.0\n")
     result = cli("build", str(model), "-t", "orchestrate-test/missing", check=False)
     assert result.returncode == 1
+    # uv on the host cannot, so the build falls back to pip's wheelhouse, says so, and pip names the package
+    assert "uv could not install the requirements on the host (" in result.stderr
+    assert "falling back to a pip wheelhouse" in result.stderr
     assert "could not install 'orchestrate-no-such-package==1.0'" in result.stderr
     assert "--pip-requirements-override 'orchestrate-no-such-package==VERSION'" in result.stderr
 
@@ -231,3 +236,50 @@ def test_mlflow_is_served_by_skinny_of_the_same_version() -> None:
         ["mlflow-skinny==3.17.2", "numpy==2.0.0"]
     assert images.image_requirements(["mlflow==3.17.2"], "numpy==1.26.4")[:2] == ["mlflow-skinny==3.17.2",
                                                                                  "numpy==1.26.4"]
+
+
+def test_host_pip_settings_become_uv_options(tmp_path: Path) -> None:
+    from orchestrator import host_install
+
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nindex-url = https://pypi.example/simple\n"
+                      "extra-index-url = https://a.example/simple https://b.example/simple\n"
+                      "trusted-host = a.example\ncert = /etc/custom-ca.pem\nproxy = http://proxy.example:3128\n"
+                      "[download]\ntimeout = 42\n")
+    environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PIP_CONFIG_FILE": str(config),
+               "PIP_FIND_LINKS": "/srv/wheels"}
+    pip = host_install.pip_settings(environ)
+    settings = host_install.uv_settings(pip, environ)
+    options = " ".join(settings.options)
+    assert "--index-url https://pypi.example/simple" in options
+    assert "--extra-index-url https://a.example/simple --extra-index-url https://b.example/simple" in options
+    assert "--allow-insecure-host a.example" in options and "--find-links /srv/wheels" in options
+    assert "--index-strategy unsafe-best-match" in options  # pip's best version across indexes
+    assert settings.environment == {"SSL_CERT_FILE": "/etc/custom-ca.pem", "UV_HTTP_TIMEOUT": "42",
+                                    "HTTPS_PROXY": "http://proxy.example:3128",
+                                    "HTTP_PROXY": "http://proxy.example:3128"}
+    # What the user set for uv itself wins over the translation.
+    mine = host_install.uv_settings(pip, {**environ, "UV_INDEX_URL": "https://mine/simple",
+                                          "SSL_CERT_FILE": "/mine.pem", "UV_INDEX_STRATEGY": "first-index"})
+    assert "--index-url" not in mine.options and "--index-strategy" not in mine.options
+    assert "SSL_CERT_FILE" not in mine.environment
+
+
+def test_uv_platform_is_the_newest_manylinux_the_glibc_accepts() -> None:
+    from orchestrator.host_install import uv_platform
+    from orchestrator.wheelhouse import Platform
+
+    assert uv_platform(Platform("3.11", "x86_64", "2.36")) == "x86_64-manylinux_2_36"
+    assert uv_platform(Platform("3.11", "aarch64", "2.30")) == "aarch64-manylinux_2_28"
+    assert uv_platform(Platform("3.11", "x86_64", "2.12")) is None  # older than manylinux2014: pip wheelhouse
+    assert uv_platform(Platform("3.11", "ppc64le", "2.36")) is None
+
+
+def test_host_install_says_why_when_uv_cannot_install(tmp_path: Path) -> None:
+    from orchestrator import dockerfile, host_install
+    from orchestrator.wheelhouse import Platform
+
+    result = host_install.install(["orchestrate-no-such-package==1.0"], Platform("3.11", "x86_64", "2.36"),
+                                  tmp_path / "venv", venv=dockerfile.VENV, log_file=tmp_path / "log",
+                                  log=lambda _line: None)
+    assert not result.ok and result.reason and not (tmp_path / "venv").exists()
