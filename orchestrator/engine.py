@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import leases, secrets
@@ -194,16 +194,19 @@ class Engine:
         view = state.view
         number = state.attempts.get(stage.value, 0) + 1
         with self.store.write(fence) as tx:
-            deployment = tx.session.get_one(Deployment, view.id)
+            cancel_requested = tx.session.execute(
+                select(Deployment.cancel_requested).where(Deployment.id == view.id)
+            ).scalar_one()
             # A cancel is honoured at a boundary up to shift_traffic; after it, finishing is safer.
-            if deployment.cancel_requested and STAGES.index(stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
+            if cancel_requested and STAGES.index(stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
                 raise _CancelRequested
-            row = StageAttempt(deployment_id=view.id, stage=stage.value, attempt=number,
-                               status=AttemptStatus.RUNNING.value, runner=self.runner.owner, started_at=utcnow())
-            tx.session.add(row)
-            deployment.current_stage = stage.value
-            tx.session.flush()
-            attempt_id = row.id
+            attempt_id = tx.session.execute(
+                insert(StageAttempt).values(
+                    deployment_id=view.id, stage=stage.value, attempt=number, status=AttemptStatus.RUNNING.value,
+                    runner=self.runner.owner, started_at=utcnow(), outputs={},
+                ).returning(StageAttempt.id)
+            ).scalar_one()
+            tx.session.execute(update(Deployment).where(Deployment.id == view.id).values(current_stage=stage.value))
             tx.event("stage_started", f"{stage.value} attempt {number} started",
                      endpoint_id=view.endpoint_id, deployment_id=view.id,
                      data={"stage": stage.value, "attempt": number})

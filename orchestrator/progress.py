@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from .tables import Event
+from .store import EventRecord
 
 _SYMBOLS = {"started": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
 _CLEAR_LINE = "\r\033[K"
@@ -29,7 +29,7 @@ class Progress:
         for line in message.splitlines():
             self._write(f"    {line}")
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: EventRecord) -> None:
         if not self.tty:
             if event.kind.startswith(("stage_", "deployment_")) or event.kind in ("traffic_shifted", "cancel_requested"):
                 self._write(f"deployment {event.deployment_id}: {event.message}")

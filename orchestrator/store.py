@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy import Engine, create_engine, event, insert, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,13 +86,27 @@ class Fence:
     ttl_s: float
 
 
+@dataclass(frozen=True)
+class EventRecord:
+    """An event as written, for listeners after the commit."""
+
+    time: dt.datetime
+    actor: str
+    kind: str
+    message: str
+    endpoint_id: int | None
+    deployment_id: int | None
+    data: dict[str, Any]
+
+
 @dataclass
 class Tx:
-    """One write transaction; events are added to it and announced after commit."""
+    """One write transaction; its events are inserted in one statement before the commit and
+    announced to listeners after it."""
 
     session: Session
     actor: str
-    events: list[Event] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
 
     def event(
         self,
@@ -101,20 +117,22 @@ class Tx:
         deployment_id: int | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        row = Event(
+        self.events.append(EventRecord(
+            time=utcnow(),
             actor=self.actor,
             kind=kind,
             message=secrets.scrub(message),
             endpoint_id=endpoint_id,
             deployment_id=deployment_id,
             data=data or {},
-            time=utcnow(),
-        )
-        self.session.add(row)
-        self.events.append(row)
+        ))
+
+    def insert_events(self) -> None:
+        if self.events:
+            self.session.execute(insert(Event), [dataclasses.asdict(record) for record in self.events])
 
 
-EventListener = Callable[[Event], None]
+EventListener = Callable[[EventRecord], None]
 
 
 class Store:
@@ -157,6 +175,7 @@ class Store:
                 if fence is not None:
                     self._check_fence(session, fence)
                 yield tx
+                tx.insert_events()
             for row in tx.events:
                 for listener in self.listeners:
                     listener(row)

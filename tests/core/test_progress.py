@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 from orchestrator.progress import Progress
-from orchestrator.tables import Event
+from orchestrator.store import EventRecord
+from orchestrator.tables import utcnow
 
 
 class _Terminal(io.StringIO):
@@ -13,8 +14,9 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _event(kind: str, message: str, **data: object) -> Event:
-    return Event(kind=kind, message=message, deployment_id=4, data=data, actor="t")
+def _event(kind: str, message: str, **data: object) -> EventRecord:
+    return EventRecord(time=utcnow(), actor="t", kind=kind, message=message, endpoint_id=1, deployment_id=4,
+                       data=dict(data))
 
 
 def test_terminal_rewrites_the_running_line_with_state_and_time() -> None:
