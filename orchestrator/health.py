@@ -80,3 +80,22 @@ def smoke_predict(base_url: str, model_dir: Path, example: str | None,
     if rows is not None and count is not None and count != rows:
         raise PermanentTargetError(f"smoke prediction returned {count} predictions for {rows} input rows")
     return {"smoke_test": example, "smoke_latency_ms": latency_ms, "smoke_predictions": count}
+
+
+def check_new_server(
+    base_url: str,
+    *,
+    timeout_s: float,
+    still_starting: Callable[[], bool],
+    failure_details: Callable[[], str],
+    model_dir: Path,
+    example: str | None,
+    log: Callable[[str], None],
+    what: str = "server",
+) -> dict[str, Any]:
+    """The health_check stage of a target serving our scoring server: ready, then a smoke
+    prediction; the outputs record how long each took."""
+    ready_s = wait_until_ready(base_url, timeout_s=timeout_s, still_starting=still_starting,
+                               failure_details=failure_details)
+    log(f"{what} answered /ping after {ready_s:.2f}s")
+    return {"ready_s": round(ready_s, 3), **smoke_predict(base_url, model_dir, example, failure_details)}

@@ -41,7 +41,8 @@ class Target(ABC):
         """Checks that need no state change (a port in use); raise ConfigError."""
 
     def validate(self, ctx: StageContext) -> Outputs:
-        return {}
+        """Read the model again, check it is the one recorded, and snapshot it."""
+        return validated_model(ctx)
 
     def build(self, ctx: StageContext) -> Outputs:
         return {}
@@ -87,6 +88,27 @@ class Target(ABC):
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         raise ConfigError(f"target {self.name!r} keeps no logs orchestrate can read")
+
+
+def validated_model(ctx: StageContext) -> Outputs:
+    """The model's facts for later stages, from a snapshot under ORCHESTRATE_HOME/models, so a
+    later edit of the user's directory cannot leak into this deployment or its rollback."""
+    from orchestrator import mlmodel
+    from orchestrator.errors import PermanentTargetError
+
+    info = mlmodel.read_model(ctx.deployment.model_uri)
+    if info.digest != ctx.deployment.model_digest:
+        raise PermanentTargetError(
+            f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
+            hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
+        )
+    return {
+        "model_dir": str(mlmodel.snapshot(info, ctx.home / "models")),
+        "python_version": info.python_version,
+        "requirements": list(info.requirements),
+        "loader_module": info.loader_module,
+        "input_example": info.input_example,
+    }
 
 
 def available_targets() -> dict[str, str]:

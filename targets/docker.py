@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import health, images, mlmodel
+from orchestrator import health, images
 from orchestrator.config import ConfigKey
 from orchestrator.context import ResourceView, StageContext
 from orchestrator.docker_engine import connect, image_exists, translated
 from orchestrator.errors import ConfigError, PermanentTargetError
 from orchestrator.states import ResourceState
-from targets.base import Invocation, Outputs, Target
+from targets.base import Invocation, Outputs, Target, validated_model
 from targets.local import free_port, port_is_free
 
 IMAGE = "image"
@@ -85,20 +85,9 @@ class DockerTarget(Target):
     # -- stages ---------------------------------------------------------------------------
 
     def validate(self, ctx: StageContext) -> Outputs:
-        info = mlmodel.read_model(ctx.deployment.model_uri)
-        if info.digest != ctx.deployment.model_digest:
-            raise PermanentTargetError(
-                f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
-                hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
-            )
+        outputs = validated_model(ctx)
         connect()  # no engine: say so now, with how to start one
-        return {
-            "model_dir": str(mlmodel.snapshot(info, ctx.home / "models")),
-            "python_version": info.python_version,
-            "requirements": list(info.requirements),
-            "loader_module": info.loader_module,
-            "input_example": info.input_example,
-        }
+        return outputs
 
     def build(self, ctx: StageContext) -> Outputs:
         client = connect()
@@ -251,12 +240,11 @@ class DockerTarget(Target):
         def details() -> str:
             return "container log tail:\n" + _log_tail(client, container_id, 20)
 
-        ready_s = health.wait_until_ready(private_url, timeout_s=float(ctx.config["startup_timeout"]),
-                                          still_starting=starting, failure_details=details)
-        ctx.log(f"container answered /ping after {ready_s:.2f}s")
-        result = health.smoke_predict(private_url, Path(ctx.outputs["model_dir"]), ctx.outputs.get("input_example"),
-                                      details)
-        return {"ready_s": round(ready_s, 3), **result}
+        return health.check_new_server(
+            private_url, timeout_s=float(ctx.config["startup_timeout"]), still_starting=starting,
+            failure_details=details, model_dir=Path(ctx.outputs["model_dir"]),
+            example=ctx.outputs.get("input_example"), log=ctx.log, what="container",
+        )
 
     def shift_traffic(self, ctx: StageContext) -> Outputs:
         # The new server has shared the pod's published port since it bound it; cleanup retires the old.

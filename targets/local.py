@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import environments, health, mlmodel
+from orchestrator import environments, health
 from orchestrator.config import ConfigKey
 from orchestrator.context import ResourceView, StageContext
 from orchestrator.errors import ConfigError, PermanentTargetError
@@ -57,21 +57,6 @@ class LocalTarget(Target):
             environments.find_python(None, str(config["python"]))
 
     # -- stages ---------------------------------------------------------------------------
-
-    def validate(self, ctx: StageContext) -> Outputs:
-        info = mlmodel.read_model(ctx.deployment.model_uri)
-        if info.digest != ctx.deployment.model_digest:
-            raise PermanentTargetError(
-                f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
-                hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
-            )
-        snapshot = mlmodel.snapshot(info, ctx.home / "models")
-        return {
-            "model_dir": str(snapshot),
-            "python_version": info.python_version,
-            "requirements": list(info.requirements),
-            "input_example": info.input_example,
-        }
 
     def build(self, ctx: StageContext) -> Outputs:
         recorded: list[ResourceView] = []
@@ -171,14 +156,11 @@ class LocalTarget(Target):
         def details() -> str:
             return "server log tail:\n" + log_tail(log, 20)
 
-        ready_s = health.wait_until_ready(
-            private_url, timeout_s=float(ctx.config["startup_timeout"]),
-            still_starting=lambda: pid_alive(pid), failure_details=details,
+        return health.check_new_server(
+            private_url, timeout_s=float(ctx.config["startup_timeout"]), still_starting=lambda: pid_alive(pid),
+            failure_details=details, model_dir=Path(ctx.outputs["model_dir"]),
+            example=ctx.outputs.get("input_example"), log=ctx.log,
         )
-        ctx.log(f"server answered /ping after {ready_s:.2f}s")
-        result = health.smoke_predict(private_url, Path(ctx.outputs["model_dir"]), ctx.outputs.get("input_example"),
-                                      details)
-        return {"ready_s": round(ready_s, 3), **result}
 
     def shift_traffic(self, ctx: StageContext) -> Outputs:
         # The new server has shared the public port since it bound it; cleanup retires the old.

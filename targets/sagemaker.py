@@ -23,7 +23,7 @@ from orchestrator.config import ConfigKey
 from orchestrator.context import ResourceView, StageContext
 from orchestrator.errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
 from orchestrator.states import ResourceState
-from targets.base import Invocation, Outputs, Target
+from targets.base import Invocation, Outputs, Target, validated_model
 
 MODEL = "sagemaker_model"
 ENDPOINT_CONFIG = "endpoint_config"
@@ -197,23 +197,14 @@ class SageMakerTarget(Target):
     # -- stages ---------------------------------------------------------------------------
 
     def validate(self, ctx: StageContext) -> Outputs:
-        info = mlmodel.read_model(ctx.deployment.model_uri)
-        if info.digest != ctx.deployment.model_digest:
-            raise PermanentTargetError(
-                f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
-                hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
-            )
-        snapshot = mlmodel.snapshot(info, ctx.home / "models")
+        model = validated_model(ctx)
         config = ctx.config
         aws = self._aws(ctx, config)
         identity = aws.call("sts", "get_caller_identity")
         role = str(config.get("role_arn") or "") or self._derive_role(aws, str(identity["Arn"]))
         ctx.log(f"AWS account {identity['Account']}, region {aws.region}, execution role {role}")
         return {
-            "model_dir": str(snapshot),
-            "python_version": info.python_version,
-            "requirements": list(info.requirements),
-            "input_example": info.input_example,
+            **model,
             "region": aws.region,
             "account": str(identity["Account"]),
             "role_arn": role,
