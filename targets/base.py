@@ -111,6 +111,18 @@ def validated_model(ctx: StageContext) -> Outputs:
     }
 
 
+def invoke_scoring_server(url: str, body: bytes, content_type: str, *, hint: str) -> Invocation:
+    """POST to /invocations of a scoring server this machine can reach."""
+    from orchestrator import health
+    from orchestrator.errors import PermanentTargetError
+
+    try:
+        status, answer_type, answer = health.http("POST", f"{url}/invocations", body, content_type, timeout=60.0)
+    except OSError as exc:
+        raise PermanentTargetError(f"cannot reach {url}: {exc}", hint=hint) from exc
+    return Invocation(status, answer_type, answer)
+
+
 def available_targets() -> dict[str, str]:
     """Installed target names and the import path of each."""
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}

@@ -27,7 +27,7 @@ from orchestrator.context import ResourceView, StageContext
 from orchestrator.docker_engine import connect, image_exists, translated
 from orchestrator.errors import ConfigError, PermanentTargetError
 from orchestrator.states import ResourceState
-from targets.base import Invocation, Outputs, Target, validated_model
+from targets.base import Invocation, Outputs, Target, invoke_scoring_server, validated_model
 from targets.local import free_port, port_is_free
 
 IMAGE = "image"
@@ -326,13 +326,8 @@ class DockerTarget(Target):
                 "image": outputs.get("image")}
 
     def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
-        try:
-            status, answer_type, answer = health.http("POST", f"{outputs['url']}/invocations", body, content_type,
-                                                      timeout=60.0)
-        except OSError as exc:
-            raise PermanentTargetError(f"cannot reach {outputs['url']}: {exc}",
-                                       hint="check `orchestrate status` that the container is up") from exc
-        return Invocation(status, answer_type, answer)
+        return invoke_scoring_server(str(outputs["url"]), body, content_type,
+                                     hint="check `orchestrate status` that the container is up")
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         return _log_tail(connect(), str(outputs["container_id"]), tail)

@@ -22,7 +22,7 @@ from orchestrator.context import ResourceView, StageContext
 from orchestrator.errors import ConfigError, PermanentTargetError
 from orchestrator.leases import pid_alive
 from orchestrator.states import ResourceState, Stage
-from targets.base import Invocation, Outputs, Target
+from targets.base import Invocation, Outputs, Target, invoke_scoring_server
 
 PROCESS = "process"
 VIRTUALENV = "virtualenv"
@@ -192,13 +192,8 @@ class LocalTarget(Target):
         return {"pid": pid, "process_alive": alive, "answering": answering, "log": outputs.get("log")}
 
     def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
-        try:
-            status, answer_type, answer = health.http("POST", f"{outputs['url']}/invocations", body, content_type,
-                                                      timeout=60.0)
-        except OSError as exc:
-            raise PermanentTargetError(f"cannot reach {outputs['url']}: {exc}",
-                                       hint="check `orchestrate status` that the server is alive") from exc
-        return Invocation(status, answer_type, answer)
+        return invoke_scoring_server(str(outputs["url"]), body, content_type,
+                                     hint="check `orchestrate status` that the server is alive")
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         return log_tail(Path(outputs["log"]), tail)
