@@ -5,14 +5,16 @@ rebuilds and pushes only the last one:
 
     base image  →  user + model requirements (a venv)  →  scoring server  →  model files
 
-The template has two halves. `DEPENDENCIES` prepares the venv in a throwaway stage and copies
-only the finished venv into the image: normally the requirements were installed on the host by
-uv for the image's platform (`host_install`) and the stage only copies them in, makes the venv
-and writes byte code; otherwise it installs them there from a wheelhouse. `APPLICATION` adds the
-server and the model. `orchestrate build` builds each half as its own image (the first
-tagged by the requirements' hash, so a model-only change skips it, wheel downloads and all);
-`orchestrate generate-dockerfile` writes both halves as one multi-stage Dockerfile. Only
-classic-builder instructions are used: no BuildKit needed.
+The template has two halves. `DEPENDENCIES` makes the venv. Normally uv installed the
+requirements on the host for the image's platform (`host_install`): the tree is one layer on the
+base and one `RUN` finishes it (interpreter links, byte code, the non-root user). `orchestrate
+build` loads that tree as a ready-made layer (`layer_image`) instead of sending it
+through `COPY`, which costs Docker two more copies of a few hundred MB. Otherwise a throwaway
+stage installs the requirements from a wheelhouse and only the finished venv is copied into
+the image. `APPLICATION` adds the server and the model. `orchestrate build` builds each half as
+its own image (the first tagged by the requirements' hash, so a model-only change skips it,
+wheel downloads and all); `orchestrate generate-dockerfile` writes both halves as one
+Dockerfile. Only classic-builder instructions are used: no BuildKit needed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the template changes: it is part of every content tag.
-TEMPLATE_VERSION = "2"
+TEMPLATE_VERSION = "3"
 
 VENV = "/opt/orchestrate/venv"
 SERVER_DIR = "/opt/orchestrate/server"
@@ -39,19 +41,46 @@ _STRIP = (
     f"; rm -rf {VENV}/share /root/.cache"
 )
 
-_DEPENDENCIES = """\
+_FROM_BASE = """\
 ARG BASE_IMAGE={base_image}
-FROM ${{BASE_IMAGE}} AS requirements
-COPY requirements.txt /tmp/orchestrate/requirements.txt
-{payload}COPY build /tmp/orchestrate/build
-# {install_note}
+FROM ${{BASE_IMAGE}}{stage}
+"""
+
 # Byte code: compiling every installed module costs about a minute of build; compiling none
 # costs seconds at every container start. So the modules a server imports to load this kind
-# of model are imported once here, which writes their byte code and nothing else.
+# of model are imported once at build time, which writes their byte code and nothing else.
+_WARM_IMPORTS = "{venv}/bin/python /tmp/orchestrate/build/warm_imports.py {warm_imports}"
+
+# Installed on the host: `python3 -m venv` over the tree only adds the interpreter links and pyvenv.cfg.
+_FINISH_HOST_VENV = """\
+COPY build /tmp/orchestrate/build
+# The requirements were installed on the host by uv for this platform; nothing runs an installer.
+RUN {user_step}python3 -m venv --without-pip {venv} \\
+ && {warm_imports} \\
+ && rm -rf /tmp/orchestrate
+"""
+
+_INSTALL_STAGE = """\
+COPY requirements.txt /tmp/orchestrate/requirements.txt
+COPY wheelhouse /tmp/orchestrate/wheelhouse
+COPY build /tmp/orchestrate/build
+# {install_note}
 RUN python3 -m venv --without-pip {venv} \\
-{install_step} && {venv}/bin/python /tmp/orchestrate/build/warm_imports.py {warm_imports} \\
+ && {install} \\
+ && {warm_imports} \\
  && {strip}
 
+FROM ${{BASE_IMAGE}}
+{user_step}COPY --from=requirements {venv} {venv}
+"""
+
+_ENVIRONMENT = """\
+ENV PATH={venv}/bin:$PATH \\
+    PYTHONPATH={server_dir} \\
+    PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    ORCHESTRATE_HOST=0.0.0.0 \\
+    ORCHESTRATE_MODEL_DIR={model_dir}
 """
 
 # uv installs a wheelhouse several times faster than pip (parallel unpacking and compiling).
@@ -68,17 +97,6 @@ _PIP_INSTALL = (
     "      --disable-pip-version-check --no-cache-dir --no-compile --no-warn-script-location {index_options} \\\n"
     "      --find-links /tmp/orchestrate/wheelhouse -r /tmp/orchestrate/requirements.txt"
 )
-
-_RUNTIME = """\
-FROM ${{BASE_IMAGE}}
-{user_step}COPY --from=requirements {venv} {venv}
-ENV PATH={venv}/bin:$PATH \\
-    PYTHONPATH={server_dir} \\
-    PYTHONDONTWRITEBYTECODE=1 \\
-    PYTHONUNBUFFERED=1 \\
-    ORCHESTRATE_HOST=0.0.0.0 \\
-    ORCHESTRATE_MODEL_DIR={model_dir}
-"""
 
 _APPLICATION = """\
 COPY server {server_dir}
@@ -142,17 +160,14 @@ class Template:
     warm_imports: tuple[str, ...] = SERVER_IMPORTS
 
     def dependencies(self) -> str:
+        """The first half: base image to finished venv."""
+        if not self.installer_wheel:
+            return (_FROM_BASE.format(base_image=self.base_image, stage="")
+                    + f"COPY venv {VENV}\n" + self._finish_host_venv())
         offline = self.offline
-        payload = "COPY wheelhouse /tmp/orchestrate/wheelhouse\n"
         note = ("Offline: every requirement is in the wheelhouse." if offline else
                 "Some requirement has no wheel for this platform: install from the index (host pip config).") \
             + " The installer runs from its wheel and never lands in the venv."
-        if not self.installer_wheel:
-            # Installed on the host: `python3 -m venv` over it only adds the interpreter links and pyvenv.cfg.
-            payload = f"COPY venv {VENV}\n"
-            install = ""
-            note = "The requirements were installed on the host by uv for this platform; nothing runs an installer."
-            return self._dependencies(payload, install, note)
         if self.installer_wheel.startswith("uv-") and offline:
             install = _UV_INSTALL.format(wheel=self.installer_wheel, venv=VENV)
         else:
@@ -160,25 +175,30 @@ class Template:
                 wheel=self.installer_wheel, venv=VENV, index_options="--no-index" if offline else "",
                 pip_env="" if offline else
                 "PIP_CONFIG_FILE=/tmp/orchestrate/build/pip.conf PIP_CERT=/tmp/orchestrate/build/ca.crt ")
-        return self._dependencies(payload, install, note)
+        stage = _INSTALL_STAGE.format(install_note=note, venv=VENV, install=install, strip=_STRIP,
+                                      warm_imports=self._warm_imports(), user_step=self._user_step("RUN ", "\n"))
+        return _FROM_BASE.format(base_image=self.base_image, stage=" AS requirements") + stage + self._environment()
 
-    def _dependencies(self, payload: str, install: str, note: str) -> str:
-        return _DEPENDENCIES.format(
-            base_image=self.base_image,
-            payload=payload,
-            venv=VENV,
-            install_step=f" && {install} \\\n" if install else "",
-            warm_imports=" ".join(self.warm_imports),
-            install_note=note,
-            strip=_STRIP,
-        ) + _RUNTIME.format(
-            venv=VENV,
-            user_step="" if self.user == "root" else
-            f"RUN useradd --system --uid {USER_ID} --user-group --no-create-home --home-dir /nonexistent "
-            f"--shell /usr/sbin/nologin {USER_NAME}\n",
-            server_dir=SERVER_DIR,
-            model_dir=MODEL_DIR,
-        )
+    def finish_loaded_venv(self, parent: str) -> str:
+        """The first half's last steps, on an image whose top layer is the host-installed venv."""
+        return f"FROM {parent}\n" + self._finish_host_venv()
+
+    def _finish_host_venv(self) -> str:
+        return _FINISH_HOST_VENV.format(user_step=self._user_step("", " \\\n && "), venv=VENV,
+                                        warm_imports=self._warm_imports()) + self._environment()
+
+    def _user_step(self, before: str, after: str) -> str:
+        if self.user == "root":
+            return ""
+        return (f"{before}useradd --system --uid {USER_ID} --user-group --no-create-home --home-dir /nonexistent "
+                f"--shell /usr/sbin/nologin {USER_NAME}{after}")
+
+    def _warm_imports(self) -> str:
+        return _WARM_IMPORTS.format(venv=VENV, warm_imports=" ".join(self.warm_imports))
+
+    @staticmethod
+    def _environment() -> str:
+        return _ENVIRONMENT.format(venv=VENV, server_dir=SERVER_DIR, model_dir=MODEL_DIR)
 
     def application(self, labels: Mapping[str, str], *, parent: str | None) -> str:
         head = f"FROM {parent}\n" if parent else ""
@@ -189,7 +209,7 @@ class Template:
         )
 
     def single(self, labels: Mapping[str, str]) -> str:
-        """Both halves as one multi-stage Dockerfile (`orchestrate generate-dockerfile`)."""
+        """Both halves as one Dockerfile (`orchestrate generate-dockerfile`)."""
         return ("# Generated by `orchestrate generate-dockerfile`. Build it from this directory:\n"
                 "#   docker build -t IMAGE .\n" + self.dependencies() + "\n" + self.application(labels, parent=None))
 

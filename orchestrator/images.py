@@ -27,7 +27,7 @@ from typing import Any
 
 import scoring
 
-from . import dockerfile, environments, host_install, wheelhouse
+from . import dockerfile, environments, host_install, layer_image, wheelhouse
 from .docker_engine import image_exists, translated
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 
@@ -210,8 +210,8 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
     if reused:
         log(f"requirements layer {parent} reused (requirements unchanged)")
     else:
-        offline = _build_requirements(client, spec, platform, parent, requirements_hash, log=log, log_file=log_file,
-                                      no_cache=no_cache)
+        offline = _build_requirements(client, spec, base_id, platform, parent, requirements_hash, cache_dir=cache_dir,
+                                      log=log, log_file=log_file, no_cache=no_cache)
     with tempfile.TemporaryDirectory(prefix="orchestrate-image-") as tmp:
         context = Path(tmp)
         template = dockerfile.Template(spec.base_image, installer_wheel="", user=spec.user)
@@ -226,17 +226,32 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
                       round(time.monotonic() - started, 3))
 
 
-def _build_requirements(client: Any, spec: ImageSpec, platform: wheelhouse.Platform, reference: str,
-                        requirements_hash: str, *, log: Log, log_file: Path, no_cache: bool = False) -> bool:
+def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wheelhouse.Platform, reference: str,
+                        requirements_hash: str, *, cache_dir: Path, log: Log, log_file: Path,
+                        no_cache: bool = False) -> bool:
     """Build the base + venv image; returns whether it installed offline (from the wheelhouse alone)."""
+    labels = {f"{LABEL_PREFIX}requirements-hash": requirements_hash}
     with tempfile.TemporaryDirectory(prefix="orchestrate-requirements-") as tmp:
         context = Path(tmp)
         house = prepare_requirements_context(context, spec, platform, log=log, log_file=log_file)
-        how = ("installed on the host by uv" if house.installed else
-               "offline from the wheelhouse" if house.complete else "from the package index")
+        if house.installed:
+            # The venv goes in as one ready-made layer (see layer_image); a small build finishes it.
+            venv_image = f"{reference}-venv"
+            log(f"loading the requirements installed on the host as one layer ({len(spec.requirements)} requirements)")
+            layer_image.load_directory(client, base_id, house.path, at=dockerfile.VENV, reference=venv_image,
+                                       created_by="orchestrate: the model's requirements, installed on the host by uv",
+                                       cache_dir=cache_dir / "base-configs")
+            shutil.rmtree(house.path)
+            (context / "Dockerfile").write_text(_template(spec, context, house).finish_loaded_venv(venv_image))
+            try:
+                _run_build(client, context, reference, log=log, log_file=log_file, labels=labels, no_cache=no_cache)
+            finally:
+                with translated(f"untagging {venv_image}"):
+                    client.images.remove(venv_image)  # only the tag: the layer is the new image's parent
+            return True
+        how = "offline from the wheelhouse" if house.complete else "from the package index"
         log(f"building requirements layer {reference} ({len(spec.requirements)} requirements, {how})")
-        _run_build(client, context, reference, log=log, log_file=log_file,
-                   labels={f"{LABEL_PREFIX}requirements-hash": requirements_hash},
+        _run_build(client, context, reference, log=log, log_file=log_file, labels=labels,
                    network_mode=None if house.complete else "host",
                    buildargs=None if house.complete else _proxy_buildargs(), no_cache=no_cache)
     return house.complete
