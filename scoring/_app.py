@@ -12,9 +12,9 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
+from random import getrandbits as _random_bits
 from typing import Any
 
 from flask import Flask, Response, request
@@ -65,6 +65,11 @@ class Runner:
             # No limit: run in the request's own thread and skip two thread switches.
             self.run = _call  # type: ignore[method-assign]
 
+    def disable(self) -> None:
+        """Run work in the caller's thread: the server enforces the timeout itself
+        (``scoring._worker``)."""
+        self.run = _call  # type: ignore[method-assign]
+
     def _get_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         # A pool's threads do not survive fork: each worker makes its own on first use.
         pid = os.getpid()
@@ -84,9 +89,7 @@ class Runner:
             return future.result(self.timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise RequestTimeout(
-                f"the request took longer than the {self.timeout:g} s limit (ORCHESTRATE_TIMEOUT)"
-            ) from None
+            raise timeout_error(self.timeout) from None
 
     def shutdown(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
@@ -95,6 +98,12 @@ class Runner:
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
+
+
+def timeout_error(timeout: float) -> RequestTimeout:
+    return RequestTimeout(
+        f"the request took longer than the {timeout:g} s limit (ORCHESTRATE_TIMEOUT)"
+    )
 
 
 class Scorer:
@@ -166,6 +175,10 @@ class Observe:
     ``POST /invocations`` is answered here, by the same ``invocations`` function the Flask
     route calls, without building Flask's request context: that is a sixth of the server's
     own time per request for a small model. Every other request goes to Flask.
+
+    A server that answers timeouts itself (``scoring._worker``) puts a ``scoring.claim``
+    callable in the environ, true for whoever answers first; a request is counted and logged
+    only by the side that claims it: here, or ``timeout_answer``.
     """
 
     def __init__(
@@ -174,24 +187,24 @@ class Observe:
         metrics: Metrics,
         access_log: AccessLog | None,
         invocations: Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]],
+        timeout: float,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
         self.invocations = invocations
+        self.timeout = timeout
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start = time.perf_counter()
         request_id = environ.get("HTTP_X_REQUEST_ID")
         if not request_id or len(request_id) > 200 or not request_id.isprintable():
-            request_id = uuid.uuid4().hex
+            request_id = f"{_random_bits(128):032x}"
         environ["scoring.request_id"] = request_id
         status = [500]
-        path = environ.get("PATH_INFO", "")
-        metrics = self.metrics
-        metrics.started()
+        self.metrics.started()
         try:
-            if path == "/invocations" and environ.get("REQUEST_METHOD") == "POST":
+            if environ.get("PATH_INFO") == "/invocations" and environ["REQUEST_METHOD"] == "POST":
                 code, headers, body = self.invocations(environ)
                 status[0] = code
                 headers.append(("X-Request-ID", request_id))
@@ -207,19 +220,46 @@ class Observe:
 
             return self.app(environ, _start_response)
         finally:
-            seconds = time.perf_counter() - start
-            metrics.finished(route_index(path), status[0], seconds)
-            if self.access_log is not None:
-                length = environ.get("CONTENT_LENGTH") or "0"
-                self.access_log.write(
-                    request_id=request_id,
-                    method=environ.get("REQUEST_METHOD", ""),
-                    path=path,
-                    status=status[0],
-                    seconds=seconds,
-                    remote=environ.get("REMOTE_ADDR", ""),
-                    bytes_in=int(length) if length.isdigit() else 0,
-                )
+            claim = environ.get("scoring.claim")
+            if claim is None or claim():
+                environ["scoring.answered"] = True
+                self._record(environ, status[0], time.perf_counter() - start)
+
+    def _record(self, environ: dict[str, Any], status: int, seconds: float) -> None:
+        path = environ.get("PATH_INFO", "")
+        self.metrics.finished(route_index(path), status, seconds)
+        if self.access_log is not None:
+            length = environ.get("CONTENT_LENGTH") or "0"
+            self.access_log.write(
+                request_id=environ["scoring.request_id"],
+                method=environ.get("REQUEST_METHOD", ""),
+                path=path,
+                status=status,
+                seconds=seconds,
+                remote=environ.get("REMOTE_ADDR", ""),
+                bytes_in=int(length) if length.isdigit() else 0,
+            )
+
+    def timeout_answer(
+        self, environ: dict[str, Any], seconds: float
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The 504 for a request still running at its deadline, counted and logged here;
+        the caller must have won ``environ["scoring.claim"]``."""
+        exc = timeout_error(self.timeout)
+        if environ.get("PATH_INFO", "").startswith("/v2/"):
+            body = _json.dumps(
+                {"error": exc.message, "error_code": exc.error_code, "message": exc.message}
+            )
+        else:
+            body = error_body(exc.error_code, exc.message)
+        environ.setdefault("scoring.request_id", f"{_random_bits(128):032x}")
+        self._record(environ, 504, seconds)
+        headers = [
+            ("Content-Type", _JSON_MIME),
+            ("Content-Length", str(len(body))),
+            ("X-Request-ID", environ["scoring.request_id"]),
+        ]
+        return _STATUS_LINES[504], headers, body
 
 
 _STATUS_LINES = {
@@ -255,13 +295,12 @@ def make_invocations(
 ) -> Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]]:
     """``POST /invocations`` as a function of the WSGI environ: (status, headers, body)."""
     invoke = scorer.invocations
-    run = runner.run
 
     def invocations(environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         try:
             mime = media_type(environ.get("CONTENT_TYPE"))
             body = read_body(environ, max_bytes)
-            out, ignored = run(invoke, body, mime)
+            out, ignored = runner.run(invoke, body, mime)
         except ScoringError as exc:
             out = error_body(exc.error_code, exc.message)
             return (
@@ -318,9 +357,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_v2_routes(app, cfg, model, scorer, runner)
     _register_errors(app)
     invocations = make_invocations(scorer, runner, cfg.max_request_bytes)
-    app.wsgi_app = Observe(  # type: ignore[method-assign]
-        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None, invocations
+    observe = Observe(
+        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None, invocations, cfg.timeout
     )
+    app.wsgi_app = observe  # type: ignore[method-assign]
+    app.extensions["scoring"]["observe"] = observe
     return app
 
 

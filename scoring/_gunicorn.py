@@ -2,13 +2,16 @@
 
 The model is loaded (and the app built) before gunicorn's arbiter exists, so a model that
 cannot load stops the server before any socket is bound, and every worker forks with it in
-memory. Workers are ``gthread``: keep-alive connections and ``threads`` requests at once.
+memory. Workers are ``scoring._worker.ScoringWorker`` (keep-alive connections, ``threads``
+requests at once, answered in the thread that read them); where there is no epoll (not
+Linux), gunicorn's ``gthread`` with the shutdown fix below.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import select
 import socket
 import threading
 from typing import Any
@@ -20,8 +23,8 @@ from scoring._config import ServerConfig
 from scoring._metrics import Metrics
 
 
-class ScoringWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker, minus a shutdown stall.
+class ThreadedScoringWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, minus a shutdown stall (the worker where there is no epoll).
 
     On SIGTERM, gunicorn 26's gthread worker waits for every open connection, blocking in
     its poller for the whole graceful timeout even when the only connections left are idle
@@ -56,6 +59,8 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
         self._app = app
         self._cfg = cfg
         self._metrics = metrics
+        # Read by the worker (it enforces the body limit and the timeout itself).
+        self.scoring_config = cfg
         super().__init__()
 
     def load_config(self) -> None:
@@ -94,11 +99,7 @@ class ScoringServer(BaseApplication):  # type: ignore[misc]
             "bind": binds,
             "workers": cfg.workers,
             "threads": cfg.threads,
-            "worker_class": (
-                "scoring._gunicorn.ScoringWorker"
-                if hasattr(ThreadWorker, "wait_for_and_dispatch_events")
-                else "gthread"
-            ),
+            "worker_class": _worker_class(),
             "preload_app": True,
             # gunicorn's own timeout kills a worker whose main loop stops heartbeating; request
             # deadlines are ours (504), so this only needs to catch a wedged process.
@@ -152,6 +153,14 @@ def serve_handoff(path: str, listener_fd: int) -> None:
                 socket.send_fds(connection, [b"L"], [listener_fd])
 
     threading.Thread(target=loop, name="socket-handoff", daemon=True).start()
+
+
+def _worker_class() -> str:
+    if hasattr(select, "epoll"):
+        return "scoring._worker.ScoringWorker"
+    if hasattr(ThreadWorker, "wait_for_and_dispatch_events"):
+        return "scoring._gunicorn.ThreadedScoringWorker"
+    return "gthread"
 
 
 def _host(host: str) -> str:

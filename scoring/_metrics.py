@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable
 
 ROUTES = (
@@ -82,11 +83,7 @@ class Metrics:
         base = self._base
         cells = self._cells
         s = _STATUS_INDEX.get(status, _NS - 1)
-        b = 0
-        for bound in BUCKETS:
-            if seconds <= bound:
-                break
-            b += 1
+        b = bisect_left(BUCKETS, seconds)  # the first bucket whose bound is >= seconds
         with self._lock:
             cells[base + _INFLIGHT] -= 1.0
             cells[base + _REQ + route * _NS + s] += 1.0
