@@ -201,9 +201,8 @@ def _load_sklearn(path: str, mlmodel: Mapping[str, Any]) -> _SklearnModel:
             "is not true; set it to true to load models from trusted sources"
         )
     if fmt == "skops":
-        import skops.io
-
-        estimator = skops.io.load(model_file, trusted=flavor.get("skops_trusted_types"))
+        skops_io = _import_skops_io()
+        estimator = skops_io.load(model_file, trusted=flavor.get("skops_trusted_types"))
     elif fmt == "cloudpickle":
         import cloudpickle
 
@@ -217,6 +216,27 @@ def _load_sklearn(path: str, mlmodel: Mapping[str, Any]) -> _SklearnModel:
     else:
         raise ModelLoadError(f"unknown sklearn serialization format {fmt!r} in {path}/MLmodel")
     return _SklearnModel(estimator)
+
+
+def _import_skops_io() -> Any:
+    """``skops.io``, imported without pytest.
+
+    Importing ``skops.io`` lists every scikit-learn estimator (its default trusted types),
+    which imports ``sklearn.utils._testing``, which imports pytest when it is installed
+    (0.13 s of cold start, for test helpers the server never uses). pytest is hidden while
+    skops.io imports, unless something imported it already (a test session).
+    """
+    if "pytest" in sys.modules:
+        import skops.io
+
+        return skops.io
+    sys.modules["pytest"] = None  # type: ignore[assignment]  # `import pytest` raises ImportError
+    try:
+        import skops.io
+    finally:
+        if "pytest" in sys.modules and sys.modules["pytest"] is None:
+            del sys.modules["pytest"]
+    return skops.io
 
 
 def _add_code_paths(path: str, conf: Mapping[str, Any]) -> None:
