@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the template changes: it is part of every content tag.
-TEMPLATE_VERSION = "3"
+TEMPLATE_VERSION = "5"
 
 VENV = "/opt/orchestrate/venv"
 SERVER_DIR = "/opt/orchestrate/server"
@@ -115,20 +115,33 @@ SERVE_SCRIPT = """\
 exec python -m scoring serve "$@"
 """
 
-# Always imported by the server; the model's loader module (from MLmodel) is added to these.
-SERVER_IMPORTS = ("flask", "werkzeug", "gunicorn.app.base", "gunicorn.workers.gthread", "gunicorn.glogging",
-                  "numpy", "pandas", "yaml", "mlflow.pyfunc")
-
 WARM_IMPORTS_SCRIPT = """\
-\"\"\"Import the given modules so their byte code is written; a module that fails is skipped.\"\"\"
+\"\"\"Import the given modules so their byte code is written; a module that fails is skipped.
+
+Submodules some packages import only when serving (scikit-learn's DataFrame handling through
+narwhals, joblib's) are compiled too: every package the imports touched is compiled whole when
+it is small; the big ones (numpy, pandas, scipy, scikit-learn) only as far as imported.
+\"\"\"
+import compileall
 import importlib
+import os
 import sys
+import sysconfig
+
+SMALL = 200  # .py files
 
 for name in sys.argv[1:]:
     try:
         importlib.import_module(name)
     except Exception as exc:  # the model may not need it: serving will tell
         print(f"warm-up: skipped {name}: {type(exc).__name__}: {exc}")
+site_packages = sysconfig.get_paths()["purelib"]
+for name in sorted({module.partition(".")[0] for module in sys.modules}):
+    for directory in getattr(sys.modules.get(name), "__path__", None) or ():
+        if directory.startswith(site_packages):
+            sources = sum(file.endswith(".py") for _root, _dirs, files in os.walk(directory) for file in files)
+            if sources < SMALL:
+                compileall.compile_dir(directory, quiet=2)
 """
 
 HEALTHCHECK_SCRIPT = """\
@@ -157,7 +170,7 @@ class Template:
     installer_wheel: str  # file name of the uv (offline) or pip wheel in the wheelhouse; "" when installed on the host
     offline: bool = True  # install with --no-index (a complete wheelhouse)
     user: str = USER_NAME  # "root" for targets that need it
-    warm_imports: tuple[str, ...] = SERVER_IMPORTS
+    warm_imports: tuple[str, ...] = ()  # modules imported at build time to write their byte code
 
     def dependencies(self) -> str:
         """The first half: base image to finished venv."""

@@ -258,7 +258,7 @@ def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wh
 
 
 def _template(spec: ImageSpec, context: Path, house: wheelhouse.Wheelhouse) -> dockerfile.Template:
-    warm_imports = (*dockerfile.SERVER_IMPORTS, spec.loader_module)
+    warm_imports = scoring.serving_imports(spec.loader_module)
     if house.installed:
         return dockerfile.Template(spec.base_image, installer_wheel="", user=spec.user, warm_imports=warm_imports)
 

@@ -18,6 +18,21 @@ __version__ = "0.1.0"
 #: What the server itself needs installed next to a model (the model brings the rest).
 SERVER_REQUIREMENTS: tuple[str, ...] = ("flask>=3.0", "gunicorn>=22.0", "pyyaml>=6.0")
 
+_SERVING_IMPORTS = ("flask", "werkzeug", "gunicorn.app.base", "gunicorn.workers.gthread", "gunicorn.glogging",
+                    "numpy", "pandas", "yaml")
+
+
+def serving_imports(loader_module: str) -> tuple[str, ...]:
+    """The modules the server imports to serve a model whose ``python_function`` flavor names
+    ``loader_module`` (image builds import them once, so their byte code is in the image).
+
+    ``mlflow.sklearn`` models are loaded without mlflow (``scoring._model``): skops (which
+    imports every scikit-learn estimator) or pickle. Any other flavor goes through mlflow.
+    """
+    if loader_module == "mlflow.sklearn":
+        return (*_SERVING_IMPORTS, "skops.io", "cloudpickle", "sklearn")
+    return (*_SERVING_IMPORTS, "mlflow.pyfunc", *([loader_module] if loader_module else []))
+
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the scoring Flask application and load its model.
@@ -35,4 +50,4 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 from scoring._errors import ModelLoadError
 
-__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app"]  # noqa: RUF022 - sorted()
+__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app", "serving_imports"]  # noqa: RUF022 - sorted()

@@ -127,6 +127,19 @@ def test_second_build_with_same_inputs_is_skipped(cli: Any, built_v1: dict[str, 
     assert again["image_id"] == built_v1["image_id"]
 
 
+def test_image_has_byte_code_for_every_module_serving_imports(docker_client: Any, built_v1: dict[str, Any]) -> None:
+    # The image runs with PYTHONDONTWRITEBYTECODE: a module without byte code is compiled at every start.
+    script = ("import os, sys, scoring; scoring.create_app(); "
+              "modules = [m for m in list(sys.modules.values()) if (getattr(m, '__file__', None) or '')"
+              ".startswith('/opt/orchestrate/venv/') and m.__file__.endswith('.py')]; "
+              "missing = [m.__name__ for m in modules if not os.path.exists(getattr(m, '__cached__', None) or '')]; "
+              "print(len(modules), len(missing), *missing[:20])")
+    output = docker_client.containers.run(built_v1["image"], ["python", "-c", script], remove=True).decode().split()
+    imported, missing = int(output[0]), int(output[1])
+    assert imported > 300  # flask, numpy, pandas, scikit-learn, skops...
+    assert missing == 0, f"no byte code in the image for: {output[2:]}"
+
+
 def test_model_only_change_adds_only_the_model_layer(docker_client: Any, cli: Any, built_v1: dict[str, Any],
                                                      registry: str, example_model_v2: Path) -> None:
     v2 = cli.build(example_model_v2, f"{registry}/{REPOSITORY}")
