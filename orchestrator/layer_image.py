@@ -74,7 +74,8 @@ def _owned_by_root(member: tarfile.TarInfo) -> tarfile.TarInfo:
     member.uid = member.gid = 0
     member.uname = member.gname = "root"
     # Readable by the image's non-root user whatever the host's umask or uv's cache modes were.
-    member.mode |= 0o555 if member.isdir() else 0o444
+    executable = member.isdir() or member.mode & 0o111
+    member.mode |= 0o555 if executable else 0o444
     return member
 
 

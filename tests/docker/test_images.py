@@ -303,3 +303,33 @@ def test_host_install_says_why_when_uv_cannot_install(tmp_path: Path) -> None:
                                   tmp_path / "venv", venv=dockerfile.VENV, log_file=tmp_path / "log",
                                   log=lambda _line: None)
     assert not result.ok and result.reason and not (tmp_path / "venv").exists()
+
+
+def test_a_ready_made_layer_is_the_directory_at_its_place_owned_by_root(tmp_path: Path) -> None:
+    import hashlib
+    import io
+    import os
+    import tarfile
+
+    from orchestrator import layer_image
+
+    tree = tmp_path / "venv"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "tool").write_text("#!/opt/x/venv/bin/python\n")
+    (tree / "bin" / "tool").chmod(0o700)  # a private mode on the host must not hide it from the image's user
+    (tree / "lib").mkdir()
+    (tree / "lib" / "data.txt").write_text("data")
+    (tree / "lib" / "data.txt").chmod(0o600)
+    os.symlink("lib", tree / "lib64")
+    layer = io.BytesIO()
+    diff_id = layer_image.write_layer(tree, "/opt/x/venv", layer)
+    assert diff_id == "sha256:" + hashlib.sha256(layer.getvalue()).hexdigest()
+    layer.seek(0)
+    with tarfile.open(fileobj=layer) as tar:
+        members = {member.name: member for member in tar.getmembers()}
+    assert list(members)[:3] == ["opt", "opt/x", "opt/x/venv"]  # parents first, then the tree
+    assert {"opt/x/venv/bin/tool", "opt/x/venv/lib/data.txt", "opt/x/venv/lib64"} <= set(members)
+    assert all(m.uid == 0 and m.gid == 0 and m.uname == "root" for m in members.values())
+    assert members["opt/x/venv/bin/tool"].mode & 0o777 == 0o755
+    assert members["opt/x/venv/lib/data.txt"].mode & 0o777 == 0o644
+    assert members["opt/x/venv/lib64"].issym() and members["opt/x/venv/lib64"].linkname == "lib"
