@@ -260,13 +260,17 @@ class ScoringWorker(Worker):  # type: ignore[misc]
                     except InterruptedError:
                         pass
                     continue
-                listener = self.listeners.get(fd)
-                if listener is not None:
-                    self._accept(*listener)
-                    continue
-                conn = self.idle.pop(fd, None)
-                if conn is not None:
-                    self._on_readable(index, conn)
+                try:
+                    listener = self.listeners.get(fd)
+                    if listener is not None:
+                        self._accept(*listener)
+                        continue
+                    conn = self.idle.pop(fd, None)
+                    if conn is not None:
+                        self._on_readable(index, conn)
+                except Exception:  # the loop must survive anything one connection does
+                    self.log.exception("error in the connection loop")
+                    time.sleep(0.01)
 
     def _set_accepting(self, enabled: bool) -> None:
         with self.accept_lock:
@@ -399,11 +403,17 @@ class ScoringWorker(Worker):  # type: ignore[misc]
         self.busy[index] = (key, time.monotonic(), environ, conn)
         try:
             status, headers, chunks = self._call(environ)
+        except Exception:
+            self.log.exception("error answering %s %s", environ["REQUEST_METHOD"], _target(environ))
+            status, headers, chunks = _INTERNAL_ERROR
         finally:
             self.busy[index] = None
             self.stuck.discard(index)
-        if not (environ.get("scoring.answered") or self.claims.pop(key, None)):
-            return False  # answered 504 by the supervisor; the connection is shut down
+            # Whoever claimed the request first answers it: the application, or the
+            # supervisor with a 504 (the connection is then shut down already).
+            ours = self.claims.pop(key, None) is not None or "scoring.answered" in environ
+        if not ours:
+            return False
         keep = keep and not close_after and not self.stopping
         if environ["REQUEST_METHOD"] == "HEAD" or status.startswith(_NO_BODY_STATUS):
             chunks = []
@@ -460,7 +470,7 @@ class ScoringWorker(Worker):  # type: ignore[misc]
         return "".join(lines).encode("latin-1")
 
     def _send_error(self, conn: Connection, exc: BadRequest) -> None:
-        body = ('{"error_code":"BAD_REQUEST","message":' + json.dumps(exc.message) + "}").encode()
+        body = _error_body("BAD_REQUEST", exc.message)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         try:
             _send_all(
@@ -671,6 +681,21 @@ class _Input:
 
     def __iter__(self) -> Any:
         return iter(self.readlines())
+
+
+def _error_body(error_code: str, message: str) -> bytes:
+    return json.dumps({"error_code": error_code, "message": message}).encode()
+
+
+_INTERNAL_ERROR = (
+    "500 Internal Server Error",
+    [("Content-Type", "application/json")],
+    [_error_body("INTERNAL_ERROR", "internal server error")],
+)
+
+
+def _target(environ: dict[str, Any]) -> str:
+    return str(environ.get("RAW_URI") or environ.get("PATH_INFO", ""))[:200]
 
 
 def _no_write(data: bytes) -> None:
