@@ -10,15 +10,26 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import EndpointBusy
 from .store import Fence, Store
 from .tables import Endpoint, utcnow
 
 DEFAULT_TTL_S = 30.0
+
+_FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
+_TAKEN = ("lease_owner", "lease_host", "lease_pid", "lease_deployment_id", "lease_acquired_at",
+          "lease_expires_at", "fencing_token")
+_TAKE = _FENCED.values({column: bindparam(f"new_{column}") for column in _TAKEN})
+_RELEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
+                          lease_acquired_at=None, lease_expires_at=None)
+# A beat after the lease was freed (the runner's last write frees it) must not set an expiry
+# on it again.
+_BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
 
 
 def expiry(ttl_s: float) -> dt.datetime:
@@ -83,24 +94,23 @@ def take(session: Session, endpoint: Endpoint, deployment_id: int, runner: Runne
         raise busy_error(endpoint)
     token = endpoint.fencing_token
     now = utcnow()
-    result = session.execute(
-        update(Endpoint)
-        .where(Endpoint.id == endpoint.id, Endpoint.fencing_token == token)
-        .values(
-            lease_owner=runner.owner,
-            lease_host=runner.host,
-            lease_pid=runner.pid,
-            lease_deployment_id=deployment_id,
-            lease_acquired_at=now,
-            lease_expires_at=now + dt.timedelta(seconds=ttl_s),
-            fencing_token=token + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    values = {
+        "lease_owner": runner.owner,
+        "lease_host": runner.host,
+        "lease_pid": runner.pid,
+        "lease_deployment_id": deployment_id,
+        "lease_acquired_at": now,
+        "lease_expires_at": now + dt.timedelta(seconds=ttl_s),
+        "fencing_token": token + 1,
+    }
+    result = session.connection().execute(
+        _TAKE, {"endpoint": endpoint.id, "token": token, **{f"new_{key}": value for key, value in values.items()}})
+    if result.rowcount != 1:
         session.refresh(endpoint)
         raise busy_error(endpoint)
-    session.refresh(endpoint)
+    # The row now holds exactly these values: keep the loaded object in step without re-reading it.
+    for key, value in values.items():
+        set_committed_value(endpoint, key, value)
     return Fence(endpoint_id=endpoint.id, token=token + 1, ttl_s=ttl_s)
 
 
@@ -111,12 +121,7 @@ def lock_endpoint(session: Session, endpoint_id: int) -> Endpoint:
 
 def release(store: Store, fence: Fence) -> None:
     with store.engine.begin() as connection:
-        connection.execute(
-            update(Endpoint)
-            .where(Endpoint.id == fence.endpoint_id, Endpoint.fencing_token == fence.token)
-            .values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
-                    lease_acquired_at=None, lease_expires_at=None)
-        )
+        connection.execute(_RELEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
 
 
 class Heartbeat:
@@ -141,12 +146,9 @@ class Heartbeat:
         while not self._stop.wait(self._fence.ttl_s / 3):
             try:
                 with self._store.engine.begin() as connection:
-                    result = connection.execute(
-                        update(Endpoint)
-                        .where(Endpoint.id == self._fence.endpoint_id,
-                               Endpoint.fencing_token == self._fence.token)
-                        .values(lease_expires_at=expiry(self._fence.ttl_s))
-                    )
+                    result = connection.execute(_BEAT, {"endpoint": self._fence.endpoint_id,
+                                                        "token": self._fence.token,
+                                                        "expires": expiry(self._fence.ttl_s)})
                 if result.rowcount != 1:
                     self.lost = True
                     return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, insert, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +19,14 @@ from .errors import ConfigError, LeaseLost
 from .tables import Endpoint, Event, utcnow
 
 SQLITE_BUSY_TIMEOUT_S = 30
+
+# The hot path's statements, built once: constructing a statement costs more CPU than
+# executing a cached one.
+_INSERT_EVENTS = insert(Event)
+_FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
+_EXTEND_LEASE = _FENCED.values(lease_expires_at=bindparam("expires"))
+_END_LEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
+                            lease_acquired_at=None, lease_expires_at=None)
 
 
 def orchestrate_home() -> Path:
@@ -107,6 +114,7 @@ class Tx:
     session: Session
     actor: str
     events: list[EventRecord] = field(default_factory=list)
+    _connection: Connection | None = field(default=None, repr=False)
 
     def event(
         self,
@@ -127,9 +135,24 @@ class Tx:
             data=data or {},
         ))
 
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for Core statements: the ORM's bookkeeping costs more
+        CPU than the round trip on the runner's hot path."""
+        # Not functools.cached_property: on Python 3.11 it holds one lock for every instance
+        # while computing, so a thread waiting here for SQLite's write lock would block
+        # another thread's transaction that holds it.
+        if self._connection is None:
+            self._connection = self.session.connection()
+        return self._connection
+
     def insert_events(self) -> None:
         if self.events:
-            self.session.execute(insert(Event), [dataclasses.asdict(record) for record in self.events])
+            self.connection.execute(_INSERT_EVENTS, [
+                {"time": r.time, "actor": r.actor, "kind": r.kind, "message": r.message,
+                 "endpoint_id": r.endpoint_id, "deployment_id": r.deployment_id, "data": r.data}
+                for r in self.events
+            ])
 
 
 EventListener = Callable[[EventRecord], None]
@@ -167,13 +190,15 @@ class Store:
             yield session
 
     @contextmanager
-    def write(self, fence: Fence | None = None, *, actor: str | None = None) -> Iterator[Tx]:
-        """A transaction; with a fence, it commits only while that lease is still ours."""
+    def write(self, fence: Fence | None = None, *, actor: str | None = None,
+              end_lease: bool = False) -> Iterator[Tx]:
+        """A transaction; with a fence, it commits only while that lease is still ours, and
+        with `end_lease` the lease is freed by that same commit."""
         with self._sessions() as session:
             tx = Tx(session, actor or self.actor)
             with session.begin():
                 if fence is not None:
-                    self._check_fence(session, fence)
+                    self._check_fence(tx.connection, fence, end_lease)
                 yield tx
                 tx.insert_events()
             for row in tx.events:
@@ -181,18 +206,17 @@ class Store:
                     listener(row)
 
     @staticmethod
-    def _check_fence(session: Session, fence: Fence) -> None:
-        # Extends the lease and checks the token in one statement; the row lock it takes
-        # keeps a takeover from slipping in before this transaction commits.
+    def _check_fence(connection: Connection, fence: Fence, end_lease: bool) -> None:
+        # Extends (or frees) the lease and checks the token in one statement; the row lock it
+        # takes keeps a takeover from slipping in before this transaction commits.
         from .leases import expiry
 
-        result = session.execute(
-            update(Endpoint)
-            .where(Endpoint.id == fence.endpoint_id, Endpoint.fencing_token == fence.token)
-            .values(lease_expires_at=expiry(fence.ttl_s))
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if end_lease:
+            result = connection.execute(_END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
+        else:
+            result = connection.execute(_EXTEND_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token,
+                                                        "expires": expiry(fence.ttl_s)})
+        if result.rowcount != 1:
             raise LeaseLost(
                 f"lost the lease on endpoint {fence.endpoint_id} (token {fence.token} is stale)",
                 hint="another runner took over this deployment; see `orchestrate status`",
