@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import leases, secrets
@@ -19,6 +20,7 @@ from .faults import Faults
 from .states import (
     REUSABLE_STAGES,
     STAGES,
+    TRANSITIONS,
     AttemptStatus,
     DeploymentStatus,
     ErrorKind,
@@ -26,10 +28,57 @@ from .states import (
     Stage,
     check_transition,
 )
-from .store import Fence, Store
+from .store import Fence, Store, Tx
 from .tables import Deployment, Endpoint, Resource, StageAttempt, utcnow
 
 Echo = Callable[[str], None]
+
+_DONE = frozenset({AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value})
+
+# The runner's statements, built once (building one costs more CPU than running it cached)
+# and run on the transaction's connection, past the ORM: nobody else writes the deployment
+# while the runner holds the lease, so there is no identity map to keep in step.
+_LOAD_DEPLOYMENT = (
+    select(Deployment.id, Deployment.endpoint_id, Endpoint.name.label("endpoint_name"), Deployment.target,
+           Deployment.model_uri, Deployment.model_digest, Deployment.config, Deployment.source_deployment_id,
+           Deployment.previous_live_id, Deployment.restart_stage, Endpoint.live_deployment_id)
+    .join(Endpoint, Endpoint.id == Deployment.endpoint_id)
+    .where(Deployment.id == bindparam("deployment"))
+)
+_LOAD_ATTEMPTS = (
+    select(StageAttempt.stage, StageAttempt.status, StageAttempt.outputs)
+    .where(StageAttempt.deployment_id == bindparam("deployment"))
+    .order_by(StageAttempt.id)
+)
+_ENTER_STAGE = (
+    update(Deployment).where(Deployment.id == bindparam("deployment")).values(current_stage=bindparam("stage"))
+)
+# Matches no row when a cancel was requested: the cancel flag is read by the write itself.
+_ENTER_STAGE_UNLESS_CANCELLED = _ENTER_STAGE.where(Deployment.cancel_requested.is_(False))
+_INSERT_ATTEMPT = insert(StageAttempt).returning(StageAttempt.id)
+_END_ATTEMPT = (
+    update(StageAttempt)
+    .where(StageAttempt.id == bindparam("attempt_id"))
+    .values(status=bindparam("new_status"), finished_at=bindparam("at"), outputs=bindparam("new_outputs"),
+            error_kind=bindparam("kind"), error_class=bindparam("error"), error_message=bindparam("message"))
+)
+_CLEAR_RESTART_STAGE = update(Deployment).where(Deployment.id == bindparam("deployment")).values(restart_stage=None)
+_LIVE_NOW = (
+    select(Endpoint.live_deployment_id, Endpoint.name, Deployment.previous_live_id)
+    .join(Deployment, Deployment.endpoint_id == Endpoint.id)
+    .where(Endpoint.id == bindparam("endpoint"), Deployment.id == bindparam("deployment"))
+)
+_SET_PREVIOUS_LIVE = (
+    update(Deployment).where(Deployment.id == bindparam("deployment")).values(previous_live_id=bindparam("previous"))
+)
+_SET_LIVE = update(Endpoint).where(Endpoint.id == bindparam("endpoint")).values(live_deployment_id=bindparam("live"))
+_SUCCEED = (
+    update(Deployment)
+    .where(Deployment.id == bindparam("deployment"),
+           Deployment.status.in_([s.value for s, moves in TRANSITIONS.items() if DeploymentStatus.SUCCEEDED in moves]))
+    .values(status=DeploymentStatus.SUCCEEDED.value, current_stage=None, error=None, finished_at=bindparam("at"))
+)
+_STATUS = select(Deployment.status).where(Deployment.id == bindparam("deployment"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +127,12 @@ class _Run:
     outputs: dict[str, dict[str, Any]]
     live_outputs: dict[str, Any] | None
     restart_stage: Stage | None
+    # Records that need not be durable before the next transaction (a finished attempt, a
+    # skipped stage): nothing external happens between them and it, so they go into it. The
+    # runner writes before every call into the target, so none is ever left behind one.
+    pending: list[Callable[[Tx], None]] = field(default_factory=list)
+    # Set once a transaction freed the lease along with the deployment's last record.
+    released: bool = False
 
     def next_stage(self) -> Stage | None:
         pending = [s for s in STAGES if s.value not in self.outputs]
@@ -124,24 +179,30 @@ class Engine:
             with heartbeat:
                 return self._loop(state, fence, target, heartbeat)
         finally:
-            if not heartbeat.lost:
+            if not heartbeat.lost and not state.released:
                 leases.release(self.store, fence)
 
     def _load(self, deployment_id: int) -> _Run:
         with self.store.read() as session:
-            deployment = session.get_one(Deployment, deployment_id)
-            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
-            attempts = dict(session.execute(
-                select(StageAttempt.stage, func.count()).where(StageAttempt.deployment_id == deployment_id)
-                .group_by(StageAttempt.stage)
-            ).all())
-            live_id = endpoint.live_deployment_id
+            connection = session.connection()
+            row = connection.execute(_LOAD_DEPLOYMENT, {"deployment": deployment_id}).one()
+            attempts: dict[str, int] = {}
+            outputs: dict[str, dict[str, Any]] = {}
+            for stage, status, stage_outputs_ in connection.execute(_LOAD_ATTEMPTS, {"deployment": deployment_id}):
+                attempts[stage] = attempts.get(stage, 0) + 1
+                if status in _DONE:
+                    outputs[stage] = dict(stage_outputs_)
+            live_id = row.live_deployment_id
             return _Run(
-                view=DeploymentView.of(deployment, endpoint.name),
-                attempts={stage: int(count) for stage, count in attempts.items()},
-                outputs=stage_outputs(session, deployment_id),
+                view=DeploymentView(
+                    id=row.id, endpoint_id=row.endpoint_id, endpoint_name=row.endpoint_name, target=row.target,
+                    model_uri=row.model_uri, model_digest=row.model_digest, config=dict(row.config),
+                    source_deployment_id=row.source_deployment_id, previous_live_id=row.previous_live_id,
+                ),
+                attempts=attempts,
+                outputs=outputs,
                 live_outputs=merged_outputs(session, live_id) if live_id and live_id != deployment_id else None,
-                restart_stage=Stage(deployment.restart_stage) if deployment.restart_stage else None,
+                restart_stage=Stage(row.restart_stage) if row.restart_stage else None,
             )
 
     def _loop(self, state: _Run, fence: Fence, target: Any, heartbeat: leases.Heartbeat) -> DeploymentStatus:
@@ -151,18 +212,18 @@ class Engine:
                 raise LeaseLost(f"deployment {view.id}: another runner took the endpoint's lease")
             next_stage = state.next_stage()
             if next_stage is None:
-                self._finish(view, fence)
+                self._finish(state, fence)
                 return DeploymentStatus.SUCCEEDED
             if self.stop.is_set():
+                self._flush(state, fence, end_lease=True)
                 return DeploymentStatus.RUNNING
             if next_stage in target.not_applicable:
-                self._record_skipped(state, fence, next_stage, {}, f"{next_stage.value} does not apply to {view.target}")
+                self._record_skipped(state, next_stage, {}, f"{next_stage.value} does not apply to {view.target}")
                 continue
             if view.source_deployment_id is not None and next_stage in REUSABLE_STAGES:
                 with self.store.read() as session:
                     reused = stage_outputs(session, view.source_deployment_id).get(next_stage.value, {})
-                self._record_skipped(state, fence, next_stage, reused,
-                                     f"reused from deployment {view.source_deployment_id}")
+                self._record_skipped(state, next_stage, reused, f"reused from deployment {view.source_deployment_id}")
                 continue
             try:
                 self._run_stage(state, fence, target, next_stage)
@@ -193,23 +254,7 @@ class Engine:
     def _attempt(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
         view = state.view
         number = state.attempts.get(stage.value, 0) + 1
-        with self.store.write(fence) as tx:
-            cancel_requested = tx.session.execute(
-                select(Deployment.cancel_requested).where(Deployment.id == view.id)
-            ).scalar_one()
-            # A cancel is honoured at a boundary up to shift_traffic; after it, finishing is safer.
-            if cancel_requested and STAGES.index(stage) <= STAGES.index(Stage.SHIFT_TRAFFIC):
-                raise _CancelRequested
-            attempt_id = tx.session.execute(
-                insert(StageAttempt).values(
-                    deployment_id=view.id, stage=stage.value, attempt=number, status=AttemptStatus.RUNNING.value,
-                    runner=self.runner.owner, started_at=utcnow(), outputs={},
-                ).returning(StageAttempt.id)
-            ).scalar_one()
-            tx.session.execute(update(Deployment).where(Deployment.id == view.id).values(current_stage=stage.value))
-            tx.event("stage_started", f"{stage.value} attempt {number} started",
-                     endpoint_id=view.endpoint_id, deployment_id=view.id,
-                     data={"stage": stage.value, "attempt": number})
+        attempt_id = self._start_attempt(state, fence, stage, number)
         state.attempts[stage.value] = number
         ctx = StageContext(
             store=self.store, fence=fence, deployment=view, stage=stage, home=self.home,
@@ -223,22 +268,68 @@ class Engine:
         except LeaseLost:
             raise  # no longer ours to record
         except BaseException as exc:
-            self._end_attempt(state, fence, attempt_id, stage, number, AttemptStatus.FAILED, error=exc,
-                              kind=error_kind(exc))
+            kind = error_kind(exc)
+            with self.store.write(fence) as tx:
+                self._write_end(tx, view, attempt_id, stage, number, AttemptStatus.FAILED, error=exc, kind=kind)
             raise
         result["duration_s"] = round(time.monotonic() - started, 3)
-        self._end_attempt(state, fence, attempt_id, stage, number, AttemptStatus.SUCCEEDED, outputs=result)
+        finished_at = utcnow()
+        redone = state.restart_stage == stage
+        state.pending.append(lambda tx: self._write_end(tx, view, attempt_id, stage, number,
+                                                        AttemptStatus.SUCCEEDED, outputs=result,
+                                                        finished_at=finished_at, redone=redone))
+        state.outputs[stage.value] = result
+        if redone:
+            state.restart_stage = None
+        if self.faults.crashes_after(stage):  # a drill kills the runner once the stage is recorded
+            self._flush(state, fence)
         self.faults.on_stage_end(stage)
+
+    def _start_attempt(self, state: _Run, fence: Fence, stage: Stage, number: int) -> int:
+        """Record the attempt `running` (with what is pending) and return its id; raise
+        _CancelRequested instead when a cancel is to be honoured here."""
+        view = state.view
+        # A cancel is honoured at a boundary up to shift_traffic; after it, finishing is safer.
+        honours_cancel = STAGES.index(stage) <= STAGES.index(Stage.SHIFT_TRAFFIC)
+        attempt_id = None
+        with self.store.write(fence) as tx:
+            self._write_pending(tx, state)
+            moved = tx.connection.execute(_ENTER_STAGE_UNLESS_CANCELLED if honours_cancel else _ENTER_STAGE,
+                                          {"deployment": view.id, "stage": stage.value})
+            if moved.rowcount == 1:
+                attempt_id = tx.connection.execute(_INSERT_ATTEMPT, {
+                    "deployment_id": view.id, "stage": stage.value, "attempt": number,
+                    "status": AttemptStatus.RUNNING.value, "runner": self.runner.owner, "started_at": utcnow(),
+                    "finished_at": None, "outputs": {},
+                }).scalar_one()
+                tx.event("stage_started", f"{stage.value} attempt {number} started",
+                         endpoint_id=view.endpoint_id, deployment_id=view.id,
+                         data={"stage": stage.value, "attempt": number})
+        state.pending.clear()
+        if attempt_id is None:
+            raise _CancelRequested
+        return int(attempt_id)
+
+    def _write_pending(self, tx: Tx, state: _Run) -> None:
+        for write in state.pending:
+            write(tx)
+
+    def _flush(self, state: _Run, fence: Fence, *, end_lease: bool = False) -> None:
+        """Write what is pending in a transaction of its own."""
+        with self.store.write(fence, end_lease=end_lease) as tx:
+            self._write_pending(tx, state)
+        state.pending.clear()
+        state.released = state.released or end_lease
 
     def attempt_log(self, deployment_id: int, stage: Stage, attempt: int) -> Path:
         directory = self.home / "logs" / "deployments" / str(deployment_id)
         directory.mkdir(parents=True, exist_ok=True)
         return directory / f"{stage.value}-{attempt}.log"
 
-    def _end_attempt(
+    def _write_end(
         self,
-        state: _Run,
-        fence: Fence,
+        tx: Tx,
+        view: DeploymentView,
         attempt_id: int,
         stage: Stage,
         number: int,
@@ -247,72 +338,75 @@ class Engine:
         outputs: dict[str, Any] | None = None,
         error: BaseException | None = None,
         kind: ErrorKind | None = None,
+        finished_at: dt.datetime | None = None,
+        redone: bool = False,
     ) -> None:
-        view = state.view
-        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
-        if outputs is not None:
-            values["outputs"] = outputs
+        """Record how an attempt ended; `redone` clears the deployment's restart stage."""
+        values: dict[str, Any] = {"attempt_id": attempt_id, "new_status": status.value,
+                                  "at": finished_at or utcnow(), "new_outputs": outputs or {},
+                                  "kind": None, "error": None, "message": None}
         message = None
         if error is not None:
             message = secrets.scrub(str(error) or type(error).__name__)
-            values.update(error_kind=kind.value if kind else None, error_class=type(error).__name__,
-                          error_message=message)
-        with self.store.write(fence) as tx:
-            tx.session.execute(update(StageAttempt).where(StageAttempt.id == attempt_id).values(**values))
-            if status == AttemptStatus.SUCCEEDED:
-                if state.restart_stage == stage:
-                    tx.session.execute(update(Deployment).where(Deployment.id == view.id).values(restart_stage=None))
-                if stage == Stage.SHIFT_TRAFFIC:
-                    self._make_live(tx, tx.session.get_one(Deployment, view.id))
-            tx.event(
-                f"stage_{status.value}",
-                f"{stage.value} attempt {number} {status.value}" + (f" ({kind.value}): {message}" if kind else ""),
-                endpoint_id=view.endpoint_id, deployment_id=view.id,
-                data={"stage": stage.value, "attempt": number, "duration_s": (outputs or {}).get("duration_s")},
-            )
-        if status == AttemptStatus.SUCCEEDED:
-            state.outputs[stage.value] = outputs or {}
-            if state.restart_stage == stage:
-                state.restart_stage = None
+            values.update(kind=kind.value if kind else None, error=type(error).__name__, message=message)
+        tx.connection.execute(_END_ATTEMPT, values)
+        if redone:
+            tx.connection.execute(_CLEAR_RESTART_STAGE, {"deployment": view.id})
+        if status == AttemptStatus.SUCCEEDED and stage == Stage.SHIFT_TRAFFIC:
+            self._make_live(tx, view)
+        tx.event(
+            f"stage_{status.value}",
+            f"{stage.value} attempt {number} {status.value}" + (f" ({kind.value}): {message}" if kind else ""),
+            endpoint_id=view.endpoint_id, deployment_id=view.id,
+            data={"stage": stage.value, "attempt": number, "duration_s": (outputs or {}).get("duration_s")},
+        )
 
     @staticmethod
-    def _make_live(tx: Any, deployment: Deployment) -> None:
-        endpoint = tx.session.get_one(Endpoint, deployment.endpoint_id)
-        if endpoint.live_deployment_id != deployment.id:
-            deployment.previous_live_id = endpoint.live_deployment_id
-            endpoint.live_deployment_id = deployment.id
-        tx.event("traffic_shifted", f"deployment {deployment.id} is live on {endpoint.name}",
-                 endpoint_id=endpoint.id, deployment_id=deployment.id,
-                 data={"previous_live_id": deployment.previous_live_id})
+    def _make_live(tx: Tx, view: DeploymentView) -> None:
+        row = tx.connection.execute(_LIVE_NOW, {"endpoint": view.endpoint_id, "deployment": view.id}).one()
+        previous_live_id = row.previous_live_id
+        if row.live_deployment_id != view.id:
+            previous_live_id = row.live_deployment_id
+            tx.connection.execute(_SET_PREVIOUS_LIVE, {"deployment": view.id, "previous": previous_live_id})
+            tx.connection.execute(_SET_LIVE, {"endpoint": view.endpoint_id, "live": view.id})
+        tx.event("traffic_shifted", f"deployment {view.id} is live on {row.name}",
+                 endpoint_id=view.endpoint_id, deployment_id=view.id,
+                 data={"previous_live_id": previous_live_id})
 
-    def _record_skipped(self, state: _Run, fence: Fence, stage: Stage, outputs: dict[str, Any],
-                        reason: str) -> None:
+    def _record_skipped(self, state: _Run, stage: Stage, outputs: dict[str, Any], reason: str) -> None:
         view = state.view
         number = state.attempts.get(stage.value, 0) + 1
         recorded = {**outputs, "skipped": reason}
-        with self.store.write(fence) as tx:
-            now = utcnow()
-            tx.session.add(StageAttempt(
-                deployment_id=view.id, stage=stage.value, attempt=number, status=AttemptStatus.SKIPPED.value,
-                runner=self.runner.owner, started_at=now, finished_at=now, outputs=recorded,
-            ))
+        now = utcnow()
+
+        def write(tx: Tx) -> None:
+            tx.connection.execute(_INSERT_ATTEMPT, {
+                "deployment_id": view.id, "stage": stage.value, "attempt": number,
+                "status": AttemptStatus.SKIPPED.value, "runner": self.runner.owner, "started_at": now,
+                "finished_at": now, "outputs": recorded,
+            })
             tx.event("stage_skipped", f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
                      deployment_id=view.id, data={"stage": stage.value})
+
+        state.pending.append(write)
         state.attempts[stage.value] = number
         state.outputs[stage.value] = recorded
 
     # -- endings --------------------------------------------------------------------------
 
-    def _finish(self, view: DeploymentView, fence: Fence) -> None:
-        with self.store.write(fence) as tx:
-            deployment = tx.session.get_one(Deployment, view.id)
-            check_transition(view.id, DeploymentStatus(deployment.status), DeploymentStatus.SUCCEEDED)
-            deployment.status = DeploymentStatus.SUCCEEDED.value
-            deployment.current_stage = None
-            deployment.error = None
-            deployment.finished_at = utcnow()
+    def _finish(self, state: _Run, fence: Fence) -> None:
+        """Record success and free the lease, in one transaction with what is pending."""
+        view = state.view
+        with self.store.write(fence, end_lease=True) as tx:
+            self._write_pending(tx, state)
+            done = tx.connection.execute(_SUCCEED, {"deployment": view.id, "at": utcnow()})
+            if done.rowcount != 1:
+                current = tx.connection.execute(_STATUS, {"deployment": view.id}).scalar_one()
+                check_transition(view.id, DeploymentStatus(current), DeploymentStatus.SUCCEEDED)
             tx.event("deployment_succeeded", f"deployment {view.id} succeeded",
                      endpoint_id=view.endpoint_id, deployment_id=view.id)
+        state.pending.clear()
+        state.released = True
 
     def _fail(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage,
               exc: OrchestrateError) -> DeploymentStatus:

@@ -63,6 +63,10 @@ class Faults:
         for _fault in self._matching(stage, "permanent"):
             raise PermanentTargetError(f"injected permanent fault in {stage.value}")
 
+    def crashes_after(self, stage: Stage) -> bool:
+        """Whether `on_stage_end` will kill this process, so the runner records the stage first."""
+        return bool(self._matching(stage, "crash-after"))
+
     def on_stage_end(self, stage: Stage) -> None:
         for _fault in self._matching(stage, "crash-after"):
             _kill_self()
