@@ -16,10 +16,25 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 #: What the server itself needs installed next to a model (the model brings the rest).
-SERVER_REQUIREMENTS: tuple[str, ...] = ("flask>=3.0", "gunicorn>=22.0", "pyyaml>=6.0")
+#: orjson parses request bodies ~6x faster than the standard library (65 us of a 100-row
+#: request); the server still works without it (``scoring._json``).
+SERVER_REQUIREMENTS: tuple[str, ...] = (
+    "flask>=3.0",
+    "gunicorn>=22.0",
+    "orjson>=3.9",
+    "pyyaml>=6.0",
+)
 
-_SERVING_IMPORTS = ("flask", "werkzeug", "gunicorn.app.base", "gunicorn.workers.gthread", "gunicorn.glogging",
-                    "numpy", "pandas", "yaml")
+_SERVING_IMPORTS = (
+    "flask",
+    "werkzeug",
+    "gunicorn.app.base",
+    "gunicorn.workers.gthread",
+    "gunicorn.glogging",
+    "numpy",
+    "pandas",
+    "yaml",
+)
 
 
 def serving_imports(loader_module: str) -> tuple[str, ...]:
