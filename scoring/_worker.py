@@ -71,13 +71,12 @@ class BadRequest(Exception):
 class Connection:
     """One client connection: its socket and the bytes read but not yet used."""
 
-    __slots__ = ("addr", "buf", "fd", "idle_since", "listener", "sock")
+    __slots__ = ("buf", "environ", "fd", "idle_since", "sock")
 
-    def __init__(self, sock: socket.socket, addr: Any, listener: tuple[str, str]) -> None:
+    def __init__(self, sock: socket.socket, environ: dict[str, Any]) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.addr = addr
-        self.listener = listener
+        self.environ = environ  # what every request's WSGI environ on it starts from
         self.buf = b""
         self.idle_since = time.monotonic()
 
@@ -115,6 +114,7 @@ class ScoringWorker(Worker):  # type: ignore[misc]
         self.nthreads = max(1, self.cfg.threads)
         self.keepalive = self.cfg.keepalive
         self.max_conns = self.cfg.worker_connections
+        self.multiprocess = self.cfg.workers > 1
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -304,11 +304,28 @@ class ScoringWorker(Worker):  # type: ignore[misc]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.nconns += 1
-            conn = Connection(sock, addr, name)
+            conn = Connection(sock, self._connection_environ(name, addr))
             self.idle[conn.fd] = conn
             self.epoll.register(conn.fd, _ONESHOT_IN)
         if self.nconns >= self.max_conns:
             self._set_accepting(False)
+
+    def _connection_environ(self, listener: tuple[str, str], addr: Any) -> dict[str, Any]:
+        remote = isinstance(addr, tuple)
+        return {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": listener[0],
+            "SERVER_PORT": listener[1],
+            "REMOTE_ADDR": addr[0] if remote else "",
+            "REMOTE_PORT": str(addr[1]) if remote else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": self.nthreads > 1,
+            "wsgi.multiprocess": self.multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+        }
 
     def _drop(self, conn: Connection) -> None:
         try:
@@ -508,26 +525,12 @@ class ScoringWorker(Worker):  # type: ignore[misc]
             raise BadRequest("400 Bad Request", "invalid request target")
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
-        addr = conn.addr
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "RAW_URI": target,
-            "SERVER_PROTOCOL": version,
-            "SERVER_NAME": conn.listener[0],
-            "SERVER_PORT": conn.listener[1],
-            "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
-            "REMOTE_PORT": str(addr[1]) if isinstance(addr, tuple) else "",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": self.nthreads > 1,
-            "wsgi.multiprocess": self.cfg.workers > 1,
-            "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
-        }
+        environ = conn.environ.copy()
+        environ["REQUEST_METHOD"] = method
+        environ["PATH_INFO"] = path
+        environ["QUERY_STRING"] = query
+        environ["RAW_URI"] = target
+        environ["SERVER_PROTOCOL"] = version
         connection = ""
         length = 0
         chunked = False
@@ -535,14 +538,14 @@ class ScoringWorker(Worker):  # type: ignore[misc]
         seen_length = None
         for line in itertools.islice(lines, 1, None):
             name, sep, value = line.partition(":")
-            if not sep or not _TOKEN(name):
-                raise BadRequest("400 Bad Request", "invalid header line")
-            value = value.strip(" \t")
-            key = _ENVIRON_KEYS.get(name)
+            key = _ENVIRON_KEYS.get(name) if sep else None  # names seen before are valid
             if key is None:
+                if not sep or not _TOKEN(name):
+                    raise BadRequest("400 Bad Request", "invalid header line")
                 if "_" in name:
                     continue  # as gunicorn: X_Foo would pass for X-Foo in the environ
                 key = _environ_key(name)
+            value = value.strip(" \t")
             if key == "CONTENT_LENGTH":
                 if not value.isdigit() or (seen_length is not None and value != seen_length):
                     raise BadRequest("400 Bad Request", "invalid Content-Length")
