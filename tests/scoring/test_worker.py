@@ -199,3 +199,27 @@ def test_ping_not_stuck_behind_a_slow_prediction(serve: Any, custom_model: Path)
             assert time.monotonic() - started < 0.5
     slow.join(10)
     assert result["r"].status_code == 200
+
+
+def test_slow_upload_does_not_block_others(serve: Any, iris_model: Path) -> None:
+    server = serve(iris_model, "--workers", "1", "--threads", "2")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+        slow.sendall(_post(IRIS_BODY)[: -len(IRIS_BODY) // 2])  # headers, half the body
+        time.sleep(0.3)  # a thread is now waiting for the rest
+        started = time.monotonic()
+        assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.5
+        slow.sendall(IRIS_BODY[-len(IRIS_BODY) // 2 :])
+        [(status, _, body)] = _responses(slow.recv(65536))
+    assert status == 200 and json.loads(body) == {"predictions": [0]}
+
+
+def test_sigterm_with_idle_keep_alive_connections_exits_at_once(
+    serve: Any, iris_model: Path
+) -> None:
+    server = serve(iris_model, "--workers", "1", "--graceful-timeout", "30")
+    with requests.Session() as session:
+        assert session.get(server.url + "/ping", timeout=5).status_code == 200
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 5
