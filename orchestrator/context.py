@@ -7,11 +7,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import String, bindparam, func, insert, select, update
 
 from . import secrets
 from .states import LIVE_RESOURCE_STATES, ResourceState, Stage
-from .tables import Deployment, Resource
+from .tables import Deployment, Resource, utcnow
+
+_COLUMNS = (Resource.id, Resource.endpoint_id, Resource.deployment_id, Resource.stage, Resource.kind,
+            Resource.name, Resource.external_id, Resource.state, Resource.data)
+# Built once and run on the transaction's connection: they sit on every stage's hot path.
+_FIND = (
+    select(*_COLUMNS)
+    .where(Resource.deployment_id == bindparam("deployment"), Resource.kind == bindparam("kind"),
+           Resource.name == bindparam("name"))
+    .order_by(Resource.id.desc())
+    .limit(1)
+)
+_PLAN = insert(Resource).returning(*_COLUMNS)
+_DATA = select(Resource.data).where(Resource.id == bindparam("resource"))
+_MARK = (
+    update(Resource)
+    .where(Resource.id == bindparam("resource"))
+    .values(state=bindparam("new_state"),
+            external_id=func.coalesce(bindparam("new_external_id", type_=String), Resource.external_id),
+            updated_at=bindparam("at"))
+    .returning(*_COLUMNS)
+)
+_MARK_WITH_DATA = _MARK.values(data=bindparam("new_data"))
+
+
+def _resource_view(row: Any) -> ResourceView:
+    return ResourceView(row.id, row.deployment_id, row.stage, row.kind, row.name, row.external_id,
+                        ResourceState(row.state), dict(row.data))
+
 
 if TYPE_CHECKING:
     from .store import Fence, Store
@@ -90,34 +118,27 @@ class StageContext:
     def find(self, kind: str, name: str) -> ResourceView | None:
         """This deployment's record of a resource, so a rerun adopts instead of creating twice."""
         with self.store.read() as session:
-            row = session.execute(
-                select(Resource).where(
-                    Resource.deployment_id == self.deployment.id, Resource.kind == kind, Resource.name == name
-                ).order_by(Resource.id.desc())
-            ).scalars().first()
-            return ResourceView.of(row) if row else None
+            row = session.connection().execute(_FIND, {"deployment": self.deployment.id, "kind": kind,
+                                                        "name": name}).first()
+            return _resource_view(row) if row else None
 
     def plan(self, kind: str, name: str, data: dict[str, Any] | None = None) -> ResourceView:
         """Record a resource as planned before creating it (or return the existing record)."""
-        existing = self.find(kind, name)
-        if existing is not None and existing.state != ResourceState.DELETED:
-            return existing
         with self.store.write(self.fence) as tx:
-            row = Resource(
-                endpoint_id=self.deployment.endpoint_id,
-                deployment_id=self.deployment.id,
-                stage=self.stage.value,
-                target=self.deployment.target,
-                kind=kind,
-                name=name,
-                state=ResourceState.PLANNED.value,
-                data=data or {},
-            )
-            tx.session.add(row)
-            tx.session.flush()
+            existing = tx.connection.execute(_FIND, {"deployment": self.deployment.id, "kind": kind,
+                                                     "name": name}).first()
+            if existing is not None and existing.state != ResourceState.DELETED.value:
+                return _resource_view(existing)
+            now = utcnow()
+            row = tx.connection.execute(_PLAN, {
+                "endpoint_id": self.deployment.endpoint_id, "deployment_id": self.deployment.id,
+                "stage": self.stage.value, "target": self.deployment.target, "kind": kind, "name": name,
+                "external_id": None, "state": ResourceState.PLANNED.value, "data": data or {},
+                "created_at": now, "updated_at": now,
+            }).one()
             tx.event("resource_planned", f"{kind} {name} planned", endpoint_id=self.deployment.endpoint_id,
                      deployment_id=self.deployment.id, data={"resource_id": row.id})
-            return ResourceView.of(row)
+            return _resource_view(row)
 
     def mark(
         self,
@@ -129,18 +150,17 @@ class StageContext:
     ) -> ResourceView:
         """Record that a resource now exists (created/adopted) or is gone (deleted)."""
         with self.store.write(self.fence) as tx:
-            row = tx.session.get_one(Resource, resource.id)
-            row.state = state.value
-            if external_id is not None:
-                row.external_id = external_id
+            values: dict[str, Any] = {"resource": resource.id, "new_state": state.value,
+                                      "new_external_id": external_id, "at": utcnow()}
             if data:
-                row.data = {**row.data, **data}
+                recorded = tx.connection.execute(_DATA, {"resource": resource.id}).scalar_one()
+                values["new_data"] = {**recorded, **data}
+            row = tx.connection.execute(_MARK_WITH_DATA if data else _MARK, values).one()
             tx.event(f"resource_{state.value}", f"{row.kind} {row.name} {state.value}"
                      + (f" ({row.external_id})" if row.external_id else ""),
                      endpoint_id=row.endpoint_id, deployment_id=self.deployment.id,
                      data={"resource_id": row.id})
-            tx.session.flush()
-            return ResourceView.of(row)
+            return _resource_view(row)
 
     def endpoint_resources(self, *, live_only: bool = True) -> list[ResourceView]:
         """Every recorded resource of this endpoint, oldest first."""
