@@ -9,6 +9,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,7 +67,20 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def holder_is_gone(endpoint: Endpoint) -> bool:
+class LeaseHolder(Protocol):
+    """What `holder_is_gone` reads: an endpoint row, or just its lease columns."""
+
+    @property
+    def lease_owner(self) -> str | None: ...
+    @property
+    def lease_host(self) -> str | None: ...
+    @property
+    def lease_pid(self) -> int | None: ...
+    @property
+    def lease_expires_at(self) -> dt.datetime | None: ...
+
+
+def holder_is_gone(endpoint: LeaseHolder) -> bool:
     """True when the lease is free, expired, or held by a dead process on this host."""
     if endpoint.lease_owner is None:
         return True

@@ -6,16 +6,17 @@ serialises claims on one host."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
 from . import leases
 from .errors import EndpointBusy
 from .states import AttemptStatus, DeploymentStatus, ErrorKind
-from .store import Fence, Store
+from .store import Fence, Store, Tx
 from .tables import Deployment, Endpoint, StageAttempt, utcnow
 
 # How many candidates one claim looks at before giving up for this round.
@@ -47,65 +48,106 @@ def _head_of_queue() -> Select[Any]:
     )
 
 
-def claim_queued(store: Store, runner: leases.Runner, ttl_s: float, *, targets: frozenset[str] | None = None,
-                 deployment_id: int | None = None) -> Claim | None:
-    """Take the oldest runnable queued deployment (or only `deployment_id`) and its lease."""
-    query = _head_of_queue()
-    if targets:
-        query = query.where(Deployment.target.in_(sorted(targets)))
-    if deployment_id is not None:
-        query = query.where(Deployment.id == deployment_id)
-    query = query.order_by(Deployment.id).limit(_CANDIDATES).with_for_update(skip_locked=True, of=Deployment)
-    with store.write() as tx:
-        for deployment in tx.session.execute(query).scalars().all():
-            endpoint = tx.session.execute(
-                select(Endpoint).where(Endpoint.id == deployment.endpoint_id).with_for_update(skip_locked=True)
-            ).scalar_one_or_none()
-            if endpoint is None or not leases.holder_is_gone(endpoint):
-                continue
-            try:
-                fence = leases.take(tx.session, endpoint, deployment.id, runner, ttl_s)
-            except EndpointBusy:
-                continue
-            deployment.status = DeploymentStatus.RUNNING.value
-            deployment.started_at = utcnow()
-            tx.event("deployment_claimed", f"deployment {deployment.id} claimed by {runner.owner}",
-                     endpoint_id=endpoint.id, deployment_id=deployment.id)
-            return Claim(deployment.id, fence, taken_over=False)
-    return None
+@functools.cache
+def _queued_candidates(by_target: bool, by_id: bool) -> Select[Any]:
+    """The claim's query, built once per shape (building it costs more than running it): the
+    head-of-queue deployments with their endpoints, both locked; rows another claim holds are
+    skipped, never waited for."""
+    query = _head_of_queue().add_columns(Endpoint).join(Endpoint, Endpoint.id == Deployment.endpoint_id)
+    if by_target:
+        query = query.where(Deployment.target.in_(bindparam("targets", expanding=True)))
+    if by_id:
+        query = query.where(Deployment.id == bindparam("deployment"))
+    return query.order_by(Deployment.id).limit(_CANDIDATES).with_for_update(skip_locked=True,
+                                                                             of=[Deployment, Endpoint])
 
 
-def claim_orphaned(store: Store, runner: leases.Runner, ttl_s: float, *,
-                   targets: frozenset[str] | None = None) -> Claim | None:
-    """Take over a running deployment whose runner stopped, died, or let its lease expire."""
-    now = utcnow()
+@functools.cache
+def _orphan_candidates(by_target: bool) -> Select[Unpack[tuple[Any, ...]]]:
+    """Running deployments whose lease is free, expired, or held by another runner on this host
+    (which `holder_is_gone` then checks), read without locks."""
     query = (
-        select(Deployment, Endpoint)
+        select(Deployment.id, Endpoint.id.label("endpoint_id"), Endpoint.lease_owner, Endpoint.lease_host,
+               Endpoint.lease_pid, Endpoint.lease_expires_at)
         .join(Endpoint, Endpoint.id == Deployment.endpoint_id)
         .where(
             Deployment.status == DeploymentStatus.RUNNING.value,
             or_(
                 Endpoint.lease_owner.is_(None),
-                Endpoint.lease_expires_at < now,
-                and_(Endpoint.lease_host == runner.host, Endpoint.lease_owner != runner.owner),
+                Endpoint.lease_expires_at < bindparam("now"),
+                and_(Endpoint.lease_host == bindparam("host"), Endpoint.lease_owner != bindparam("owner")),
             ),
         )
         .order_by(Deployment.id)
         .limit(_CANDIDATES)
-        .with_for_update(skip_locked=True, of=Endpoint)
     )
-    if targets:
-        query = query.where(Deployment.target.in_(sorted(targets)))
+    if by_target:
+        query = query.where(Deployment.target.in_(bindparam("targets", expanding=True)))
+    return query
+
+
+_LOCK_ENDPOINT = select(Endpoint).where(Endpoint.id == bindparam("endpoint")).with_for_update(skip_locked=True)
+
+
+def claim(store: Store, runner: leases.Runner, ttl_s: float, *,
+          targets: frozenset[str] | None = None) -> Claim | None:
+    """A worker's look for work, in one transaction: an orphaned deployment first, else the
+    oldest runnable queued one."""
     with store.write() as tx:
-        for deployment, endpoint in tx.session.execute(query).all():
-            if not leases.holder_is_gone(endpoint):
-                continue
+        return _take_orphaned(tx, runner, ttl_s, targets) or _take_queued(tx, runner, ttl_s, targets, None)
+
+
+def claim_queued(store: Store, runner: leases.Runner, ttl_s: float, *, targets: frozenset[str] | None = None,
+                 deployment_id: int | None = None) -> Claim | None:
+    """Take the oldest runnable queued deployment (or only `deployment_id`) and its lease."""
+    with store.write() as tx:
+        return _take_queued(tx, runner, ttl_s, targets, deployment_id)
+
+
+def claim_orphaned(store: Store, runner: leases.Runner, ttl_s: float, *,
+                   targets: frozenset[str] | None = None) -> Claim | None:
+    """Take over a running deployment whose runner stopped, died, or let its lease expire."""
+    with store.write() as tx:
+        return _take_orphaned(tx, runner, ttl_s, targets)
+
+
+def _take_queued(tx: Tx, runner: leases.Runner, ttl_s: float, targets: frozenset[str] | None,
+                 deployment_id: int | None) -> Claim | None:
+    query = _queued_candidates(bool(targets), deployment_id is not None)
+    params = {"targets": sorted(targets or ()), "deployment": deployment_id}
+    for deployment, endpoint in tx.session.execute(query, params).all():
+        if not leases.holder_is_gone(endpoint):
+            continue
+        try:
             fence = leases.take(tx.session, endpoint, deployment.id, runner, ttl_s)
-            abandoned = abandon_running_attempts(tx.session, deployment.id)
-            tx.event("deployment_taken_over",
-                     f"deployment {deployment.id} taken over by {runner.owner} ({abandoned} attempt(s) abandoned)",
-                     endpoint_id=endpoint.id, deployment_id=deployment.id)
-            return Claim(deployment.id, fence, taken_over=True)
+        except EndpointBusy:
+            continue
+        deployment.status = DeploymentStatus.RUNNING.value
+        deployment.started_at = utcnow()
+        tx.event("deployment_claimed", f"deployment {deployment.id} claimed by {runner.owner}",
+                 endpoint_id=endpoint.id, deployment_id=deployment.id)
+        return Claim(deployment.id, fence, taken_over=False)
+    return None
+
+
+def _take_orphaned(tx: Tx, runner: leases.Runner, ttl_s: float,
+                   targets: frozenset[str] | None) -> Claim | None:
+    # Candidates are read without locks: on a busy host most are endpoints that other live
+    # workers hold, and locking those would stall their fenced writes until this commits.
+    # Only one whose holder is gone is locked, then checked again.
+    params = {"now": utcnow(), "host": runner.host, "owner": runner.owner, "targets": sorted(targets or ())}
+    for candidate in tx.session.execute(_orphan_candidates(bool(targets)), params).all():
+        if not leases.holder_is_gone(candidate):
+            continue
+        endpoint = tx.session.execute(_LOCK_ENDPOINT, {"endpoint": candidate.endpoint_id}).scalar_one_or_none()
+        if endpoint is None or not leases.holder_is_gone(endpoint):
+            continue
+        fence = leases.take(tx.session, endpoint, candidate.id, runner, ttl_s)
+        abandoned = abandon_running_attempts(tx.session, candidate.id)
+        tx.event("deployment_taken_over",
+                 f"deployment {candidate.id} taken over by {runner.owner} ({abandoned} attempt(s) abandoned)",
+                 endpoint_id=endpoint.id, deployment_id=candidate.id)
+        return Claim(candidate.id, fence, taken_over=True)
     return None
 
 

@@ -93,8 +93,7 @@ class Worker:
         idle_rounds = 0
         while not self.stop_event.is_set():
             try:
-                claim = (queue.claim_orphaned(self.store, runner, self.lease_ttl_s, targets=self.targets)
-                         or queue.claim_queued(self.store, runner, self.lease_ttl_s, targets=self.targets))
+                claim = queue.claim(self.store, runner, self.lease_ttl_s, targets=self.targets)
             except SQLAlchemyError as exc:
                 self._wait_for_database(exc)
                 continue
