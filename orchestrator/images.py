@@ -154,8 +154,10 @@ class ImageSpec:
     user: str = dockerfile.USER_NAME
 
     def requirements_hash(self, base_id: str, platform: wheelhouse.Platform) -> str:
+        # The byte code written at build time is part of the layer: what the server imports counts.
         document = {"requirements": list(self.requirements), "base": base_id, "platform": vars(platform),
-                    "template": dockerfile.TEMPLATE_VERSION, "user": self.user, "loader": self.loader_module}
+                    "template": dockerfile.TEMPLATE_VERSION, "user": self.user, "loader": self.loader_module,
+                    "imports": list(scoring.serving_imports(self.loader_module))}
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 

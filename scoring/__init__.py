@@ -31,6 +31,7 @@ _SERVING_IMPORTS = (
     "gunicorn.app.base",
     "gunicorn.workers.gthread",
     "gunicorn.glogging",
+    "orjson",
     "numpy",
     "pandas",
     "yaml",
