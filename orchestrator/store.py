@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, insert, update
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrate, secrets
@@ -19,6 +21,8 @@ from .errors import ConfigError, LeaseLost
 from .tables import Endpoint, Event, utcnow
 
 SQLITE_BUSY_TIMEOUT_S = 30
+# A pooled PostgreSQL connection idle longer than this is pinged before use.
+PING_AFTER_IDLE_S = 0.25
 
 # The hot path's statements, built once: constructing a statement costs more CPU than
 # executing a cached one.
@@ -62,6 +66,31 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _ping_idle_connections(engine: Engine) -> None:
+    """Pre-ping, but only a connection that sat in the pool for a while.
+
+    A runner's transactions follow each other within milliseconds; pinging before each one
+    was a round trip per transaction for a connection just seen working. One that waited out
+    a stage (seconds) or an idle poll is pinged, and a dead one replaced unseen (the pool
+    retries the checkout on DisconnectionError). A server that goes away between two quick
+    transactions fails the next statement instead; SQLAlchemy then invalidates the whole pool
+    and the worker waits for the database and takes its lease back (docs/workers.md)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_S:
+            return  # just connected, or just returned after working
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+
+
 def make_engine(db_url: str, *, pool_size: int = 5) -> Engine:
     try:
         url: URL = make_url(db_url)
@@ -77,7 +106,10 @@ def make_engine(db_url: str, *, pool_size: int = 5) -> Engine:
         _configure_sqlite(engine)
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        # LIFO: the connection that just worked is the next one out, and is not pinged.
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+        _ping_idle_connections(engine)
+        return engine
     raise ConfigError(
         f"unsupported database {url.get_backend_name()!r} in the state store URL",
         hint="use SQLite (the default) or PostgreSQL (postgresql+psycopg://...)",
