@@ -230,6 +230,8 @@ class Engine:
             except _CancelRequested:
                 return self.abort(view, fence, target, DeploymentStatus.CANCELLED, "cancelled by request")
             except KeyboardInterrupt:
+                if state.pending:  # interrupted while starting the attempt: the stage before it still succeeded
+                    self._flush(state, fence)
                 self.abort(view, fence, target, DeploymentStatus.FAILED,
                            f"interrupted during {next_stage.value}", kind=ErrorKind.INTERRUPTED)
                 raise
