@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,17 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-
-
-def orchestrate_executable() -> str:
-    """The console script installed next to this interpreter (else the one on PATH)."""
-    beside = Path(sys.executable).parent / "orchestrate"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("orchestrate")
-    if found is None:
-        pytest.fail("the `orchestrate` console script is not installed (pip install -e '.[test]')")
-    return found
+from _executables import orchestrate_executable
 
 
 @dataclass

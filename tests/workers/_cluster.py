@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,19 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _executables import orchestrate_executable
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-
-
-def orchestrate_executable() -> str:
-    beside = Path(sys.executable).parent / "orchestrate"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("orchestrate")
-    if found is None:
-        pytest.fail("the `orchestrate` console script is not installed (pip install -e '.[test]')")
-    return found
 
 
 @dataclass
