@@ -20,7 +20,7 @@ import json
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from .docker_engine import translated
 from .errors import PermanentTargetError
@@ -35,20 +35,21 @@ def base_config(client: Any, image_id: str, cache_dir: Path) -> dict[str, Any]:
     archive, which lists it in manifest.json."""
     cached = cache_dir / f"{image_id.replace(':', '-')}.config.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        document: dict[str, Any] = json.loads(cached.read_text())
+        return document
     with translated(f"reading the config of base image {image_id}"), tempfile.TemporaryFile() as archive:
         for chunk in client.api.get_image(image_id, chunk_size=_CHUNK):
             archive.write(chunk)
         archive.seek(0)
         with tarfile.open(fileobj=archive) as tar:
             manifest = json.load(_member(tar, "manifest.json"))
-            config = json.load(_member(tar, manifest[0]["Config"]))
+            config: dict[str, Any] = json.load(_member(tar, manifest[0]["Config"]))
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(config))
     return config
 
 
-def _member(tar: tarfile.TarFile, name: str) -> BinaryIO:
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
     handle = tar.extractfile(name)
     if handle is None:
         raise PermanentTargetError(f"the engine's archive of the base image has no {name}")
