@@ -87,6 +87,8 @@ def _orphan_candidates(by_target: bool) -> Select[Unpack[tuple[Any, ...]]]:
 
 
 _LOCK_ENDPOINT = select(Endpoint).where(Endpoint.id == bindparam("endpoint")).with_for_update(skip_locked=True)
+_STILL_RUNNING = select(Deployment.id).where(Deployment.id == bindparam("deployment"),
+                                             Deployment.status == DeploymentStatus.RUNNING.value)
 
 
 def claim(store: Store, runner: leases.Runner, ttl_s: float, *,
@@ -141,6 +143,11 @@ def _take_orphaned(tx: Tx, runner: leases.Runner, ttl_s: float,
             continue
         endpoint = tx.session.execute(_LOCK_ENDPOINT, {"endpoint": candidate.endpoint_id}).scalar_one_or_none()
         if endpoint is None or not leases.holder_is_gone(endpoint):
+            continue
+        # The unlocked read may predate the deployment's end (its runner, or a `cancel` that
+        # took the lease, recorded it and released the lease since). Every such end is written
+        # under the endpoint's lock, which is ours now: a statement run after taking it sees it.
+        if tx.session.execute(_STILL_RUNNING, {"deployment": candidate.id}).first() is None:
             continue
         fence = leases.take(tx.session, endpoint, candidate.id, runner, ttl_s)
         abandoned = abandon_running_attempts(tx.session, candidate.id)
