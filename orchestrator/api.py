@@ -16,7 +16,7 @@ from . import config as config_module
 from . import leases, mlmodel, queue, secrets
 from .context import DeploymentView, ResourceView, StageContext
 from .engine import Echo, Engine, merged_outputs
-from .errors import ConfigError, EndpointBusy, NotFound, StateError
+from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -78,8 +78,24 @@ class Client:
             return deployment_id
         if fence is None:
             fence = self._wait_for_turn(deployment_id, poll_interval_s)
-        self.engine.run(deployment_id, fence)
+        self._run(deployment_id, fence)
         return deployment_id
+
+    def _run(self, deployment_id: int, fence: Any) -> None:
+        """Run the deployment here; a database that goes away mid-run is an error that says how
+        to go on, not a driver traceback (workers handle it themselves: they wait and take over)."""
+        from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+        try:
+            self.engine.run(deployment_id, fence)
+        except (OperationalError, InterfaceError, DisconnectionError) as exc:
+            reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no reason given"])[0]
+            raise StoreUnavailable(
+                f"the state store {self.store.display_url} stopped answering during deployment {deployment_id}: "
+                f"{reason}",
+                hint=f"what was recorded is kept; when the database is back, `orchestrate resume {deployment_id}` "
+                     "continues where it stopped",
+            ) from exc
 
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
         announced = False
@@ -193,7 +209,7 @@ class Client:
             tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {self.runner.owner}"
                      + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
                      endpoint_id=endpoint.id, deployment_id=deployment.id)
-        self.engine.run(deployment_id, fence)
+        self._run(deployment_id, fence)
         return deployment_id
 
     def cancel(self, deployment_id: int, *, wait_s: float = 600) -> DeploymentStatus:
@@ -268,7 +284,7 @@ class Client:
             source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
         target, model_uri, digest, resolved = source_view
         deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False)
-        self.engine.run(deployment_id, fence)
+        self._run(deployment_id, fence)
         return deployment_id
 
     def delete(self, name: str) -> list[str]:

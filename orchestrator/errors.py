@@ -6,6 +6,7 @@
     ├── EndpointBusy                  exit 3  another deployment holds the endpoint's lease
     ├── StateError                    exit 2  a move the state machine does not allow
     ├── LeaseLost                     exit 1  our fencing token is no longer current
+    ├── StoreUnavailable              exit 1  the state store stopped answering mid-run
     ├── DeploymentFailed              exit 1  the deployment ended failed or rolled back
     └── TargetError                   exit 1  a target (cloud, process, engine) said no
         ├── RetryableTargetError              transient: throttling, 5xx, resets, timeouts
@@ -55,6 +56,10 @@ class StateError(OrchestrateError):
 
 class LeaseLost(OrchestrateError):
     """Another runner took the endpoint's lease; this runner must stop writing."""
+
+
+class StoreUnavailable(OrchestrateError):
+    """The state store stopped answering while a deployment ran; what was recorded is kept."""
 
 
 class DeploymentFailed(OrchestrateError):

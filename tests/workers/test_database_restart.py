@@ -85,3 +85,25 @@ def test_worker_survives_a_postgres_restart(pg_cluster: Cluster, noop_model: Pat
     events = [line["event"] for line in worker.lines()]
     if "database_unavailable" in events:
         assert "database_back" in events, events
+
+
+def test_a_cli_deploy_that_loses_the_database_says_how_to_resume(pg_cluster: Cluster, noop_model: Path,
+                                                                   restartable_pg: tuple[str, str]) -> None:
+    cluster = pg_cluster
+    deploy = cluster.spawn("deploy", str(noop_model), "--name", "stranded", "--target", "noop", "-C", "sleep_s=0.7")
+    version, name = restartable_pg
+    try:
+        cluster.wait_for("SELECT id FROM stage_attempts WHERE stage = 'build'", lambda rows: len(rows) == 1)
+        subprocess.run(["pg_ctlcluster", version, name, "stop", "-m", "fast"], check=True, timeout=120)
+        _out, err = deploy.communicate(timeout=120)
+    finally:
+        subprocess.run(["pg_ctlcluster", version, name, "start"], check=True, timeout=120)
+        _wait_ready()
+    assert deploy.returncode == 1, err
+    assert "Traceback" not in err, err
+    assert "stopped answering during deployment 1" in err and "`orchestrate resume 1`" in err, err
+    assert "orchestrate:orchestrate@" not in err  # the password is never shown
+
+    resumed = cluster.run("resume", "1")
+    assert resumed.returncode == 0, describe(resumed)
+    assert cluster.wait_for("SELECT status FROM deployments", lambda rows: len(rows) == 1)[0].status == "succeeded"
