@@ -245,11 +245,11 @@ class Observe:
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         """The 504 for a request still running at its deadline, counted and logged here;
         the caller must have won ``environ["scoring.claim"]``."""
+        from scoring._v2 import v2_error_body
+
         exc = timeout_error(self.timeout)
         if environ.get("PATH_INFO", "").startswith("/v2/"):
-            body = _json.dumps(
-                {"error": exc.message, "error_code": exc.error_code, "message": exc.message}
-            )
+            body = v2_error_body(exc)
         else:
             body = error_body(exc.error_code, exc.message)
         environ.setdefault("scoring.request_id", f"{_random_bits(128):032x}")

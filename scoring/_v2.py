@@ -50,9 +50,12 @@ _COLUMN_TO_V2 = {
 _PROTOCOL_PARAMETERS = frozenset({"content_type", "headers", "binary_data_output"})
 
 
+def v2_error_body(exc: ScoringError) -> bytes:
+    return _json.dumps({"error": exc.message, "error_code": exc.error_code, "message": exc.message})
+
+
 def v2_error(exc: ScoringError) -> Response:
-    body = {"error": exc.message, "error_code": exc.error_code, "message": exc.message}
-    return Response(_json.dumps(body), status=exc.status, mimetype="application/json")
+    return Response(v2_error_body(exc), status=exc.status, mimetype="application/json")
 
 
 def _spec_metadata(spec: Any, default_name: str) -> dict[str, Any]:
