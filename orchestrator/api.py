@@ -287,6 +287,26 @@ class Client:
         self._run(deployment_id, fence)
         return deployment_id
 
+    def reconfigure(self, name: str, config: Mapping[str, Any]) -> int:
+        """Redeploy the live deployment's recorded model with its config patched by `config`
+        (`mlflow deployments update` without a model); returns the new deployment's id.
+        Every stage runs again, as the new config may change the build."""
+        from targets.base import load_target
+
+        with self.store.read() as session:
+            endpoint = self._endpoint(session, name)
+            if endpoint.live_deployment_id is None:
+                raise ConfigError(f"endpoint {name!r} has no live deployment to reconfigure",
+                                  hint=f"deploy a model first: `orchestrate deploy MODEL --name {name}`")
+            live = session.get_one(Deployment, endpoint.live_deployment_id)
+            target, model_uri, digest, live_config = live.target, live.model_uri, live.model_digest, dict(live.config)
+        plugin = load_target(target)
+        resolved = config_module.resolve(target, plugin.config_keys, live_config, dict(config))
+        plugin.preflight(resolved, self._live_outputs(name))
+        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False)
+        self._run(deployment_id, fence)
+        return deployment_id
+
     def delete(self, name: str) -> list[str]:
         """Stop everything the endpoint serves with and mark it deleted; returns what was released."""
         from targets.base import load_target
