@@ -23,7 +23,7 @@ import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # Bump when the template changes: it is part of every content tag.
 TEMPLATE_VERSION = "5"
@@ -239,7 +239,22 @@ def write_server_files(context: Path, server_source: Path) -> None:
 
 
 def write_model_files(context: Path, model_dir: Path) -> None:
-    shutil.copytree(model_dir, context / "model", ignore=shutil.ignore_patterns("__pycache__", ".DS_Store"),
-                    dirs_exist_ok=True)
-    for path in [context / "model", *(context / "model").rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)  # the non-root user must read every file
+    """The model's files (exactly those its digest covers) as plain files under `context/model`.
+
+    `mlmodel.model_files` refuses a link leading out of the model, so no file of the host ever
+    enters the image; a link inside it is copied as the file it names. Readable by all: the
+    image's non-root user must read every file."""
+    from . import mlmodel
+
+    destination = context / "model"
+    files = mlmodel.model_files(model_dir)
+    directories = {destination.joinpath(*parent.parts) for file in files
+                   for parent in PurePosixPath(file.relative).parents}
+    for directory in sorted(directories, key=lambda path: len(path.parts)):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+    for file in files:
+        target = destination.joinpath(*file.relative.split("/"))
+        target.unlink(missing_ok=True)  # never write through a link left in the context
+        shutil.copyfile(file.source, target)
+        target.chmod(0o644)

@@ -1,23 +1,52 @@
-"""Reading an MLflow model directory: its flavor, requirements, Python version, example and digest."""
+"""Reading an MLflow model directory: its flavor, requirements, Python version, example and digest.
+
+What a model directory may hold, so that the digest covers exactly what is snapshotted and
+served, and nothing of the host outside the directory is ever read, copied or put in an image:
+
+- regular files and directories;
+- symbolic links whose target, fully resolved, is a regular file or directory inside the model:
+  digested and copied as what they point at (a snapshot never holds a link). A link to a
+  directory that contains it (`ln -s . loop`) is refused;
+- nothing else: a link leading outside the model, a broken link, a FIFO, socket or device
+  (`/dev/zero`) is refused with a ConfigError naming it, before anything is recorded.
+
+The files orchestrate parses (MLmodel, requirements.txt, python_env.yaml, conda.yaml, the input
+example) are read with a size bound, as UTF-8, and YAML without exponential work; the paths
+MLmodel names (`model_path`, `data`, `code`, ...) must stay inside the directory.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, PermanentTargetError
 
 # Files MLflow writes beside a model that serving never reads; they don't change the digest.
 _IGNORED_NAMES = {"__pycache__", ".DS_Store"}
+
+# Bounds on the files orchestrate parses. MLflow writes them in kilobytes (a signature of
+# thousands of columns stays under a megabyte); a bigger one is a mistake or an attack.
+MLMODEL_MAX_BYTES = 8 << 20
+TEXT_FILE_MAX_BYTES = 1 << 20  # requirements.txt, python_env.yaml, conda.yaml
+INPUT_EXAMPLE_MAX_BYTES = 16 << 20
+# A directory of links to directories can multiply itself; real models have far fewer files.
+MAX_FILES = 100_000
+
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,22 +79,20 @@ def read_model(uri: str) -> ModelInfo:
         raise ConfigError(f"model path {path} does not exist", hint="pass the directory that holds MLmodel")
     if not path.is_dir():
         raise ConfigError(f"model path {path} is not a directory", hint="pass the directory that holds MLmodel")
-    mlmodel_path = path / "MLmodel"
-    if not mlmodel_path.is_file():
+    files = model_files(path)  # refuses links out of the model and special files before any read
+    if not any(file.relative == "MLmodel" for file in files):
         raise ConfigError(
             f"{path} has no MLmodel file, so it is not an MLflow model directory",
             hint="save the model with mlflow.<flavor>.save_model(...) and pass that directory",
         )
-    try:
-        mlmodel = yaml.safe_load(mlmodel_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{mlmodel_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    mlmodel_path = path / "MLmodel"
+    mlmodel = load_model_yaml(mlmodel_path, limit=MLMODEL_MAX_BYTES)
     if not isinstance(mlmodel, dict):
         raise ConfigError(f"{mlmodel_path} must be a YAML mapping with a 'flavors' section")
     flavors = mlmodel.get("flavors")
     pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
     if not isinstance(pyfunc, dict):
-        found = ", ".join(sorted(flavors)) if isinstance(flavors, dict) and flavors else "none"
+        found = ", ".join(sorted(map(str, flavors))) if isinstance(flavors, dict) and flavors else "none"
         raise ConfigError(
             f"{mlmodel_path} has no python_function flavor (flavors found: {found})",
             hint="orchestrate serves models through MLflow's python_function interface; "
@@ -74,23 +101,110 @@ def read_model(uri: str) -> ModelInfo:
     loader_module = pyfunc.get("loader_module")
     if not isinstance(loader_module, str) or not loader_module:
         raise ConfigError(f"{mlmodel_path}: python_function flavor has no loader_module")
+    if not _MODULE_NAME.match(loader_module):
+        raise ConfigError(
+            f"{mlmodel_path}: loader_module {loader_module!r} is not a Python module name",
+            hint="MLflow writes a dotted module name such as mlflow.sklearn; save the model again with mlflow",
+        )
+    _check_paths_stay_inside(mlmodel_path, {"flavors": flavors,
+                                            "saved_input_example_info": mlmodel.get("saved_input_example_info")})
+    input_example = _input_example(path)
+    if input_example is not None:
+        load_input_example(path, input_example)  # a broken example is bad input now, not a failed health check
     return ModelInfo(
         path=path,
-        digest=digest(path),
+        digest=_digest(files),
         loader_module=loader_module,
         python_version=_python_version(path, pyfunc),
         requirements=read_requirements(path),
-        input_example=_input_example(path),
+        input_example=input_example,
     )
+
+
+# A dotted Python module name: what `importlib.import_module` gets at serve time.
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+# MLmodel keys (under `flavors` and `saved_input_example_info`) whose string values are paths
+# relative to the model directory, which loaders join to it: os.path.join(model, "/etc/x") is
+# /etc/x, and "../x" leaves it. (`uri` under a python_model's artifacts is where an artifact came
+# from, not where it is: not checked.)
+_PATH_KEYS = frozenset({
+    "artifact_path", "code", "conda", "data", "env", "model_data", "model_path", "path", "pickled_model",
+    "python_model", "saved_model_dir", "serving_input_path", "virtualenv",
+})
+
+
+def _check_paths_stay_inside(mlmodel_path: Path, document: Any) -> None:
+    """Refuse a path value in MLmodel that is absolute or climbs out of the model directory."""
+    seen: set[int] = set()  # YAML aliases share nodes: visit each once
+
+    def visit(node: Any, trail: str, is_path: bool) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, f"{trail}.{key}" if trail else str(key), is_path or key in _PATH_KEYS)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                visit(value, f"{trail}[{index}]", is_path)
+        elif isinstance(node, str) and is_path and _leaves_directory(node):
+            raise ConfigError(
+                f"{mlmodel_path}: {trail} is {node!r}, a path outside the model directory",
+                hint="a model must hold the files it loads: copy the file into the model directory and "
+                "name it by its relative path",
+            )
+
+    visit(document, "", False)
+
+
+def _leaves_directory(value: str) -> bool:
+    if value.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", value):
+        return True
+    depth = 0
+    for part in re.split(r"[/\\]", value):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def load_model_yaml(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> Any:
+    """A YAML file of the model, read with a size bound; a ConfigError when it is not YAML."""
+    text = read_model_text(file, limit=limit)
+    try:
+        # The pure-Python safe loader: its nesting is bounded by the recursion limit (libyaml's is not).
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{file} is nested too deeply to be a model file",
+                          hint="MLflow writes a few levels; save the model again with mlflow") from None
+
+
+def read_model_text(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> str:
+    """A UTF-8 text file of the model, at most `limit` bytes; a ConfigError otherwise."""
+    with _open_regular(file) as handle:
+        data = _read(handle, file, limit + 1)
+    if len(data) > limit:
+        raise ConfigError(
+            f"{file} is larger than {_size(limit)}, more than a model file of this kind ever needs",
+            hint="check it is the file MLflow wrote; save the model again with mlflow",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file} is not UTF-8 text (undecodable byte at offset {exc.start}); is it a binary file?",
+                          hint="save the model again with mlflow") from None
 
 
 def _python_version(path: Path, pyfunc: dict[str, Any]) -> str | None:
     env_file = path / "python_env.yaml"
     if env_file.is_file():
-        try:
-            env = yaml.safe_load(env_file.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{env_file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        env = load_model_yaml(env_file)
         if isinstance(env, dict) and env.get("python"):
             return str(env["python"])
     version = pyfunc.get("python_version")
@@ -106,7 +220,7 @@ def read_requirements(path: Path) -> tuple[str, ...]:
             hint="save the model with mlflow (it writes requirements.txt) or add one listing its packages",
         )
     requirements = []
-    for number, line in enumerate(requirements_file.read_text().splitlines(), 1):
+    for number, line in enumerate(read_model_text(requirements_file).splitlines(), 1):
         line = line.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -126,46 +240,212 @@ def _input_example(path: Path) -> str | None:
     return None
 
 
+# -- the files of a model: walk, digest, snapshot ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: its path inside the model (digested and snapshotted under that
+    name) and the regular file its bytes come from (a link's target, inside the model)."""
+
+    relative: str
+    source: Path
+
+
+def model_files(root: Path) -> list[ModelFile]:
+    """Every file of the model directory `root`, in digest order; a ConfigError for anything
+    that must not be copied (a link leading outside, a special file, a loop, too many files)."""
+    root = root.resolve()
+    files: list[ModelFile] = []
+
+    def walk(directory: Path, relative: PurePosixPath, ancestors: frozenset[Path]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise ConfigError(f"cannot list {root / relative}: {exc.strerror}") from None
+        for entry in entries:
+            if entry.name in _IGNORED_NAMES:
+                continue
+            inner = relative / entry.name
+            shown = root / inner  # the path as the user sees it, through any link
+            source = Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    source = Path(os.path.realpath(entry.path))
+                    if not source.is_relative_to(root):
+                        raise ConfigError(
+                            f"{shown} is a symbolic link to {source}, outside the model directory {root}",
+                            hint="orchestrate copies nothing from outside the model: put the file itself "
+                            "in the model directory instead of a link",
+                        )
+                mode = source.stat().st_mode if entry.is_symlink() else entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise ConfigError(f"{shown} is a symbolic link that leads nowhere ({exc.strerror})",
+                                  hint="remove the link or put the file it meant in its place") from None
+            if stat.S_ISDIR(mode):
+                if source in ancestors:
+                    raise ConfigError(f"{shown} is a symbolic link to {source}, which contains it: "
+                                      "copying it would never end", hint="remove the link")
+                walk(source, inner, ancestors | {source})
+            elif stat.S_ISREG(mode):
+                files.append(ModelFile(inner.as_posix(), source))
+                if len(files) > MAX_FILES:
+                    raise ConfigError(f"{root} holds more than {MAX_FILES} files; is it a model directory?",
+                                      hint="check the links to directories inside it")
+            else:
+                raise ConfigError(
+                    f"{shown} is {_kind(mode)}{' (through a link)' if entry.is_symlink() else ''}, "
+                    "not a regular file or directory",
+                    hint="a model directory holds regular files only: remove it",
+                )
+
+    walk(root, PurePosixPath(), frozenset({root}))
+    # The order Path objects sort in (part by part), which the digest has always used.
+    files.sort(key=lambda file: file.relative.split("/"))
+    return files
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def digest(path: Path) -> str:
-    """SHA-256 over every file's relative path and bytes, in sorted order."""
+    """SHA-256 over every file's relative path and bytes, in sorted order (see `model_files`)."""
+    return _digest(model_files(path))
+
+
+def _digest(files: list[ModelFile]) -> str:
     sha = hashlib.sha256()
-    for file in sorted(_files(path)):
-        relative = file.relative_to(path).as_posix()
-        sha.update(relative.encode() + b"\0")
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
+    for file in files:
+        sha.update(os.fsencode(file.relative) + b"\0")
+        with _open_regular(file.source) as handle:
+            for chunk in _chunks(handle, file.source):
                 sha.update(chunk)
         sha.update(b"\0")
     return sha.hexdigest()
 
 
-def _files(path: Path) -> list[Path]:
-    files: list[Path] = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if d not in _IGNORED_NAMES]
-        files.extend(Path(root) / name for name in names if name not in _IGNORED_NAMES)
-    return files
+def _open_regular(file: Path) -> IO[bytes]:
+    """Open a file for reading only if it is a regular file (never blocks on a FIFO or device)."""
+    try:
+        descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ConfigError(f"{file} is not a regular file", hint="a model directory holds regular files only")
+    return os.fdopen(descriptor, "rb")
+
+
+def _read(handle: IO[bytes], file: Path, size: int) -> bytes:
+    try:
+        return handle.read(size)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+
+
+def _chunks(handle: IO[bytes], file: Path) -> Iterator[bytes]:
+    while chunk := _read(handle, file, _CHUNK):
+        yield chunk
 
 
 def snapshot(info: ModelInfo, store_dir: Path) -> Path:
-    """Copy the model to `store_dir/<digest>` once, so later edits of the source don't leak in."""
+    """Copy the model to `store_dir/<digest>` once, so later edits of the source don't leak in.
+
+    The copy holds exactly the digested files (a link inside the model becomes a copy of its
+    target), readable by this user only (0700/0600). It is written under a hidden staging name
+    and renamed into place, so `store_dir/<digest>` is whole or absent; a copy that fails
+    (a full disk) removes what it wrote. A PermanentTargetError says why."""
     destination = store_dir / info.digest
     if destination.is_dir():
         return destination
-    store_dir.mkdir(parents=True, exist_ok=True)
-    staging = store_dir / f".{info.digest}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(info.path, staging, ignore=shutil.ignore_patterns(*_IGNORED_NAMES))
     try:
-        staging.rename(destination)
-    except OSError:  # another process won the race with the same content
+        store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(store_dir.stat().st_mode) != 0o700:
+            store_dir.chmod(0o700)  # snapshots made before they were private
+        _remove_abandoned_staging(store_dir, info.digest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{info.digest}.{os.getpid()}.", dir=store_dir))
+    except OSError as exc:
+        raise _write_error(exc, store_dir) from None
+    try:
+        copied = _copy_files(model_files(info.path), staging, store_dir)
+        if copied != info.digest:
+            raise PermanentTargetError(
+                f"the model at {info.path} changed while it was being copied (digest {copied[:12]}, "
+                f"not {info.digest[:12]})",
+                hint="deploy the model again once it no longer changes",
+            )
+        try:
+            staging.rename(destination)
+        except OSError as exc:
+            if not destination.is_dir():
+                raise _write_error(exc, store_dir) from None
+            shutil.rmtree(staging, ignore_errors=True)  # another process won the race with the same content
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
     return destination
+
+
+def _copy_files(files: list[ModelFile], staging: Path, store_dir: Path) -> str:
+    """Copy `files` under `staging` (dirs 0700, files 0600, or 0700 when executable); the digest of what was copied."""
+    sha = hashlib.sha256()
+    for file in files:
+        target = staging.joinpath(*file.relative.split("/"))
+        sha.update(os.fsencode(file.relative) + b"\0")
+        with _open_regular(file.source) as source:
+            executable = os.fstat(source.fileno()).st_mode & stat.S_IXUSR
+            try:
+                for parent in reversed(target.relative_to(staging).parents[:-1]):
+                    (staging / parent).mkdir(mode=0o700, exist_ok=True)
+                descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o700 if executable else 0o600)
+                with os.fdopen(descriptor, "wb") as copy:
+                    for chunk in _chunks(source, file.source):
+                        sha.update(chunk)
+                        copy.write(chunk)
+            except OSError as exc:
+                raise _write_error(exc, store_dir) from None
+        sha.update(b"\0")
+    return sha.hexdigest()
+
+
+def _write_error(exc: OSError, store_dir: Path) -> PermanentTargetError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PermanentTargetError(
+            f"the disk holding {store_dir} is full (or over quota): the model snapshot could not be written, "
+            "and its partial copy was removed",
+            hint="free disk space there, or set ORCHESTRATE_HOME to a disk with room",
+        )
+    return PermanentTargetError(f"cannot write the model snapshot under {store_dir}: {exc.strerror or exc}")
+
+
+def _remove_abandoned_staging(store_dir: Path, model_digest: str) -> None:
+    """Staging copies of this model left by a process that was killed while copying."""
+    from .leases import pid_alive
+
+    for leftover in store_dir.glob(f".{model_digest}.*"):
+        pid = leftover.name.split(".")[2]
+        if pid.isdecimal() and pid.isascii() and not pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
 
 
 def load_input_example(model_dir: Path, name: str) -> tuple[bytes, int | None]:
     """The example as a request body for /invocations, and its row count when known."""
-    document = json.loads((model_dir / name).read_text())
+    file = model_dir / name
+    try:
+        document = json.loads(read_model_text(file, limit=INPUT_EXAMPLE_MAX_BYTES))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and numbers Python will not parse
+        raise ConfigError(f"{file} is not a JSON input example: {str(exc).splitlines()[0] if str(exc) else exc}",
+                          hint="remove it, or save the model again with mlflow and a valid input_example") from None
     if name == "input_example.json" and isinstance(document, dict) and not (
         {"dataframe_split", "dataframe_records", "instances", "inputs"} & set(document)
     ):
@@ -193,5 +473,10 @@ def check_endpoint_name(name: str) -> str:
             f"invalid endpoint name {name!r}",
             hint="use 1-63 letters, digits and hyphens, starting and ending with a letter or digit "
             "(e.g. churn-v2)",
+        )
+    if name.isdigit():  # `status 7` and `history 7` read 7 as a deployment id
+        raise ConfigError(
+            f"invalid endpoint name {name!r}: a name of digits only reads as a deployment id",
+            hint=f"add a letter, e.g. --name model-{name}",
         )
     return name
