@@ -2,57 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import requirements as model_requirements
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
+from .requirements import apply_overrides, parse_overrides, requirement_name
 
-_MLFLOW_PIN = re.compile(r"^mlflow(\[[^\]]*\])?(?P<spec>\s*[=<>!~].*)?$", re.IGNORECASE)
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def serving_requirements(requirements: Iterable[str]) -> list[str]:
-    """Requirements to serve with: `mlflow==X` becomes `mlflow-skinny==X`.
-
-    Serving needs mlflow's pyfunc loader, which the skinny package has; the full package adds
-    the tracking server and UI, hundreds of MB serving never runs."""
-    result = []
-    for requirement in requirements:
-        match = _MLFLOW_PIN.match(requirement.strip())
-        result.append(f"mlflow-skinny{(match.group('spec') or '').strip()}" if match else requirement)
-    return result
-
-
-def uses_skinny(original: Sequence[str], serving: Sequence[str]) -> bool:
-    return list(original) != list(serving)
-
-
-def requirement_name(requirement: str) -> str:
-    match = _REQUIREMENT_NAME.match(requirement)
-    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement.strip().lower()
-
-
-def apply_overrides(requirements: Sequence[str], overrides: Sequence[str]) -> list[str]:
-    """Replace requirements by package name, or add them: `--pip-requirements-override`."""
-    replaced = {requirement_name(o): o for o in overrides}
-    kept = [r for r in requirements if requirement_name(r) not in replaced]
-    return kept + list(overrides)
-
-
-def parse_overrides(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+__all__ = ["Environment", "apply_overrides", "ensure_environment", "find_python", "model_environment",
+           "parse_overrides", "requirement_name"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +46,11 @@ def envs_dir(home: Path) -> Path:
 
 
 def find_python(version: str | None, override: str | None = None) -> tuple[str, str | None]:
-    """An interpreter for the model, and a warning when it is not the version the model asks for."""
+    """An interpreter for the model, and a warning when it is not the version the model asks for.
+
+    Looked for, in order: this interpreter, pyenv's (`$PYENV_ROOT/versions/X.Y*`), `pythonX.Y`
+    on PATH, uv's managed Pythons; each candidate is run to confirm its version (a pyenv shim
+    on PATH may name a version it will not run)."""
     if override:
         if not shutil.which(override) and not Path(override).is_file():
             raise ConfigError(f"python interpreter {override!r} not found", hint="give a path or a name on PATH")
@@ -82,13 +59,43 @@ def find_python(version: str | None, override: str | None = None) -> tuple[str, 
     wanted = ".".join((version or current).split(".")[:2])
     if wanted == current:
         return sys.executable, None
+    for candidate in _interpreter_candidates(wanted, version or wanted):
+        if _reports_version(candidate, wanted):
+            return candidate, None
+    return sys.executable, (
+        f"the model was saved with Python {version}; no Python {wanted} found (pyenv, python{wanted} on PATH, "
+        f"uv), using Python {current} (set -C python=/path/to/python{wanted} to choose)"
+    )
+
+
+def _interpreter_candidates(wanted: str, exact: str) -> Iterable[str]:
+    pyenv_versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    installed = sorted(pyenv_versions.glob(f"{wanted}.*"), key=lambda p: _version_key(p.name), reverse=True)
+    # The exact patch release the model was saved with first, then the newest of that minor.
+    for directory in sorted(installed, key=lambda p: p.name != exact):
+        yield str(directory / "bin" / "python")
     on_path = shutil.which(f"python{wanted}")
     if on_path:
-        return on_path, None
-    return sys.executable, (
-        f"the model was saved with Python {version}; no python{wanted} found, using Python {current} "
-        f"(set -C python=/path/to/python{wanted} to choose)"
-    )
+        yield on_path
+    uv = find_uv()
+    if uv:
+        found = subprocess.run([uv, "python", "find", "--managed-python", wanted], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, check=False, timeout=60)
+        if found.returncode == 0 and found.stdout.strip():
+            yield found.stdout.strip()
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else -1 for part in text.split("."))
+
+
+def _reports_version(python: str, wanted: str) -> bool:
+    try:
+        result = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and result.stdout.strip() == wanted
 
 
 def find_uv() -> str | None:
@@ -111,6 +118,28 @@ def environment_key(python: str, requirements: Sequence[str]) -> str:
     return hashlib.sha256(document.encode()).hexdigest()[:20]
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive flock on `lock_path`, removed when released (so no `*.lock` file outlives a
+    build). A waiter that wakes holding a file already unlinked by its holder tries again."""
+    while True:
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed below, after the unlink
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                try:
+                    yield
+                finally:
+                    lock_path.unlink(missing_ok=True)
+                return
+        finally:
+            handle.close()
+
+
 def ensure_environment(
     *,
     home: Path,
@@ -119,20 +148,30 @@ def ensure_environment(
     installer: str = "auto",
     log: Callable[[str], None],
     log_file: Path,
+    model_dir: Path | None = None,
+    imports: Sequence[str] = (),
 ) -> Environment:
     """The virtualenv for these requirements: reused when built before, else built now.
 
     Built in place under a file lock; a marker written last tells a finished env from one a
-    crash interrupted, which is removed and rebuilt."""
+    crash interrupted, which is removed and rebuilt. `requirements` are the masked lines
+    (`requirements.reveal` restores credentials from `model_dir` for the installer only).
+    `imports` must import in the env (`check_imports`), else the build fails and an env built
+    now is removed, so it is never reused as good."""
     key = environment_key(python, requirements)
     root = envs_dir(home)
     root.mkdir(parents=True, exist_ok=True)
     path = root / key
     marker = path / ".orchestrate-env.json"
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _exclusive(root / f"{key}.lock"):
         if marker.is_file():
             recorded = json.loads(marker.read_text())
+            checked = set(recorded.get("checked_imports", ()))
+            unchecked = [module for module in imports if module not in checked]
+            if unchecked:
+                check_imports(path / "bin" / "python", unchecked, model_dir=model_dir, log_file=log_file)
+                recorded["checked_imports"] = sorted(checked | set(unchecked))
+                marker.write_text(json.dumps(recorded))
             return Environment(path, key, True, recorded.get("installer", "?"), tuple(requirements))
         group_file = root / f"{key}.installer"
         _stop_stale_installer(group_file)
@@ -144,23 +183,151 @@ def ensure_environment(
             raise ConfigError("installer 'uv' asked for but uv is not installed", hint="pip install uv")
         used = "uv" if uv else "pip"
         log(f"building environment {key} with {used} ({len(requirements)} requirements)")
+        # The installer reads the lines from a file: option lines are parsed by it, and no
+        # credential a requirement carries is ever on a command line.
+        requirements_file = root / f"{key}.requirements.txt"
         try:
+            descriptor = os.open(requirements_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                lines = model_requirements.reveal(requirements, model_dir) if model_dir else list(requirements)
+                handle.write("\n".join(lines) + "\n")
             if uv:
                 _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file, group_file)
                 # uv, unlike pip, leaves bytecode uncompiled; then every server start compiles
                 # sklearn, pandas and mlflow again when .pyc files cannot be written (read-only
                 # env, PYTHONDONTWRITEBYTECODE), seconds of the health check each time.
                 _run([uv, "pip", "install", "--compile-bytecode", "--python", str(path / "bin" / "python"),
-                      *requirements], log_file, group_file)
+                      "-r", str(requirements_file)], log_file, group_file)
             else:
                 _run([python, "-m", "venv", str(path)], log_file, group_file)
                 _run([str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                      "--no-input", *requirements], log_file, group_file)
+                      "--no-input", "-r", str(requirements_file)], log_file, group_file)
+            check_imports(path / "bin" / "python", imports, model_dir=model_dir, log_file=log_file)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        marker.write_text(json.dumps({"installer": used, "requirements": list(requirements)}))
+        finally:
+            requirements_file.unlink(missing_ok=True)
+        marker.write_text(json.dumps({"installer": used, "requirements": list(requirements),
+                                      "checked_imports": sorted(set(imports))}))
         return Environment(path, key, False, used, tuple(requirements))
+
+
+_IMPORT_CHECK = """\
+import importlib, json, sys
+failed = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        failed[name] = {"missing": (exc.name or name).split(".")[0], "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        failed[name] = {"missing": None, "error": f"{type(exc).__name__}: {exc}"}
+print(json.dumps(failed))
+"""
+
+
+def check_imports(python: Path | str, modules: Sequence[str], *, model_dir: Path | None, log_file: Path) -> None:
+    """Import `modules` in the interpreter `python` (a built env, in a subprocess; the model's
+    `code/` directory on its path, as when serving). Raises PermanentTargetError naming the
+    first module that does not import, with the `--pip-requirements-override` fix."""
+    if not modules:
+        return
+    code_paths = [str(p) for p in code_paths_of(model_dir)] if model_dir else []
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    if code_paths:
+        environment["PYTHONPATH"] = os.pathsep.join(code_paths)
+    try:
+        result = subprocess.run(import_check_command(str(python), modules), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, env=environment, cwd=str(model_dir or "/"),
+                                timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        raise PermanentTargetError(f"importing {', '.join(modules)} in the model's environment took over 600 s",
+                                   hint=f"full log: {log_file}") from None
+    raise_for_import_failures(result.stdout, result.stderr, "the model's environment", log_file)
+
+
+def import_check_command(python: str, modules: Sequence[str]) -> list[str]:
+    """The command that imports `modules` with `python` and prints a JSON map of failures."""
+    return [python, "-c", _IMPORT_CHECK, *modules]
+
+
+def raise_for_import_failures(stdout: str, stderr: str, where: str, log_file: Path) -> None:
+    """Read the output of `import_check_command`; raise PermanentTargetError for a failure."""
+    with log_file.open("a") as handle:
+        handle.write(f"import check in {where}: {stdout.strip()}\n{stderr[-4000:]}")
+    try:
+        failed: dict[str, dict[str, str | None]] = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise PermanentTargetError(f"the import check could not run in {where}: {stderr.strip()[-500:]}",
+                                   hint=f"full log: {log_file}") from None
+    if not failed:
+        return
+    missing = list(dict.fromkeys(str(f["missing"]) for f in failed.values() if f["missing"]))
+    if missing:
+        needed_by = ", ".join(name for name, f in failed.items() if f["missing"])
+        packages = ",".join(distribution_of(module) for module in missing)
+        raise PermanentTargetError(
+            f"{where} has no Python module {', '.join(repr(m) for m in missing)} (needed to import {needed_by})",
+            hint=f"add it with --pip-requirements-override '{packages}' (-C pip_requirements_override='{packages}' "
+                 f"on deploy), then to the model's requirements.txt (full log: {log_file})",
+        )
+    name, failure = next(iter(failed.items()))
+    raise PermanentTargetError(
+        f"{name} does not import in {where}: {failure['error']}",
+        hint=f"pin compatible versions with --pip-requirements-override 'pkg==VERSION' (full log: {log_file})",
+    )
+
+
+def distribution_of(module: str) -> str:
+    """The pip project that usually provides the top-level module `module`."""
+    from scoring._model import _DISTRIBUTIONS  # the server's own table, for the same hint
+
+    return _DISTRIBUTIONS.get(module, module.replace("_", "-"))
+
+
+def code_paths_of(model_dir: Path) -> list[Path]:
+    """The model's `code/` directory (MLmodel's python_function `code`), which serving puts on sys.path."""
+    conf = _pyfunc_conf(model_dir)
+    code = conf.get("code") if conf else None
+    return [model_dir / str(code)] if code else []
+
+
+def _pyfunc_conf(model_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        document = yaml.safe_load((model_dir / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    flavors = document.get("flavors") if isinstance(document, dict) else None
+    conf = flavors.get("python_function") if isinstance(flavors, dict) else None
+    return {**conf, "_flavors": flavors} if isinstance(conf, dict) else {}
+
+
+def serving_imports(model_dir: Path, requirements: Sequence[str]) -> tuple[str, ...]:
+    """What the scoring server imports to serve the model in an env of `requirements`: the
+    server's own modules, and the loader the server will use (`scoring._model.load_model`):
+    scikit-learn and the pickle format's module for mlflow.sklearn, else `mlflow.pyfunc` and
+    the flavor's module when mlflow is installed, else the bare `loader_module`."""
+    import scoring
+
+    conf = _pyfunc_conf(model_dir)
+    loader = str(conf.get("loader_module") or "")
+    names = {model_requirements.requirement_name(r) for r in requirements if not r.startswith("-")}
+    imports = [m for m in scoring.serving_imports(loader) if m not in ("skops.io", "cloudpickle", "sklearn",
+                                                                        "mlflow.pyfunc", loader)]
+    if loader == "mlflow.sklearn":
+        flavor = (conf.get("_flavors") or {}).get("sklearn") or {}
+        fmt = flavor.get("serialization_format", "pickle")
+        imports += ["sklearn", *{"skops": ["skops.io"], "cloudpickle": ["cloudpickle"]}.get(fmt, [])]
+    elif names & {"mlflow", "mlflow-skinny"}:
+        imports += ["mlflow.pyfunc", *([loader] if loader else [])]
+        if loader == "mlflow.pyfunc.model":
+            imports.append("cloudpickle")  # the python_model is a cloudpickle
+    elif loader:
+        imports.append(loader)
+    return tuple(dict.fromkeys(imports))
 
 
 def model_environment(
@@ -168,6 +335,7 @@ def model_environment(
     home: Path,
     requirements: Sequence[str],
     python_version: str | None,
+    model_dir: Path | None = None,
     overrides: Sequence[str] = (),
     python: str | None = None,
     installer: str = "auto",
@@ -175,31 +343,43 @@ def model_environment(
     log_file: Path,
     before_build: Callable[[str, list[str]], object] | None = None,
 ) -> Environment:
-    """The environment to serve a model in: its requirements with the mlflow-skinny rule and
-    the overrides applied, plus the scoring server's. Falls back to the full mlflow package
-    when skinny cannot be installed. `before_build(key, requirements)` runs before each
-    environment is looked up or built (the local target records it as a resource there)."""
+    """The environment to serve a model in: `requirements.serving_requirements` (the mlflow
+    rule, the overrides, the scoring server's), built and import-checked against the model in
+    `model_dir`. Falls back to the full mlflow package when the skinny set cannot be installed
+    or does not import. `before_build(key, requirements)` runs before each environment is
+    looked up or built (the local target records it as a resource there)."""
     import scoring
 
     interpreter, warning = find_python(python_version, python or None)
     if warning:
         log(f"warning: {warning}")
+    plan = model_requirements.serving_requirements(
+        requirements, overrides, server_requirements=scoring.SERVER_REQUIREMENTS,
+        cache_dir=metadata_cache(home))
+    for note in plan.notes:
+        log(note)
 
-    def ensure(wanted: list[str]) -> Environment:
-        full = [*wanted, *scoring.SERVER_REQUIREMENTS]
+    def ensure(wanted: Sequence[str]) -> Environment:
+        full = list(wanted)
         if before_build is not None:
             before_build(environment_key(interpreter, full), full)
+        imports = serving_imports(model_dir, full) if model_dir is not None else ()
         return ensure_environment(home=home, python=interpreter, requirements=full, installer=installer,
-                                  log=log, log_file=log_file)
+                                  log=log, log_file=log_file, model_dir=model_dir, imports=imports)
 
-    skinny = apply_overrides(serving_requirements(requirements), overrides)
     try:
-        return ensure(skinny)
-    except PermanentTargetError:
-        if not uses_skinny(requirements, serving_requirements(requirements)):
+        return ensure(plan.requirements)
+    except PermanentTargetError as exc:
+        if plan.fallback is None:
             raise
-        log("mlflow-skinny could not be installed for this model; falling back to the full mlflow package")
-        return ensure(apply_overrides(list(requirements), overrides))
+        log(f"the mlflow-skinny environment did not work for this model ({exc.message.splitlines()[0]}); "
+            "falling back to the full mlflow package")
+        return ensure(plan.fallback)
+
+
+def metadata_cache(home: Path) -> Path:
+    """Where package metadata read from the index is kept (immutable per release)."""
+    return envs_dir(home) / ".metadata"
 
 
 _MISSING_PATTERNS = (
@@ -225,20 +405,27 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 def _run(command: list[str], log_file: Path, group_file: Path) -> None:
     """Run an installer in its own process group, recorded in `group_file` so a later build can
-    stop one that outlived its runner before it removes the half-built environment."""
+    stop one that outlived its runner before it removes the half-built environment. Its output
+    reaches the log with URL credentials masked."""
     with log_file.open("a") as handle:
-        handle.write("$ " + " ".join(command) + "\n")
+        handle.write("$ " + model_requirements.mask(shlex.join(command)) + "\n")
         handle.flush()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, text=True, errors="replace",
+                                   preexec_fn=_die_with_parent if _LIBC else None)  # noqa: PLW1509 - prctl only
         group_file.write_text(str(process.pid))
         try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                handle.write(model_requirements.mask(line))
             returncode = process.wait()
         except BaseException:  # Ctrl-C or SIGTERM: stop the installer with us
             _kill_group(process.pid)
             process.wait()
             raise
         finally:
+            if process.stdout is not None:
+                process.stdout.close()
             group_file.unlink(missing_ok=True)
     if returncode == 0:
         return

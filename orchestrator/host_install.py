@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .environments import find_uv
+from .requirements import mask
 from .wheelhouse import Platform
 
 # The manylinux levels uv's --python-platform names (besides manylinux2014 = 2_17).
@@ -128,8 +129,11 @@ def install(requirements: Sequence[str], platform: Platform, prefix: Path, *, ve
                            f"uv has no platform for {platform.machine} with glibc {platform.glibc}")
     environ = dict(os.environ)
     settings = uv_settings(pip_settings(environ), environ)
+    # uv reads the lines from a file (option lines parsed as uv parses them; no credential on
+    # the command line), readable by this user only.
     requirements_file = prefix.parent / f"{prefix.name}-requirements.txt"
-    requirements_file.write_text("\n".join(requirements) + "\n")
+    with os.fdopen(os.open(requirements_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as listing:
+        listing.write("\n".join(requirements) + "\n")
     command = [uv, "pip", "install", "--quiet", "--no-progress", "--prefix", str(prefix),
                "--python-platform", target, "--python-version", platform.python, "--only-binary", ":all:",
                *settings.options, "-r", str(requirements_file)]
@@ -137,13 +141,14 @@ def install(requirements: Sequence[str], platform: Platform, prefix: Path, *, ve
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                             env={**environ, **settings.environment}, check=False)
     requirements_file.unlink()
+    stderr = mask(result.stderr)  # uv may quote an index URL with its credentials
     with log_file.open("a") as handle:
-        handle.write("$ " + shlex.join(command) + "\n"
-                     + "".join(f"  ({k}={v})\n" for k, v in settings.environment.items())
-                     + result.stdout + result.stderr)
+        handle.write(mask("$ " + shlex.join(command) + "\n"
+                          + "".join(f"  ({k}={v})\n" for k, v in settings.environment.items()))
+                     + mask(result.stdout) + stderr)
     if result.returncode != 0:
         shutil.rmtree(prefix, ignore_errors=True)
-        lines = [line.strip(" ╰─▶│") for line in result.stderr.splitlines() if line.strip(" ╰─▶│")]
+        lines = [line.strip(" ╰─▶│") for line in stderr.splitlines() if line.strip(" ╰─▶│")]
         reason = " ".join(lines[:3]) or "no output"
         return HostInstall(prefix, False, reason)
     _point_scripts_at(prefix / "bin", f"{venv}/bin/python")

@@ -27,7 +27,7 @@ from typing import Any
 
 import scoring
 
-from . import dockerfile, environments, host_install, layer_image, wheelhouse
+from . import dockerfile, environments, host_install, layer_image, requirements, wheelhouse
 from .docker_engine import image_exists, translated
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 
@@ -60,12 +60,21 @@ def server_hash() -> str:
     return sha.hexdigest()[:16]
 
 
-def image_requirements(model_requirements: Sequence[str], overrides: str | None) -> list[str]:
-    """What the image installs: the model's requirements served (mlflow → mlflow-skinny, the
-    rule `environments.serving_requirements` applies for every target), overrides, the server's."""
-    wanted = environments.serving_requirements(model_requirements)
-    wanted = environments.apply_overrides(wanted, environments.parse_overrides(overrides))
-    return [*wanted, *scoring.SERVER_REQUIREMENTS]
+def image_requirements(model_requirements: Sequence[str], overrides: str | None, *, log: Log | None = None,
+                       home: Path | None = None) -> list[str]:
+    """What the image installs: `requirements.serving_requirements`, the one rule every target
+    applies (mlflow → mlflow-skinny with what mlflow.pyfunc needs, the overrides, the server's).
+    What the rule did goes to `log`; mlflow's metadata is cached under `home` (default: the
+    orchestrate home)."""
+    from .store import orchestrate_home
+
+    plan = requirements.serving_requirements(
+        model_requirements, requirements.parse_overrides(overrides), server_requirements=scoring.SERVER_REQUIREMENTS,
+        cache_dir=environments.metadata_cache(home or orchestrate_home()))
+    for note in plan.notes:
+        if log is not None:
+            log(note)
+    return list(plan.requirements)
 
 
 def split_reference(reference: str) -> tuple[str, str | None]:
@@ -186,8 +195,9 @@ def plan_tag(spec: ImageSpec, base_id: str, platform: wheelhouse.Platform) -> tu
         f"{LABEL_PREFIX}base-image": spec.base_image,
         f"{LABEL_PREFIX}base-image-id": base_id,
     }
+    # "checked": images built before the import check existed are not reused as good.
     document = {"model": spec.model_digest, "requirements": requirements_hash, "server": scoring.__version__,
-                "server-hash": labels[f"{LABEL_PREFIX}server-hash"], "base": base_id}
+                "server-hash": labels[f"{LABEL_PREFIX}server-hash"], "base": base_id, "checked": "imports-1"}
     tag = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:20]
     return tag, requirements_hash, labels
 
@@ -222,10 +232,33 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
         dockerfile.write_model_files(context, spec.model_dir)
         log(f"building {reference} (server and model layers on {parent})")
         image_id = _run_build(client, context, reference, log=log, log_file=log_file, no_cache=no_cache)
+    check_image_imports(client, image_id, spec, log=log, log_file=log_file)
     _tag_extras(client, reference, extras)
     log(f"built {reference} ({image_id[:19]})")
     return BuiltImage(reference, image_id, tag, labels, False, reused, offline, extras,
                       round(time.monotonic() - started, 3))
+
+
+def check_image_imports(client: Any, image_id: str, spec: ImageSpec, *, log: Log, log_file: Path) -> None:
+    """Import what the server will import to serve the model (`environments.serving_imports`)
+    in a container of the new image, without network. A module that does not import fails the
+    build, and the image is removed so that no later build finds its tag and reuses it."""
+    modules = environments.serving_imports(spec.model_dir, spec.requirements)
+    python = f"{dockerfile.VENV}/bin/python"
+    code = [f"{dockerfile.MODEL_DIR}/{p.relative_to(spec.model_dir).as_posix()}"
+            for p in environments.code_paths_of(spec.model_dir)]
+    log(f"checking that the image imports {', '.join(modules)}")
+    with translated(f"checking the imports of image {image_id[:19]}"):
+        output = client.containers.run(image_id, environments.import_check_command(python, modules), entrypoint=[],
+                                       network_mode="none", remove=True, working_dir=dockerfile.MODEL_DIR,
+                                       environment={"PYTHONPATH": ":".join(code)} if code else None,
+                                       stdout=True, stderr=False)
+    try:
+        environments.raise_for_import_failures(output.decode(errors="replace"), "", "the image", log_file)
+    except PermanentTargetError:
+        with translated(f"removing image {image_id[:19]}, which failed its import check"):
+            client.images.remove(image_id, force=True)
+        raise
 
 
 def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wheelhouse.Platform, reference: str,
@@ -280,7 +313,10 @@ def prepare_requirements_context(context: Path, spec: ImageSpec, platform: wheel
                                  log_file: Path) -> wheelhouse.Wheelhouse:
     """Write requirements.txt, the requirements installed on the host (or else a wheelhouse and
     pip settings) and the first half of the Dockerfile."""
-    installed = host_install.install(spec.requirements, platform, context / "venv", venv=dockerfile.VENV,
+    # Credentials masked in spec.requirements are put back for the host's installer only; the
+    # build context (and so any layer) only ever holds the masked lines.
+    install_lines = requirements.reveal(spec.requirements, spec.model_dir)
+    installed = host_install.install(install_lines, platform, context / "venv", venv=dockerfile.VENV,
                                      log_file=log_file, log=log)
     if installed.ok:
         house = wheelhouse.Wheelhouse(installed.prefix, True, (), installed=True)
@@ -288,7 +324,7 @@ def prepare_requirements_context(context: Path, spec: ImageSpec, platform: wheel
         log(f"uv could not install the requirements on the host ({installed.reason}); "
             "falling back to a pip wheelhouse installed inside the build")
         log(f"downloading wheels for CPython {platform.python} {platform.machine} (glibc {platform.glibc})")
-        house = wheelhouse.download(spec.requirements, platform, context / "wheelhouse", log=log, log_file=log_file)
+        house = wheelhouse.download(install_lines, platform, context / "wheelhouse", log=log, log_file=log_file)
     (context / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
     build_dir = context / "build"
     build_dir.mkdir(exist_ok=True)
@@ -522,13 +558,16 @@ def _mb(size: int) -> str:
 
 
 def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None, overrides: str | None,
-                   user: str = dockerfile.USER_NAME) -> ImageSpec:
+                   user: str = dockerfile.USER_NAME, log: Log | None = None,
+                   policy: requirements.Policy = requirements.Policy()) -> ImageSpec:  # noqa: B008 - frozen
     """The image spec of a model directory (read, checked and snapshotted)."""
     from . import mlmodel
+    from . import model_uri as model_uris
 
-    info = mlmodel.read_model(model_uri)
+    info = model_uris.local_model(model_uri, snapshot_dir)  # a models:/… URI is downloaded here
+    requirements.check_policy(info.requirements, policy)
     snapshot = mlmodel.snapshot(info, snapshot_dir)
-    return ImageSpec(snapshot, info.digest, tuple(image_requirements(info.requirements, overrides)),
+    return ImageSpec(snapshot, info.digest, tuple(image_requirements(info.requirements, overrides, log=log)),
                      base_image or default_base_image(info.python_version), info.loader_module, user)
 
 
@@ -541,7 +580,7 @@ def build_command(model_uri: str, image: str, *, home: Path, base_image: str | N
     repository, tag = split_reference(image)
     check_repository(repository)
     spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user)
+                          user=user, log=log)
     log_file = _build_log(home)
     client = connect()
     built = build(client, spec, repository, cache_dir=home / "cache", log=log, log_file=log_file,
@@ -567,7 +606,7 @@ def generate_command(model_uri: str, directory: Path, *, home: Path, base_image:
     from .errors import TargetError
 
     spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user)
+                          user=user, log=log)
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty", hint="choose a new or empty directory with -d")
     try:

@@ -212,25 +212,10 @@ def _python_version(path: Path, pyfunc: dict[str, Any]) -> str | None:
 
 
 def read_requirements(path: Path) -> tuple[str, ...]:
-    """requirements.txt lines without comments, blanks or pip options we cannot honour."""
-    requirements_file = path / "requirements.txt"
-    if not requirements_file.is_file():
-        raise ConfigError(
-            f"{path} has no requirements.txt",
-            hint="save the model with mlflow (it writes requirements.txt) or add one listing its packages",
-        )
-    requirements = []
-    for number, line in enumerate(read_model_text(requirements_file).splitlines(), 1):
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("-") and not line.startswith(("--extra-index-url", "--index-url", "-i ")):
-            raise ConfigError(
-                f"{requirements_file}:{number}: pip option {line.split()[0]!r} is not supported",
-                hint="list packages one per line (name==version)",
-            )
-        requirements.append(line)
-    return tuple(requirements)
+    """The model's requirement lines, credentials masked (see `requirements.read_model_requirements`)."""
+    from .requirements import read_model_requirements
+
+    return read_model_requirements(path)
 
 
 def _input_example(path: Path) -> str | None:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import environments, mlmodel
+from . import environments, mlmodel, requirements
 from .errors import ConfigError
 from .store import orchestrate_home
 
@@ -27,12 +27,14 @@ def scoring_command(
     env_manager: str,
     overrides: Sequence[str],
     log: Callable[[str], None],
+    policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - a frozen value
 ) -> tuple[list[str], dict[str, str]]:
     """The command and environment that run `python -m scoring ARGUMENTS` for the model:
     in its cached virtualenv (built now if needed), or in this interpreter with `local`."""
     if env_manager not in ENV_MANAGERS:
         raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
     info = mlmodel.read_model(model_uri)
+    requirements.check_policy(info.requirements, policy, how_to_allow="deploying with -C {key}=true")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     if env_manager == "local":
         python = sys.executable
@@ -41,7 +43,7 @@ def scoring_command(
         log_file = home / "logs" / "environments" / f"{info.digest[:12]}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         built = environments.model_environment(
-            home=home, requirements=info.requirements, python_version=info.python_version,
+            home=home, requirements=info.requirements, python_version=info.python_version, model_dir=info.path,
             overrides=overrides, log=log, log_file=log_file,
         )
         python = str(built.python)

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .environments import requirement_name
 from .errors import PermanentTargetError, RetryableTargetError
+from .requirements import mask, requirement_name
 
 _NO_MATCH = re.compile(r"No matching distribution found for ([^\s]+)")
 _TRANSIENT = re.compile(r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
@@ -94,15 +96,21 @@ def download(requirements: Sequence[str], platform: Platform, destination: Path,
 
 def _pip_download(requirements: Sequence[str], platform: Platform, destination: Path, log_file: Path,
                   *, no_deps: bool = False) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input",
-               "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
-               *(arg for tag in platform.pip_platforms() for arg in ("--platform", tag)),
-               "-d", str(destination), *(["--no-deps"] if no_deps else []), *requirements]
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            env=_pip_environment(), check=False)
+    # pip reads the lines from a file: option lines (--extra-index-url URL) are parsed as pip
+    # parses them, and a credential in one is never on the command line.
+    with tempfile.NamedTemporaryFile("w", prefix="requirements-", suffix=".txt", dir=destination.parent) as listing:
+        listing.write("\n".join(requirements) + "\n")
+        listing.flush()
+        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input",
+                   "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
+                   *(arg for tag in platform.pip_platforms() for arg in ("--platform", tag)),
+                   "-d", str(destination), *(["--no-deps"] if no_deps else []), "-r", listing.name]
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                env=_pip_environment(), check=False)
+    output = mask(result.stdout + result.stderr)
     with log_file.open("a") as handle:
-        handle.write("$ " + " ".join(command) + "\n" + result.stdout + result.stderr)
-    return subprocess.CompletedProcess(command, result.returncode, result.stdout + result.stderr, "")
+        handle.write("$ " + shlex.join(command) + "\n" + output)
+    return subprocess.CompletedProcess(command, result.returncode, output, "")
 
 
 def _exists_anywhere(requirement: str, log_file: Path) -> bool:
@@ -113,7 +121,7 @@ def _exists_anywhere(requirement: str, log_file: Path) -> bool:
         capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_pip_environment(), check=False,
     )
     with log_file.open("a") as handle:
-        handle.write(result.stdout + result.stderr)
+        handle.write(mask(result.stdout + result.stderr))
     return result.returncode == 0
 
 

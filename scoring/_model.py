@@ -89,8 +89,10 @@ class LoadedModel:
         pandas dtypes before converting it to exactly the array built here. When the
         signature's columns are the estimator's ``feature_names_in_`` in order, all of one
         numeric dtype, a shallow copy of the estimator without ``feature_names_in_`` takes
-        the array directly (shape is still checked). Enabled only if probe predictions are
-        identical both ways and the array call emits no warning; otherwise nothing changes.
+        the array directly (shape is still checked); for a ``Pipeline``, whose
+        ``feature_names_in_`` is its first step's, a copy whose first step is such a copy.
+        Enabled only if probe predictions are identical both ways and the array call emits no
+        warning; otherwise nothing changes.
         """
         enforcer = self.enforcer
         estimator = getattr(self.impl, "sklearn_model", None)
@@ -99,15 +101,12 @@ class LoadedModel:
         names = getattr(estimator, "feature_names_in_", None)
         if names is None or [str(n) for n in names] != enforcer._names:
             return
-        import copy
         import warnings
 
         import numpy as np
 
-        lean = copy.copy(estimator)
-        try:
-            del lean.feature_names_in_
-        except AttributeError:  # a property (Pipeline): not a plain estimator
+        lean = _without_feature_names(estimator)
+        if lean is None:
             return
         array_fn = getattr(lean, predict_fn_name, None)
         if array_fn is None:
@@ -139,6 +138,28 @@ class LoadedModel:
                 return self._fn(data, params=params)
             return self._fn(data)
         return self.pyfunc.predict(data, params=params)
+
+
+def _without_feature_names(estimator: Any) -> Any:
+    """A shallow copy of a fitted scikit-learn estimator that no longer knows its input's
+    column names, so it takes a bare array without a warning; None when it cannot be made."""
+    import copy
+
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list) and steps:  # a Pipeline: the names are its first step's
+        name, first = steps[0]
+        lean_first = _without_feature_names(first)
+        if lean_first is None:
+            return None
+        lean = copy.copy(estimator)
+        lean.steps = [(name, lean_first), *steps[1:]]
+        return lean
+    lean = copy.copy(estimator)
+    try:
+        del lean.feature_names_in_
+    except AttributeError:  # not set on the instance (a property, a string such as "passthrough")
+        return None
+    return lean
 
 
 def _params_parameter(fn: Callable[..., Any]) -> bool:

@@ -244,7 +244,8 @@ class SageMakerTarget(Target):
         spec = images.ImageSpec(
             Path(ctx.outputs["model_dir"]), ctx.deployment.model_digest,
             tuple(images.image_requirements(ctx.outputs["requirements"],
-                                            ctx.config.get("pip_requirements_override") or None)),
+                                            ctx.config.get("pip_requirements_override") or None,
+                                            log=ctx.log, home=ctx.home)),
             str(ctx.config.get("base_image") or "") or images.default_base_image(ctx.outputs.get("python_version")),
         )
         built = images.build(client, spec, str(ctx.config["ecr_repository"]), cache_dir=ctx.home / "cache",
