@@ -72,6 +72,8 @@ class Client:
         resolved = config_module.resolve(target, plugin.config_keys, file_values, dict(config or {}))
         info = mlmodel.read_model(model_uri)
         plugin.preflight(resolved, self._live_outputs(name))
+        if not detach:  # an unset env:NAME or unreadable file:PATH fails now, with nothing recorded
+            secrets.resolve_config(resolved)  # (a worker resolves them in its own environment)
         queued = detach or wait_in_queue
         deployment_id, fence = self._create(name, target, str(info.path), info.digest, resolved, None, queued)
         if detach:
@@ -283,6 +285,7 @@ class Client:
                 raise ConfigError(f"deployment {to} is already live on {name!r}")
             source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
         target, model_uri, digest, resolved = source_view
+        secrets.resolve_config(resolved)  # an env:NAME unset since then fails now, with nothing recorded
         deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False)
         self._run(deployment_id, fence)
         return deployment_id
@@ -368,10 +371,11 @@ class Client:
             return merged_outputs(session, endpoint.live_deployment_id)
 
     def resolve_ref(self, ref: str) -> tuple[int | None, str | None]:
-        """A deployment id or an endpoint name: (deployment id, endpoint name)."""
-        if ref.isdigit():
-            return int(ref), None
-        return None, ref
+        """A deployment id (ASCII digits) or an endpoint name: (deployment id, endpoint name)."""
+        from .arguments import deployment_id_of
+
+        deployment_id = deployment_id_of(ref)
+        return (deployment_id, None) if deployment_id is not None else (None, ref)
 
     def deployment_record(self, deployment_id: int, *, with_attempts: bool = True, describe: bool = False) -> dict[str, Any]:
         with self.store.read() as session:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .arguments import COUNT, DEPLOYMENT_ID, DURATION, Seconds, WholeNumber
 from .errors import OrchestrateError
 
 
@@ -34,9 +35,21 @@ def _client(ctx: click.Context, *, progress: bool = False) -> Any:
     reporter = Progress() if progress else None
     client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None)
     if reporter:
+        client.store.listeners.append(_settle_on_success)  # before the line that shows it
         client.store.listeners.append(reporter.on_event)
     ctx.call_on_close(client.close)
     return client
+
+
+# Set once the deployment this command runs has succeeded (its commit is done): only the report
+# is left, and a Ctrl-C then must not turn the success into "Interrupted" and exit 130.
+_settled = False
+
+
+def _settle_on_success(event: Any) -> None:
+    global _settled
+    if event.kind == "deployment_succeeded":
+        _settled = True
 
 
 def _print_json(value: Any) -> None:
@@ -74,6 +87,9 @@ def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: 
     """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
     from .config import parse_assignments
 
+    if detach and wait_in_queue:
+        raise click.UsageError("--detach and --queue exclude each other: --detach queues the deployment "
+                               "for `orchestrate worker` and returns; --queue waits here for its turn and runs it")
     values = parse_assignments(assignments)
     if keep_failed:
         values["keep_failed"] = "true"
@@ -170,7 +186,7 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
 
 @cli.command("list")
 @click.option("--endpoint", help="Only this endpoint's deployments.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=COUNT, help="At most this many (1 to 1000000).")
 @json_option
 @click.pass_context
 def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -> None:
@@ -186,7 +202,7 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
 
 @cli.command()
 @click.argument("ref")
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, type=COUNT, help="The newest this many (1 to 1000000).")
 @json_option
 @click.pass_context
 def history(ctx: click.Context, ref: str, limit: int, as_json: bool) -> None:
@@ -203,18 +219,19 @@ def _parse_since(value: str | None) -> tuple[int, Any]:
     """`--since`: an event id, a duration ago (30m, 12h, 7d) or an ISO time."""
     import datetime as dt
 
-    from .config import parse_duration
+    from .arguments import MAX_ID
+    from .config import looks_like_duration, parse_duration
     from .errors import ConfigError
     from .tables import utcnow
 
     if value is None:
         return 0, None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
+        if len(value) > 10 or int(value) > MAX_ID:
+            raise ConfigError(f"--since {value} is not an event id (ids go up to {MAX_ID})")
         return int(value), None
-    try:
+    if looks_like_duration(value):
         return 0, utcnow() - parse_duration(value)
-    except ConfigError:
-        pass
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -246,16 +263,14 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
 
 
 @cli.command()
-@click.option("--older-than", "older_than", required=True, help="Age cutoff, e.g. 90d, 12h.")
+@click.option("--older-than", "older_than", required=True, type=DURATION, help="Age cutoff, e.g. 90d, 12h.")
 @click.option("--dry-run", is_flag=True, help="Count what would go, delete nothing.")
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, older_than: Any, dry_run: bool, as_json: bool) -> None:
     """Prune attempts and events of deployments that ended long ago (live ones and the one
     before each are kept)."""
-    from .config import parse_duration
-
-    counts = _client(ctx).gc(older_than=parse_duration(older_than), dry_run=dry_run)
+    counts = _client(ctx).gc(older_than=older_than, dry_run=dry_run)
     if as_json:
         _print_json(counts)
     else:
@@ -264,7 +279,7 @@ def gc(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> Non
 
 
 @cli.command()
-@click.argument("deployment_id", type=int)
+@click.argument("deployment_id", type=DEPLOYMENT_ID)
 @json_option
 @click.pass_context
 def resume(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
@@ -275,7 +290,7 @@ def resume(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("deployment_id", type=int)
+@click.argument("deployment_id", type=DEPLOYMENT_ID)
 @click.pass_context
 def cancel(ctx: click.Context, deployment_id: int) -> None:
     """Stop a deployment at its next stage boundary and release what it created."""
@@ -285,7 +300,7 @@ def cancel(ctx: click.Context, deployment_id: int) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--to", "to", type=int, help="Deployment id to restore (default: the one before the live one).")
+@click.option("--to", "to", type=DEPLOYMENT_ID, help="Deployment id to restore (default: the one before the live one).")
 @json_option
 @click.pass_context
 def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> None:
@@ -312,6 +327,22 @@ override_option = click.option(
     help="Requirements that replace or add to the model's for this run (the model is unchanged).")
 
 
+# The scoring server's default request budget (ORCHESTRATE_MAX_REQUEST_BYTES).
+PREDICT_INPUT_MAX_BYTES = 100 * 1024 * 1024
+
+
+def _check_output_path(path: Path) -> None:
+    """`-o` is checked before predicting; like `mlflow models predict`, no directory is created."""
+    from .errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"-o {path} is a directory", hint="give a file name, e.g. -o predictions.json")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"-o {path}: directory {parent} does not exist",
+                          hint=f"create it first (mkdir -p {parent}) or write elsewhere")
+
+
 @cli.command()
 @click.argument("ref", metavar="NAME|MODEL")
 @click.option("-i", "--input-path", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -326,17 +357,23 @@ def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | N
             env_manager: str, pip_override: str | None) -> None:
     """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with the
     model directory MODEL (no server; like `mlflow models predict`)."""
-    from .errors import TargetError
+    from .errors import ConfigError, TargetError
     from .serving import is_model_reference
+    from .untrusted import read_bytes
 
     kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
+    body = read_bytes(input_path, what="input file", max_bytes=PREDICT_INPUT_MAX_BYTES)
+    if output_path:
+        _check_output_path(Path(output_path))
     if is_model_reference(ref):
         _run_scoring(ref, ["predict", "-i", input_path, "-t", kind, *(["-o", output_path] if output_path else [])],
                      env_manager, pip_override, replace_process=False)
         return
     target, outputs = _client(ctx).live_target(ref)
-    answer = target.invoke(outputs, Path(input_path).read_bytes(), "text/csv" if kind == "csv" else "application/json")
+    answer = target.invoke(outputs, body, "text/csv" if kind == "csv" else "application/json")
     text = answer.body.decode(errors="replace")
+    if 400 <= answer.status < 500:  # the input is what is wrong, as `predict MODEL` says with exit 2
+        raise ConfigError(f"endpoint {ref} refused the input (HTTP {answer.status}): {text}")
     if answer.status != 200:
         raise TargetError(f"endpoint {ref} answered HTTP {answer.status}: {text}")
     if output_path:
@@ -347,14 +384,17 @@ def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | N
 
 @cli.command(context_settings={"help_option_names": ["--help"]})
 @click.argument("model")
-@click.option("-p", "--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"))
 @click.option("-h", "--host", default="127.0.0.1", show_default=True)
-@click.option("-w", "--workers", default=1, show_default=True, type=click.IntRange(1))
+@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64))
 @env_manager_option
 @override_option
 def serve(model: str, port: int, host: str, workers: int, env_manager: str, pip_override: str | None) -> None:
     """Serve MODEL (an MLflow model directory) in the foreground, like `mlflow models serve`;
     nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
+    from targets.local import check_listen_address
+
+    check_listen_address(host, port, option="--host")  # at once, not after building the environment
     _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers)],
                  env_manager, pip_override, replace_process=True)
 
@@ -382,7 +422,7 @@ def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_overrid
 
 @cli.command()
 @click.argument("name")
-@click.option("--tail", default=100, show_default=True)
+@click.option("--tail", default=100, show_default=True, type=COUNT, help="Lines to show (1 to 1000000).")
 @click.pass_context
 def logs(ctx: click.Context, name: str, tail: int) -> None:
     """The last lines of endpoint NAME's live server log."""
@@ -420,23 +460,31 @@ def targets(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 64),
+@click.option("--concurrency", default=1, show_default=True, type=WholeNumber(1, 64),
               help="Deployments this worker runs at once.")
 @click.option("--targets", "target_names", help="Only these targets (comma-separated).")
 @click.option("--once", is_flag=True, help="Exit when nothing is left to claim.")
-@click.option("--poll-interval", default=1.0, show_default=True, type=click.FloatRange(0.01),
+@click.option("--poll-interval", default=1.0, show_default=True, type=Seconds(0.01, 3600),
               help="Seconds between looks at the queue when idle.")
-@click.option("--lease-ttl", default=30.0, show_default=True, type=click.FloatRange(1),
+@click.option("--lease-ttl", default=30.0, show_default=True, type=Seconds(1, 86400),
               help="Seconds a lease lasts without a heartbeat.")
 @click.option("--name", help="Worker name in leases and logs (default worker@HOST).")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int, target_names: str | None, once: bool, poll_interval: float,
            lease_ttl: float, name: str | None) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
+    from targets.base import available_targets
+
     from .worker import Worker
 
-    runner = Worker(ctx.obj.get("db_url"), concurrency=concurrency,
-                    targets=[t.strip() for t in target_names.split(",") if t.strip()] if target_names else None,
+    only = [t.strip() for t in target_names.split(",") if t.strip()] if target_names is not None else None
+    if only is not None:
+        unknown = sorted(set(only) - set(available_targets()))
+        if unknown or not only:
+            raise click.BadParameter(
+                f"unknown target(s) {', '.join(map(repr, unknown))}" if unknown else "no target named",
+                param_hint="--targets", ctx=ctx) from None
+    runner = Worker(ctx.obj.get("db_url"), concurrency=concurrency, targets=only,
                     poll_interval_s=poll_interval, once=once, lease_ttl_s=lease_ttl, name=name)
     runner.install_signal_handlers()
     ctx.exit(runner.run())
@@ -539,17 +587,20 @@ def db_current(ctx: click.Context) -> None:
     click.echo(migrate.current_revision(_schema_store(ctx).engine) or "empty (run `orchestrate db upgrade`)")
 
 
-def _interrupt_on_sigterm() -> None:
+def _install_interrupt_handlers() -> None:
     # SIGTERM gets the same orderly stop as Ctrl-C: the attempt is recorded, serving
     # resources of the unfinished deployment are released, the deployment stays resumable.
+    # Neither interrupts once the deployment has succeeded (see _settled).
     def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+        if not _settled:
+            raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> None:
-    _interrupt_on_sigterm()
+    _install_interrupt_handlers()
     cli(prog_name="orchestrate")
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import secrets
+from . import secrets, untrusted
 from .errors import ConfigError
 from .states import STAGES
 
@@ -24,26 +24,44 @@ class ConfigKey:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    # Numbers are always bounded: a value no stage can use (a port of 99999, a timeout of
+    # 1e309) is refused here, before anything is recorded.
+    maximum: float | None = None
 
     def parse(self, key: str, raw: Any, where: str) -> Any:
         value = _coerce(self.type, raw)
         if value is _INVALID:
+            kind = {int: "int (a whole number)", float: "float (a finite number)"}.get(self.type, self.type.__name__)
             raise ConfigError(
-                f"config key {key!r} ({where}) must be {self.type.__name__}, got {raw!r}",
+                f"config key {key!r} ({where}) must be {kind}, got {_shown(raw)}",
                 hint=f"{key}: {self.help}",
             )
         if self.choices is not None and value not in self.choices:
             raise ConfigError(
                 f"config key {key!r} ({where}) must be one of {', '.join(self.choices)}; got {value!r}"
             )
-        if self.minimum is not None and value < self.minimum:
-            raise ConfigError(f"config key {key!r} ({where}) must be at least {self.minimum}; got {value!r}")
+        if self.type in (int, float):
+            maximum = self.maximum if self.maximum is not None else _NUMBER_MAXIMUM[self.type]
+            if (self.minimum is not None and value < self.minimum) or value > maximum:
+                low = "" if self.minimum is None else f"at least {self.minimum:g} and "
+                raise ConfigError(f"config key {key!r} ({where}) must be {low}at most {maximum:g}; got {value!r}",
+                                  hint=f"{key}: {self.help}")
         return value
 
 
 _INVALID = object()
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+# Bounds of a number key that declares none: what a stage can hold (a 32-bit count, a
+# timeout that time.sleep and timedelta accept).
+_NUMBER_MAXIMUM: dict[type, float] = {int: 2**31 - 1, float: 10**9}
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _shown(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _coerce(kind: type, raw: Any) -> Any:
@@ -52,13 +70,23 @@ def _coerce(kind: type, raw: Any) -> Any:
             return raw
         text = str(raw).strip().lower()
         return True if text in _TRUE else False if text in _FALSE else _INVALID
-    if kind in (int, float):
+    if kind is int:
+        # ASCII digits only: int() also takes '١' and '1_000', and YAML may give 8080.5.
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and _WHOLE_NUMBER.fullmatch(raw.strip()) and len(raw) < 40:
+            return int(raw)
+        return _INVALID
+    if kind is float:
         if isinstance(raw, bool):
             return _INVALID
+        if isinstance(raw, str) and not (_DECIMAL_NUMBER.fullmatch(raw.strip()) and len(raw) < 40):
+            return _INVALID  # 'nan', 'inf', '١'
         try:
-            return kind(raw)
-        except (TypeError, ValueError):
+            value = float(raw)
+        except (TypeError, ValueError, OverflowError):
             return _INVALID
+        return value if math.isfinite(value) else _INVALID
     if kind is str:
         return raw if isinstance(raw, str) else str(raw) if isinstance(raw, (int, float)) else _INVALID
     return raw
@@ -66,12 +94,19 @@ def _coerce(kind: type, raw: Any) -> Any:
 
 # Keys every target accepts: how the engine retries and waits.
 ENGINE_KEYS: dict[str, ConfigKey] = {
-    "max_attempts": ConfigKey(int, 3, "attempts per stage before a transient fault fails it", minimum=1),
-    "retry_initial_s": ConfigKey(float, 1.0, "first backoff between attempts, seconds", minimum=0),
-    "retry_max_s": ConfigKey(float, 30.0, "longest backoff between attempts, seconds", minimum=0),
-    "startup_timeout": ConfigKey(float, 120.0, "seconds the server has to answer /ping", minimum=1),
+    "max_attempts": ConfigKey(int, 3, "attempts per stage before a transient fault fails it", minimum=1,
+                              maximum=100),
+    "retry_initial_s": ConfigKey(float, 1.0, "first backoff between attempts, seconds", minimum=0,
+                                 maximum=3600),
+    "retry_max_s": ConfigKey(float, 30.0, "longest backoff between attempts, seconds", minimum=0,
+                             maximum=3600),
+    "startup_timeout": ConfigKey(float, 120.0, "seconds the server has to answer /ping", minimum=1,
+                                 maximum=86400),
+    "keep_failed": ConfigKey(bool, False, "keep what a failed deployment created, for inspection and "
+                                          "resume (deploy --keep-failed); cancel releases it"),
     **{
-        f"max_attempts.{stage.value}": ConfigKey(int, None, f"attempts for the {stage.value} stage", minimum=1)
+        f"max_attempts.{stage.value}": ConfigKey(int, None, f"attempts for the {stage.value} stage",
+                                                 minimum=1, maximum=100)
         for stage in STAGES
     },
 }
@@ -92,13 +127,10 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The flattened keys of a YAML config file; bounded in size, nesting and alias expansion
+    (see `untrusted.load_yaml`), so a bomb, a FIFO or /dev/zero is a ConfigError."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    document = untrusted.load_yaml(path, what="config file")
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -150,16 +182,24 @@ def resolve(
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,9})?)([smhdw])", re.IGNORECASE)
+# A cutoff further back than this would leave the calendar (`now - 1e9 days` is before year 1).
+MAX_DURATION = dt.timedelta(days=36500)
+
+
+def looks_like_duration(text: str) -> bool:
+    """Whether `text` is written as a duration (a number and a unit), whatever its size."""
+    return _DURATION.fullmatch(text.strip()) is not None
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """`90d`, `12h`, `30m`, `45s`, `2w` to a timedelta."""
-    text = text.strip()
-    unit = text[-1:].lower()
-    try:
-        amount = float(text[:-1])
-    except ValueError:
-        amount = -1
-    if unit not in _DURATION_UNITS or amount < 0:
+    """`90d`, `12h`, `30m`, `45s`, `2w` to a timedelta of at most MAX_DURATION (100 years);
+    anything else (`nans`, `1e309s`, `-5m`, `99999999999d`) is a ConfigError."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
         raise ConfigError(f"{text!r} is not a duration", hint="write a number and a unit: 45s, 30m, 12h, 90d, 2w")
-    return dt.timedelta(seconds=amount * _DURATION_UNITS[unit])
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(f"duration {text.strip()!r} is longer than {MAX_DURATION.days} days",
+                          hint=f"give at most {MAX_DURATION.days}d")
+    return dt.timedelta(seconds=seconds)

@@ -433,6 +433,12 @@ class Engine:
         The previous live deployment is never touched, so it keeps serving."""
         if final == DeploymentStatus.ROLLED_BACK:
             self._set_status(view, fence, DeploymentStatus.ROLLING_BACK, "rolling back: " + message)
+        if final == DeploymentStatus.FAILED and view.config.get("keep_failed"):
+            # Kept for inspection and resume (which adopts them); cancel still releases them.
+            message += (f"; what it created is kept (keep_failed): `orchestrate cancel {view.id}` "
+                        "releases it")
+            self._set_status(view, fence, final, message)
+            return final
         try:
             released_stages = self._release_own(view, fence, target)
         except OrchestrateError as exc:

@@ -28,7 +28,7 @@ from orchestrator.docker_engine import connect, image_exists, translated
 from orchestrator.errors import ConfigError, PermanentTargetError
 from orchestrator.states import ResourceState
 from targets.base import Invocation, Outputs, Target, invoke_scoring_server, validated_model
-from targets.local import free_port, port_is_free
+from targets.local import check_listen_address, free_port
 
 IMAGE = "image"
 PUSHED_IMAGE = "pushed_image"
@@ -56,7 +56,8 @@ class DockerTarget(Target):
         "base_image": ConfigKey(str, "", "base image (default: python:X.Y-slim for the model's python_env.yaml)"),
         "user": ConfigKey(str, "orchestrate", "user the container runs as ('root' for platforms that need it)"),
         "host": ConfigKey(str, "127.0.0.1", "host address the port is published on"),
-        "port": ConfigKey(int, 0, "host port; 0 keeps the endpoint's port, or picks a free one", minimum=0),
+        "port": ConfigKey(int, 0, "host port; 0 keeps the endpoint's port, or picks a free one",
+                          minimum=0, maximum=65535),
         "restart_policy": ConfigKey(str, "unless-stopped", "Docker restart policy",
                                     choices=("no", "always", "unless-stopped", "on-failure")),
         "cpus": ConfigKey(float, 0.0, "CPU limit of the server container (0: none)", minimum=0),
@@ -72,10 +73,8 @@ class DockerTarget(Target):
 
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         port = int(config.get("port") or 0)
-        if port and not (live_outputs and live_outputs.get("port") == port) \
-                and not port_is_free(str(config["host"]), port):
-            raise ConfigError(f"port {port} on {config['host']} is in use by another program",
-                              hint="choose another with -C port=N, or leave port out to get a free one")
+        taken_over = bool(live_outputs) and live_outputs.get("port") == port  # type: ignore[union-attr]
+        check_listen_address(str(config["host"]), 0 if taken_over else port)
         memory = str(config.get("memory") or "")
         if memory and not _MEMORY.match(memory):
             raise ConfigError(f"config key 'memory' must look like 512m or 2g, got {memory!r}")
@@ -95,8 +94,7 @@ class DockerTarget(Target):
             model_dir=Path(ctx.outputs["model_dir"]),
             model_digest=ctx.deployment.model_digest,
             requirements=tuple(images.image_requirements(ctx.outputs["requirements"],
-                                                         ctx.config.get("pip_requirements_override"),
-                                                         log=ctx.log, home=ctx.home)),
+                                                         ctx.config.get("pip_requirements_override"))),
             base_image=str(ctx.config.get("base_image") or images.default_base_image(ctx.outputs["python_version"])),
             loader_module=str(ctx.outputs.get("loader_module") or "mlflow.pyfunc"),
             user=str(ctx.config.get("user") or "orchestrate"),

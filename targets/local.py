@@ -33,28 +33,26 @@ class LocalTarget(Target):
     description = "a scoring-server process on this machine, in a virtualenv built from the model's requirements"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "host": ConfigKey(str, "127.0.0.1", "address the server listens on"),
-        "port": ConfigKey(int, 0, "public port; 0 keeps the endpoint's port, or picks a free one", minimum=0),
-        "workers": ConfigKey(int, 1, "gunicorn worker processes", minimum=1),
-        "threads": ConfigKey(int, 4, "threads per worker", minimum=1),
+        "port": ConfigKey(int, 0, "public port; 0 keeps the endpoint's port, or picks a free one",
+                          minimum=0, maximum=65535),
+        "workers": ConfigKey(int, 1, "gunicorn worker processes", minimum=1, maximum=64),
+        "threads": ConfigKey(int, 4, "threads per worker", minimum=1, maximum=1024),
         "python": ConfigKey(str, "", "interpreter for the model's virtualenv (default: matches python_env.yaml)"),
         "installer": ConfigKey(str, "auto", "how to build the virtualenv", choices=("auto", "uv", "pip")),
         "pip_requirements_override": ConfigKey(str, "", "comma-separated requirements that replace or add to "
                                                         "the model's (e.g. 'scikit-learn==1.5.2')"),
-        "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0),
+        "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0,
+                                   maximum=3600),
     }
     not_applicable = frozenset({Stage.PUSH})
     disposable_kinds = frozenset({PROCESS})
 
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         port = int(config.get("port") or 0)
-        if port and not (live_outputs and live_outputs.get("port") == port):
-            if not port_is_free(str(config["host"]), port):
-                raise ConfigError(
-                    f"port {port} on {config['host']} is in use by another program",
-                    hint="choose another with -C port=N, or leave port out to get a free one",
-                )
+        taken_over = bool(live_outputs) and live_outputs.get("port") == port  # type: ignore[union-attr]
+        check_listen_address(str(config["host"]), 0 if taken_over else port)
         if config.get("python"):
-            environments.find_python(None, str(config["python"]))
+            _check_interpreter(environments.find_python(None, str(config["python"]))[0])
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -64,7 +62,6 @@ class LocalTarget(Target):
             home=ctx.home,
             requirements=ctx.outputs["requirements"],
             python_version=ctx.outputs.get("python_version"),
-            model_dir=Path(ctx.outputs["model_dir"]),
             overrides=environments.parse_overrides(ctx.config.get("pip_requirements_override")),
             python=ctx.config.get("python") or None,
             installer=str(ctx.config.get("installer", "auto")),
@@ -200,6 +197,24 @@ class LocalTarget(Target):
         return log_tail(Path(outputs["log"]), tail)
 
 
+def _check_interpreter(python: str) -> None:
+    """`-C python=` must run as a Python 3 interpreter: checked before anything is recorded,
+    so /etc/passwd or a script fails here rather than in build."""
+    probe = "import sys; print(sys.version_info[0])"
+    try:
+        result = subprocess.run([python, "-c", probe], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                check=False, timeout=30)
+        ok = result.returncode == 0 and result.stdout.strip() == "3"
+        reason = (result.stderr.strip().splitlines() or [
+            f"exit status {result.returncode}" if result.returncode else "it does not run Python code"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ok, reason = False, getattr(exc, "strerror", None) or str(exc)
+    if not ok:
+        raise ConfigError(f"-C python={python} is not a Python 3 interpreter that runs: {reason}",
+                          hint="give the path of a python3 executable, or leave python out to use the "
+                               "one python_env.yaml names")
+
+
 def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
     return {**data, "pid": pid, "url": f"http://{data['host']}:{data['port']}"}
 
@@ -264,13 +279,33 @@ def _reap(pid: int) -> None:
         pass
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
+def check_listen_address(host: str, port: int, *, option: str = "-C host=...") -> None:
+    """Raise a ConfigError saying which is wrong when a server could not listen on host:port:
+    a host that is no IPv4 address of this machine, a port in use, or one that needs root.
+    Port 0 checks the host alone."""
+    import errno
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ConfigError(f"cannot listen on host {host!r}: it is not an IPv4 address or a name this machine "
+                          f"resolves ({reason})",
+                          hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0") from None
+    except OverflowError:
+        raise ConfigError(f"port {port} is not a port (0-65535)") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use by another program",
+                              hint="choose another port, or stop the program that holds it") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"port {port} on {host} needs root privileges",
+                              hint="choose a port from 1024 up") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on host {host!r}: it is not an address of this machine",
+                              hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def free_port(host: str) -> int:
