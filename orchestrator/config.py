@@ -104,6 +104,10 @@ ENGINE_KEYS: dict[str, ConfigKey] = {
                                  maximum=86400),
     "keep_failed": ConfigKey(bool, False, "keep what a failed deployment created, for inspection and "
                                           "resume (deploy --keep-failed); cancel releases it"),
+    "allow_index_options": ConfigKey(bool, False, "let the model's requirements.txt choose the package index "
+                                                  "(-i, --index-url, --extra-index-url, --find-links)"),
+    "allow_direct_references": ConfigKey(bool, False, "let the model's requirements.txt install local paths, "
+                                                      "file: and VCS/URL requirements (their setup code runs here)"),
     **{
         f"max_attempts.{stage.value}": ConfigKey(int, None, f"attempts for the {stage.value} stage",
                                                  minimum=1, maximum=100)
