@@ -69,25 +69,8 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
     ctx.obj["db_url"] = db_url
 
 
-def _model_argument(model: str | None, model_uri: str | None) -> str:
-    """MODEL as the positional argument or as MLflow's -m/--model-uri; exactly one of them."""
-    if model and model_uri and model != model_uri:
-        raise click.UsageError(f"two models given: {model!r} and -m {model_uri!r}; give one")
-    if not (model or model_uri):
-        raise click.UsageError("give the model: a directory or URI (runs:/, models:/, s3://…), "
-                               "as the argument or as -m/--model-uri")
-    return str(model or model_uri)
-
-
-model_uri_option = click.option(
-    "-m", "--model-uri", "model_uri", metavar="URI",
-    help="The model, as MLflow names it (same as the MODEL argument): a path, file://, runs:/RUN/PATH, "
-         "models:/NAME/VERSION, models:/NAME@ALIAS, s3://BUCKET/PREFIX, mlflow-artifacts:/…")
-
-
 @cli.command()
-@click.argument("model", required=False)
-@model_uri_option
+@click.argument("model")
 @click.option("-n", "--name", required=True, help="Endpoint name (letters, digits, hyphens; at most 63).")
 @click.option("-t", "--target", default="local", show_default=True, help="Where to deploy (see `orchestrate targets`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of target config.")
@@ -96,19 +79,12 @@ model_uri_option = click.option(
 @click.option("--queue", "wait_in_queue", is_flag=True, help="Wait behind a busy endpoint instead of failing.")
 @click.option("--keep-failed", is_flag=True,
               help="Keep what a failed deployment created, for inspection and `resume` (-C keep_failed=true).")
-@click.option("--reset-config", is_flag=True,
-              help="Start from the defaults, not from the live deployment's config.")
-@click.option("--force", is_flag=True, help="Deploy even when this model and config are already live.")
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: str, target: str,
-           config_file: str | None, assignments: tuple[str, ...], detach: bool, wait_in_queue: bool,
-           keep_failed: bool, reset_config: bool, force: bool, as_json: bool) -> None:
-    """Deploy MODEL to endpoint NAME on a target. MODEL is an MLflow model directory or URI
-    (runs:/, models:/NAME/VERSION, models:/NAME@ALIAS, s3://, …), resolved once, now.
-
-    On an endpoint that already serves, the config starts from the live deployment's and
-    -C / --config change it (--reset-config starts from the defaults)."""
+def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: str | None,
+           assignments: tuple[str, ...], detach: bool, wait_in_queue: bool, keep_failed: bool,
+           as_json: bool) -> None:
+    """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
     from .config import parse_assignments
 
     if detach and wait_in_queue:
@@ -118,13 +94,8 @@ def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: s
     if keep_failed:
         values["keep_failed"] = "true"
     client = _client(ctx, progress=not detach)
-    deployment_id = client.deploy(_model_argument(model, model_uri), name=name, target=target, config=values,
-                                  config_file=config_file, detach=detach, wait_in_queue=wait_in_queue,
-                                  reset_config=reset_config, force=force)
-    if client.unchanged and not as_json:
-        click.echo(f"deployment {deployment_id} is already live on {name} with this model and config; "
-                   "nothing changed (--force deploys again)")
-        return
+    deployment_id = client.deploy(model, name=name, target=target, config=values, config_file=config_file,
+                                  detach=detach, wait_in_queue=wait_in_queue)
     _report_end(client, deployment_id, as_json, detach=detach)
 
 
@@ -193,11 +164,7 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
     click.echo(f"{indent}deployment {record['id']}: {record['status']}"
                + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
                + (" (live)" if record["live"] else ""))
-    click.echo(f"{indent}  model {record.get('model') or record['model_uri']} ({record['model_digest'][:12]})")
-    chosen = {key: origin for key, origin in (record.get("config_sources") or {}).items() if origin != "default"}
-    if chosen:
-        click.echo(f"{indent}  config " + ", ".join(
-            f"{key}={record['config'].get(key)} ({origin})" for key, origin in sorted(chosen.items())))
+    click.echo(f"{indent}  model {record['model_uri']} ({record['model_digest'][:12]})")
     if record.get("url"):
         click.echo(f"{indent}  url {record['url']}")
     runtime = record.get("runtime")
@@ -230,7 +197,7 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
         return
     for row in rows:
         click.echo(f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
-                   f"{'live' if row['live'] else '':<5} {row['created_at']}  {row['model']}")
+                   f"{'live' if row['live'] else '':<5} {row['created_at']}")
 
 
 @cli.command()
@@ -352,35 +319,12 @@ def delete(ctx: click.Context, name: str) -> None:
     click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
 
 
-def _env_manager(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """MLflow's --env-manager names: uv and virtualenv are one cached virtualenv here (built
-    with uv when it is installed); conda is not offered."""
-    from .errors import ConfigError
-
-    if value == "conda":
-        raise ConfigError("--env-manager conda is not supported: orchestrate builds virtualenvs from the model's "
-                          "python_env.yaml and requirements.txt",
-                          hint="use --env-manager virtualenv (or uv), or local for this Python")
-    return "virtualenv" if value == "uv" else value
-
-
 env_manager_option = click.option(
-    "--env-manager", type=click.Choice(["virtualenv", "uv", "local", "conda"]), default="virtualenv",
-    show_default=True, callback=_env_manager,
-    help="Run the model in its own cached virtualenv (virtualenv or uv: the same), or in this Python (local).")
+    "--env-manager", type=click.Choice(["virtualenv", "local"]), default="virtualenv", show_default=True,
+    help="Run the model in its own cached virtualenv, or in this Python (local).")
 override_option = click.option(
-    "-r", "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
+    "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
     help="Requirements that replace or add to the model's for this run (the model is unchanged).")
-install_mlflow_option = click.option(
-    "--install-mlflow", is_flag=True,
-    help="Install MLflow (mlflow-skinny) into the model's environment too (as `mlflow models` does).")
-no_conda_option = click.option("--no-conda", is_flag=True, help="MLflow's old spelling of --env-manager local.")
-
-
-def _overrides(pip_override: str | None, install_mlflow: bool) -> str | None:
-    if not install_mlflow:
-        return pip_override
-    return ",".join(part for part in (pip_override, "mlflow-skinny") if part)
 
 
 # The scoring server's default request budget (ORCHESTRATE_MAX_REQUEST_BYTES).
@@ -400,42 +344,22 @@ def _check_output_path(path: Path) -> None:
 
 
 @cli.command()
-@click.argument("ref", metavar="NAME|MODEL", required=False)
-@model_uri_option
-@click.option("-i", "--input-path", "input_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-              help="JSON or CSV file to send; - reads standard input.")
+@click.argument("ref", metavar="NAME|MODEL")
+@click.option("-i", "--input-path", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON or CSV file to send.")
 @click.option("-t", "--content-type", "content_type", type=click.Choice(["json", "csv"]), default=None,
               help="Input format (default: from the file extension).")
 @click.option("-o", "--output-path", "output_path", type=click.Path(dir_okay=False), help="Write the answer here.")
 @env_manager_option
 @override_option
-@install_mlflow_option
-@no_conda_option
 @click.pass_context
-def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_path: str, content_type: str | None,
-            output_path: str | None, env_manager: str, pip_override: str | None, install_mlflow: bool,
-            no_conda: bool) -> None:
-    """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with MODEL,
-    a model directory or URI (-m runs:/…, models:/…; no server; like `mlflow models predict`)."""
-    import tempfile
-
+def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | None, output_path: str | None,
+            env_manager: str, pip_override: str | None) -> None:
+    """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with the
+    model directory MODEL (no server; like `mlflow models predict`)."""
     from .errors import ConfigError, TargetError
     from .serving import is_model_reference
     from .untrusted import read_bytes
-
-    ref = _model_argument(ref, model_uri)
-    env_manager = "local" if no_conda else env_manager
-    pip_override = _overrides(pip_override, install_mlflow)
-    if input_path == "-":  # like `mlflow models predict -i -`: the body from standard input, bounded
-        body = sys.stdin.buffer.read(PREDICT_INPUT_MAX_BYTES + 1)
-        if len(body) > PREDICT_INPUT_MAX_BYTES:
-            raise ConfigError(f"standard input holds more than {PREDICT_INPUT_MAX_BYTES} bytes")
-        spool = ctx.with_resource(tempfile.NamedTemporaryFile(prefix="orchestrate-input-",
-                                                              suffix=f".{content_type or 'json'}"))
-        spool.write(body)
-        spool.flush()
-        input_path = spool.name
 
     kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
     body = read_bytes(input_path, what="input file", max_bytes=PREDICT_INPUT_MAX_BYTES)
@@ -459,32 +383,20 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
 
 
 @cli.command(context_settings={"help_option_names": ["--help"]})
-@click.argument("model", required=False)
-@model_uri_option
-# The environment variables `mlflow models serve` reads, with its defaults.
-@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"),
-              envvar="MLFLOW_PORT", show_envvar=True)
-@click.option("-h", "--host", default="127.0.0.1", show_default=True, envvar="MLFLOW_HOST", show_envvar=True)
-@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64),
-              envvar=["MLFLOW_MODELS_WORKERS", "MLFLOW_WORKERS"], show_envvar=True)
-@click.option("-t", "--timeout", default=60, show_default=True, type=WholeNumber(1, 86400, what="seconds"),
-              envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", show_envvar=True,
-              help="Seconds a request may take (then 504).")
+@click.argument("model")
+@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"))
+@click.option("-h", "--host", default="127.0.0.1", show_default=True)
+@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64))
 @env_manager_option
 @override_option
-@install_mlflow_option
-@no_conda_option
-def serve(model: str | None, model_uri: str | None, port: int, host: str, workers: int, timeout: int,
-          env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
-    """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
-    `mlflow models serve`; nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
+def serve(model: str, port: int, host: str, workers: int, env_manager: str, pip_override: str | None) -> None:
+    """Serve MODEL (an MLflow model directory) in the foreground, like `mlflow models serve`;
+    nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
     from targets.local import check_listen_address
 
-    model = _model_argument(model, model_uri)
     check_listen_address(host, port, option="--host")  # at once, not after building the environment
-    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers),
-                         "--timeout", str(timeout)],
-                 "local" if no_conda else env_manager, _overrides(pip_override, install_mlflow), replace_process=True)
+    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers)],
+                 env_manager, pip_override, replace_process=True)
 
 
 def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_override: str | None,
@@ -579,8 +491,7 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
 
 
 @cli.command()
-@click.argument("model", required=False)
-@model_uri_option
+@click.argument("model")
 @click.option("-t", "--tag", "image", required=True, metavar="IMAGE[:TAG]",
               help="Image name, with the registry for --push (127.0.0.1:5000/team/churn). It is always tagged "
                    "with its content tag; a TAG given here is added.")
@@ -595,11 +506,9 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
               help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
                    "(default: `docker login` credentials).")
 @json_option
-def build(model: str | None, model_uri: str | None, image: str, base_image: str | None, push_image: bool,
-          overrides: str | None, user: str, no_cache: bool, username: str | None, as_json: bool) -> None:
-    """Build the scoring-container image of MODEL (a directory or URI) with the local Docker
-    engine (and push it)."""
-    model = _model_argument(model, model_uri)
+def build(model: str, image: str, base_image: str | None, push_image: bool, overrides: str | None, user: str,
+          no_cache: bool, username: str | None, as_json: bool) -> None:
+    """Build the scoring-container image of MODEL with the local Docker engine (and push it)."""
     from . import images
     from .store import orchestrate_home
 
@@ -617,19 +526,15 @@ def build(model: str | None, model_uri: str | None, image: str, base_image: str 
 
 
 @cli.command("generate-dockerfile")
-@click.argument("model", required=False)
-@model_uri_option
+@click.argument("model")
 @click.option("-d", "--directory", required=True, type=click.Path(file_okay=False),
               help="Directory to write the Dockerfile and build context to (new or empty).")
 @click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
 @click.option("--pip-requirements-override", "overrides", metavar="REQS",
               help="Comma-separated requirements that replace or add to the model's.")
 @click.option("--user", default="orchestrate", show_default=True, help="User the container runs as.")
-def generate_dockerfile(model: str | None, model_uri: str | None, directory: str, base_image: str | None,
-                        overrides: str | None, user: str) -> None:
-    """Write the Dockerfile and build context of MODEL's image (a directory or URI), for
-    `docker build DIR`."""
-    model = _model_argument(model, model_uri)
+def generate_dockerfile(model: str, directory: str, base_image: str | None, overrides: str | None, user: str) -> None:
+    """Write the Dockerfile and build context of MODEL's image, for `docker build DIR`."""
     from . import images
     from .store import orchestrate_home
 

@@ -149,13 +149,15 @@ def ensure_environment(
     log: Callable[[str], None],
     log_file: Path,
     model_dir: Path | None = None,
+    overrides: Sequence[str] = (),
     imports: Sequence[str] = (),
 ) -> Environment:
     """The virtualenv for these requirements: reused when built before, else built now.
 
     Built in place under a file lock; a marker written last tells a finished env from one a
     crash interrupted, which is removed and rebuilt. `requirements` are the masked lines
-    (`requirements.reveal` restores credentials from `model_dir` for the installer only).
+    (`requirements.reveal` restores credentials from `model_dir` and `overrides` for the
+    installer only).
     `imports` must import in the env (`check_imports`), else the build fails and an env built
     now is removed, so it is never reused as good."""
     key = environment_key(python, requirements)
@@ -189,7 +191,7 @@ def ensure_environment(
         try:
             descriptor = os.open(requirements_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as handle:
-                lines = model_requirements.reveal(requirements, model_dir) if model_dir else list(requirements)
+                lines = model_requirements.reveal(requirements, model_dir, overrides)
                 handle.write("\n".join(lines) + "\n")
             if uv:
                 _run([uv, "venv", "--quiet", "--python", python, str(path)], log_file, group_file)
@@ -365,7 +367,8 @@ def model_environment(
             before_build(environment_key(interpreter, full), full)
         imports = serving_imports(model_dir, full) if model_dir is not None else ()
         return ensure_environment(home=home, python=interpreter, requirements=full, installer=installer,
-                                  log=log, log_file=log_file, model_dir=model_dir, imports=imports)
+                                  log=log, log_file=log_file, model_dir=model_dir, overrides=overrides,
+                                  imports=imports)
 
     try:
         return ensure(plan.requirements)

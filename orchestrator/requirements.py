@@ -80,15 +80,17 @@ def read_model_requirements(model_dir: Path) -> tuple[str, ...]:
     return tuple(mask(line) for line in _raw_lines(model_dir))
 
 
-def reveal(lines: Sequence[str], model_dir: Path) -> list[str]:
-    """`lines` with masked credentials put back from the model's own requirements (for the
-    installer's requirements file only: never log or record the result)."""
+def reveal(lines: Sequence[str], model_dir: Path | None, overrides: Sequence[str] = ()) -> list[str]:
+    """`lines` with masked credentials put back from the model's own requirements and the
+    deployment's overrides (for the installer's requirements file only: never log or record
+    the result)."""
     if not any(f"://{REDACTED}@" in line for line in lines):
         return list(lines)
     try:
-        real = {mask(line): line for line in _raw_lines(model_dir)}
+        sources = [*(_raw_lines(model_dir) if model_dir is not None else []), *overrides]
     except ConfigError:
-        real = {}
+        sources = list(overrides)
+    real = {mask(line): line for line in sources}
     return [real.get(line, line) for line in lines]
 
 
@@ -256,6 +258,12 @@ class ServingRequirements:
     requirements: tuple[str, ...]
     fallback: tuple[str, ...] | None  # with the full mlflow package, if `requirements` cannot install
     notes: tuple[str, ...]  # for the build log: what the mlflow rule did and why
+
+    def __post_init__(self) -> None:
+        # Overrides may carry a credential the model's lines (masked when read) did not.
+        object.__setattr__(self, "requirements", tuple(map(mask, self.requirements)))
+        if self.fallback is not None:
+            object.__setattr__(self, "fallback", tuple(map(mask, self.fallback)))
 
     @property
     def uses_skinny(self) -> bool:
