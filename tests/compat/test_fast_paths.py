@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from scoring._errors import InvalidInput
 from scoring._model import load_model
 from scoring._schema import Enforcer, Records, parse_signature
