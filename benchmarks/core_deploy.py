@@ -93,7 +93,7 @@ def main() -> None:
             results["warm: new endpoint, virtualenv reused"] = seconds
         finally:
             for name in names:
-                run_cli(["delete", name], env, check=False)
+                run_cli(["delete", name, "--yes"], env, check=False)
         print_table(
             "Local deploy of the example model (seconds; `orchestrate deploy` wall time, stage medians from "
             "status --json)",

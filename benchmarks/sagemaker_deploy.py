@@ -109,7 +109,7 @@ def main() -> None:
                                                        "-C", "deployment.type=all_at_once",
                                                        "-C", "deployment.wait_s=0"))
             results["model-only update"][-1]["container_s"] = emulator.container_ready_s[-1]
-            subprocess.run(["orchestrate", "delete", "bench"], env=env, check=True, capture_output=True)
+            subprocess.run(["orchestrate", "delete", "bench", "--yes"], env=env, check=True, capture_output=True)
     finally:
         emulator.stop()
         shutil.rmtree(scratch, ignore_errors=True)

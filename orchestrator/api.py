@@ -14,16 +14,18 @@ from sqlalchemy.exc import IntegrityError
 
 from . import config as config_module
 from . import leases, mlmodel, queue, requirements, secrets
+from . import model_uri as model_uri_module
 from .context import DeploymentView, ResourceView, StageContext
 from .engine import Echo, Engine, merged_outputs
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
+from .model_uri import ModelSource
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     DeploymentStatus,
     Stage,
 )
-from .store import Store, orchestrate_home
+from .store import Store, describe_failure, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
 
 
@@ -36,10 +38,15 @@ class Client:
     actor: str | None = None
     lease_ttl_s: float = leases.DEFAULT_TTL_S
     runner: leases.Runner = field(default_factory=leases.Runner.current)
+    # False for commands that only read: a --db-url naming no store is an error, not a new store.
+    create_store: bool = True
+    # Whether the last deploy() found the model and config already live and did nothing.
+    unchanged: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.home = orchestrate_home()
-        self.store = Store(self.db_url, actor=self.actor or self.runner.owner.split("/")[0])
+        self.store = Store(self.db_url, actor=self.actor or self.runner.owner.split("/")[0],
+                           create=self.create_store)
         self.engine = Engine(self.store, self.runner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s)
 
     def close(self) -> None:
@@ -58,25 +65,41 @@ class Client:
         detach: bool = False,
         wait_in_queue: bool = False,
         poll_interval_s: float = 0.5,
+        reset_config: bool = False,
+        force: bool = False,
     ) -> int:
-        """Check the input, record the deployment, and run it; returns its id.
+        """Check the input, resolve the model URI into a snapshot, record the deployment, and run
+        it; returns its id.
 
-        `detach` only queues it for a worker; `wait_in_queue` queues it behind a busy endpoint
-        and runs it here when its turn comes. Raises ConfigError for bad input (nothing
+        On an endpoint with a live deployment the config starts from that deployment's chosen
+        keys (`reset_config` starts from the defaults); the file, then `config`, go on top. When
+        the live deployment already serves this model with this config nothing happens and its
+        id is returned (`self.unchanged` is True) unless `force`. `detach` only queues it for a
+        worker; `wait_in_queue` queues it behind a busy endpoint and runs it here when its turn
+        comes. Raises ConfigError for bad input or a model URI that cannot be resolved (nothing
         recorded), EndpointBusy when the endpoint is busy and neither was asked."""
         from targets.base import load_target
 
         mlmodel.check_endpoint_name(name)
         plugin = load_target(target)
         file_values = config_module.load_config_file(config_file) if config_file else {}
-        resolved = config_module.resolve(target, plugin.config_keys, file_values, dict(config or {}))
-        info = mlmodel.read_model(model_uri)
+        live = None if reset_config else self._live_config(name, target)
+        resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values, dict(config or {}))
+        model = model_uri_module.resolve(model_uri, self.home / "models")
+        info = model.info
+        self.unchanged = False
+        if live is not None and not force and live.digest == info.digest and live.config == resolved:
+            self.unchanged = True
+            self.engine.echo(f"endpoint {name} already serves {model.source.summary()} ({info.digest[:12]}) "
+                             f"with this config as deployment {live.id}; nothing to do (--force deploys it again)")
+            return live.id
         requirements.check_policy(info.requirements, requirements.Policy.from_config(resolved))
         plugin.preflight(resolved, self._live_outputs(name))
         if not detach:  # an unset env:NAME or unreadable file:PATH fails now, with nothing recorded
             secrets.resolve_config(resolved)  # (a worker resolves them in its own environment)
         queued = detach or wait_in_queue
-        deployment_id, fence = self._create(name, target, str(info.path), info.digest, resolved, None, queued)
+        deployment_id, fence = self._create(name, target, model.source.uri, info.digest, resolved, None, queued,
+                                            model_source=model.source.as_dict(), config_sources=config_sources)
         if detach:
             return deployment_id
         if fence is None:
@@ -92,12 +115,11 @@ class Client:
         try:
             self.engine.run(deployment_id, fence)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
-            reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["no reason given"])[0]
+            reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
-                f"the state store {self.store.display_url} stopped answering during deployment {deployment_id}: "
-                f"{reason}",
-                hint=f"what was recorded is kept; when the database is back, `orchestrate resume {deployment_id}` "
-                     "continues where it stopped",
+                f"the state store {self.store.display_url} failed during deployment {deployment_id}: {reason}",
+                hint=f"{hint}; what was recorded is kept, and `orchestrate resume {deployment_id}` continues "
+                     "where it stopped",
             ) from exc
 
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
@@ -119,7 +141,8 @@ class Client:
             time.sleep(poll_interval_s)
 
     def _create(self, name: str, target: str, model_uri: str, digest: str, resolved: dict[str, Any],
-                source_id: int | None, queued: bool) -> tuple[int, Any]:
+                source_id: int | None, queued: bool, *, model_source: dict[str, Any] | None = None,
+                config_sources: dict[str, Any] | None = None) -> tuple[int, Any]:
         for _ in range(3):  # a concurrent first deploy may insert the endpoint under us
             try:
                 with self.store.write() as tx:
@@ -142,6 +165,7 @@ class Client:
                         self._check_idle(tx.session, endpoint)
                     deployment = Deployment(
                         endpoint_id=endpoint.id, target=target, model_uri=model_uri, model_digest=digest,
+                        model_source=model_source, config_sources=config_sources,
                         config=resolved, status=DeploymentStatus.QUEUED.value if queued else DeploymentStatus.RUNNING.value,
                         source_deployment_id=source_id, previous_live_id=endpoint.live_deployment_id,
                         actor=self.store.actor, started_at=None if queued else utcnow(),
@@ -150,10 +174,11 @@ class Client:
                     tx.session.flush()
                     fence = None if queued else leases.take(tx.session, endpoint, deployment.id, self.runner,
                                                            self.lease_ttl_s)
-                    what = f"rollback to deployment {source_id}" if source_id else f"model {digest[:12]}"
+                    model = ModelSource.from_dict(model_source, model_uri).summary()
+                    what = (f"rollback to deployment {source_id}" if source_id else "model") + f" {model} ({digest[:12]})"
                     tx.event("deployment_created", f"deployment {deployment.id} of {what} on {name} ({target})",
                              endpoint_id=endpoint.id, deployment_id=deployment.id,
-                             data={"model_uri": model_uri, "queued": queued})
+                             data={"model_uri": model_uri, "queued": queued, "model": model})
                     return deployment.id, fence
             except IntegrityError:
                 continue
@@ -285,9 +310,11 @@ class Client:
             if source.id == endpoint.live_deployment_id:
                 raise ConfigError(f"deployment {to} is already live on {name!r}")
             source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
+            recorded = (source.model_source, source.config_sources)
         target, model_uri, digest, resolved = source_view
         secrets.resolve_config(resolved)  # an env:NAME unset since then fails now, with nothing recorded
-        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False)
+        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False,
+                                            model_source=recorded[0], config_sources=recorded[1])
         self._run(deployment_id, fence)
         return deployment_id
 
@@ -304,12 +331,33 @@ class Client:
                                   hint=f"deploy a model first: `orchestrate deploy MODEL --name {name}`")
             live = session.get_one(Deployment, endpoint.live_deployment_id)
             target, model_uri, digest, live_config = live.target, live.model_uri, live.model_digest, dict(live.config)
+            model_source = live.model_source
         plugin = load_target(target)
         resolved = config_module.resolve(target, plugin.config_keys, live_config, dict(config))
         plugin.preflight(resolved, self._live_outputs(name))
-        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False)
+        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False,
+                                            model_source=model_source)
         self._run(deployment_id, fence)
         return deployment_id
+
+    def delete_plan(self, name: str) -> dict[str, Any]:
+        """What `delete(name)` would release, for the confirmation prompt; raises NotFound."""
+        from targets.base import load_target
+
+        from .states import LIVE_RESOURCE_STATES
+
+        with self.store.read() as session:
+            endpoint = self._endpoint(session, name)
+            resources = session.execute(
+                select(Resource.kind, Resource.name).where(
+                    Resource.endpoint_id == endpoint.id,
+                    Resource.state.in_([s.value for s in LIVE_RESOURCE_STATES]),
+                ).order_by(Resource.id)
+            ).all()
+            target, live_id = endpoint.target, endpoint.live_deployment_id
+        disposable = load_target(target).disposable_kinds
+        return {"endpoint": name, "target": target, "live_deployment_id": live_id,
+                "releases": [f"{kind} {resource}" for kind, resource in resources if kind in disposable]}
 
     def delete(self, name: str) -> list[str]:
         """Stop everything the endpoint serves with and mark it deleted; returns what was released."""
@@ -363,6 +411,17 @@ class Client:
         if endpoint is None:
             raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
         return endpoint
+
+    def _live_config(self, name: str, target: str) -> _LiveConfig | None:
+        """The live deployment of endpoint `name` on `target`: what a redeploy starts from."""
+        with self.store.read() as session:
+            row = session.execute(
+                select(Deployment).join(Endpoint, Endpoint.live_deployment_id == Deployment.id)
+                .where(Endpoint.name == name, Endpoint.deleted_at.is_(None), Endpoint.target == target)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            return _LiveConfig(row.id, row.model_digest, dict(row.config), dict(row.config_sources or {}))
 
     def _live_outputs(self, name: str) -> dict[str, Any] | None:
         with self.store.read() as session:
@@ -528,11 +587,52 @@ class Client:
         return load_target(target), outputs
 
 
+@dataclass(frozen=True)
+class _LiveConfig:
+    id: int
+    digest: str
+    config: dict[str, Any]
+    sources: dict[str, Any]  # key -> where it came from; empty for deployments made before this was kept
+
+
+DEFAULT_SOURCE = "default"
+
+
+def _layered_config(target: str, keys: Mapping[str, config_module.ConfigKey], live: _LiveConfig | None,
+                    file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config of a new deployment and where each key came from: defaults, then the keys the
+    live deployment's user chose (not its defaults, so a default changed since follows), then the
+    config file, then -C (as `mlflow deployments update` patches)."""
+    inherited: dict[str, Any] = {}
+    if live is not None:
+        known = {**config_module.ENGINE_KEYS, **keys}
+        for key, value in live.config.items():
+            if key not in known:
+                continue  # a key this version of the target no longer has
+            origin = live.sources.get(key)
+            chosen = origin != DEFAULT_SOURCE if origin is not None else value != known[key].default
+            if chosen:
+                inherited[key] = value
+    resolved = config_module.resolve(target, keys, {**inherited, **file_values}, cli_values)
+    sources: dict[str, str] = {}
+    for key in resolved:
+        if key in cli_values:
+            sources[key] = "-C"
+        elif key in file_values:
+            sources[key] = "config file"
+        elif key in inherited and live is not None:
+            sources[key] = f"deployment {live.id}"
+        else:
+            sources[key] = DEFAULT_SOURCE
+    return resolved, sources
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, Any]:
+    source = ModelSource.from_dict(deployment.model_source, deployment.model_uri)
     return {
         "id": deployment.id,
         "endpoint": endpoint.name,
@@ -542,7 +642,11 @@ def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, An
         "live": endpoint.live_deployment_id == deployment.id,
         "model_uri": deployment.model_uri,
         "model_digest": deployment.model_digest,
+        # What the URI resolved to when the deployment was created, and that as one line.
+        "model_source": source.as_dict(),
+        "model": source.summary(),
         "config": secrets.redact(deployment.config),
+        "config_sources": dict(deployment.config_sources or {}),
         "error": deployment.error,
         "source_deployment_id": deployment.source_deployment_id,
         "previous_live_id": deployment.previous_live_id,

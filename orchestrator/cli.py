@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,22 +19,33 @@ class OrchestrateGroup(click.Group):
     """Turns an expected OrchestrateError into `Error: ...` and its exit code, no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError  # here, not at import: `--help` stays light
+
         try:
             return super().invoke(ctx)
         except OrchestrateError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except SQLAlchemyError as exc:  # the store failed outside a deployment run: no SQL, no parameters
+            from .store import describe_failure
+
+            reason, hint = describe_failure(exc)
+            click.echo(f"Error: the state store failed: {reason} — {hint}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
 
 
-def _client(ctx: click.Context, *, progress: bool = False) -> Any:
+def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = False) -> Any:
+    """The API client; only a command that starts deployments (`create_store`) may create a store
+    at a --db-url where there is none."""
     from .api import Client
     from .progress import Progress
 
     reporter = Progress() if progress else None
-    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None)
+    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None,
+                    create_store=create_store)
     if reporter:
         client.store.listeners.append(_settle_on_success)  # before the line that shows it
         client.store.listeners.append(reporter.on_event)
@@ -57,6 +69,22 @@ def _print_json(value: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+yes_option = click.option("-y", "--yes", is_flag=True, help="Do it without asking (needed when stdin is not a terminal).")
+
+
+def _confirm(what: str, yes: bool, *, command: str) -> None:
+    """Say what a destructive command will destroy, then ask; without a terminal to ask on,
+    refuse unless --yes."""
+    from .errors import ConfigError
+
+    click.echo(what, err=True)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"`orchestrate {command}` asks before it destroys anything, and stdin is not a terminal",
+                          hint="pass --yes to go ahead without asking")
+    if not click.confirm("Go ahead?", default=False, err=True):
+        raise OrchestrateError(f"`orchestrate {command}` stopped: nothing was changed")
 
 
 @click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,8 +97,25 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
     ctx.obj["db_url"] = db_url
 
 
+def _model_argument(model: str | None, model_uri: str | None) -> str:
+    """MODEL as the positional argument or as MLflow's -m/--model-uri; exactly one of them."""
+    if model and model_uri and model != model_uri:
+        raise click.UsageError(f"two models given: {model!r} and -m {model_uri!r}; give one")
+    if not (model or model_uri):
+        raise click.UsageError("give the model: a directory or URI (runs:/, models:/, s3://…), "
+                               "as the argument or as -m/--model-uri")
+    return str(model or model_uri)
+
+
+model_uri_option = click.option(
+    "-m", "--model-uri", "model_uri", metavar="URI",
+    help="The model, as MLflow names it (same as the MODEL argument): a path, file://, runs:/RUN/PATH, "
+         "models:/NAME/VERSION, models:/NAME@ALIAS, s3://BUCKET/PREFIX, mlflow-artifacts:/…")
+
+
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@model_uri_option
 @click.option("-n", "--name", required=True, help="Endpoint name (letters, digits, hyphens; at most 63).")
 @click.option("-t", "--target", default="local", show_default=True, help="Where to deploy (see `orchestrate targets`).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of target config.")
@@ -79,12 +124,19 @@ def cli(ctx: click.Context, db_url: str | None) -> None:
 @click.option("--queue", "wait_in_queue", is_flag=True, help="Wait behind a busy endpoint instead of failing.")
 @click.option("--keep-failed", is_flag=True,
               help="Keep what a failed deployment created, for inspection and `resume` (-C keep_failed=true).")
+@click.option("--reset-config", is_flag=True,
+              help="Start from the defaults, not from the live deployment's config.")
+@click.option("--force", is_flag=True, help="Deploy even when this model and config are already live.")
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: str | None,
-           assignments: tuple[str, ...], detach: bool, wait_in_queue: bool, keep_failed: bool,
-           as_json: bool) -> None:
-    """Deploy MODEL (an MLflow model directory) to endpoint NAME on a target."""
+def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: str, target: str,
+           config_file: str | None, assignments: tuple[str, ...], detach: bool, wait_in_queue: bool,
+           keep_failed: bool, reset_config: bool, force: bool, as_json: bool) -> None:
+    """Deploy MODEL to endpoint NAME on a target. MODEL is an MLflow model directory or URI
+    (runs:/, models:/NAME/VERSION, models:/NAME@ALIAS, s3://, …), resolved once, now.
+
+    On an endpoint that already serves, the config starts from the live deployment's and
+    -C / --config change it (--reset-config starts from the defaults)."""
     from .config import parse_assignments
 
     if detach and wait_in_queue:
@@ -93,9 +145,14 @@ def deploy(ctx: click.Context, model: str, name: str, target: str, config_file: 
     values = parse_assignments(assignments)
     if keep_failed:
         values["keep_failed"] = "true"
-    client = _client(ctx, progress=not detach)
-    deployment_id = client.deploy(model, name=name, target=target, config=values, config_file=config_file,
-                                  detach=detach, wait_in_queue=wait_in_queue)
+    client = _client(ctx, progress=not detach, create_store=True)
+    deployment_id = client.deploy(_model_argument(model, model_uri), name=name, target=target, config=values,
+                                  config_file=config_file, detach=detach, wait_in_queue=wait_in_queue,
+                                  reset_config=reset_config, force=force)
+    if client.unchanged and not as_json:
+        click.echo(f"deployment {deployment_id} is already live on {name} with this model and config; "
+                   "nothing changed (--force deploys again)")
+        return
     _report_end(client, deployment_id, as_json, detach=detach)
 
 
@@ -164,7 +221,11 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
     click.echo(f"{indent}deployment {record['id']}: {record['status']}"
                + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
                + (" (live)" if record["live"] else ""))
-    click.echo(f"{indent}  model {record['model_uri']} ({record['model_digest'][:12]})")
+    click.echo(f"{indent}  model {record.get('model') or record['model_uri']} ({record['model_digest'][:12]})")
+    chosen = {key: origin for key, origin in (record.get("config_sources") or {}).items() if origin != "default"}
+    if chosen:
+        click.echo(f"{indent}  config " + ", ".join(
+            f"{key}={record['config'].get(key)} ({origin})" for key, origin in sorted(chosen.items())))
     if record.get("url"):
         click.echo(f"{indent}  url {record['url']}")
     runtime = record.get("runtime")
@@ -197,7 +258,7 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
         return
     for row in rows:
         click.echo(f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
-                   f"{'live' if row['live'] else '':<5} {row['created_at']}")
+                   f"{'live' if row['live'] else '':<5} {row['created_at']}  {row['model']}")
 
 
 @cli.command()
@@ -265,12 +326,20 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
 @cli.command()
 @click.option("--older-than", "older_than", required=True, type=DURATION, help="Age cutoff, e.g. 90d, 12h.")
 @click.option("--dry-run", is_flag=True, help="Count what would go, delete nothing.")
+@yes_option
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, older_than: Any, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, older_than: Any, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Prune attempts and events of deployments that ended long ago (live ones and the one
-    before each are kept)."""
-    counts = _client(ctx).gc(older_than=older_than, dry_run=dry_run)
+    before each are kept). Shows what it will delete and asks, unless --yes."""
+    client = _client(ctx)
+    if not dry_run:
+        planned = client.gc(older_than=older_than, dry_run=True)
+        if planned["deployments"]:
+            _confirm(f"This permanently deletes {planned['attempts']} attempts, {planned['events']} events and "
+                     f"{planned['resources']} deleted-resource records of {planned['deployments']} deployments.",
+                     yes, command="gc")
+    counts = client.gc(older_than=older_than, dry_run=dry_run)
     if as_json:
         _print_json(counts)
     else:
@@ -312,19 +381,50 @@ def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> No
 
 @cli.command()
 @click.argument("name")
+@yes_option
 @click.pass_context
-def delete(ctx: click.Context, name: str) -> None:
-    """Stop everything endpoint NAME runs and mark it deleted (its history stays)."""
-    released = _client(ctx, progress=True).delete(name)
+def delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Stop everything endpoint NAME runs and mark it deleted (its history stays). Shows what it
+    will stop and asks, unless --yes."""
+    client = _client(ctx, progress=True)
+    plan = client.delete_plan(name)
+    live = f"live deployment {plan['live_deployment_id']}" if plan["live_deployment_id"] else "no live deployment"
+    _confirm(f"This stops endpoint {name} ({plan['target']}, {live}) and marks it deleted; it releases "
+             + (", ".join(plan["releases"]) if plan["releases"] else "nothing it still runs")
+             + ". Its history stays.", yes, command="delete")
+    released = client.delete(name)
     click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
 
 
+def _env_manager(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """MLflow's --env-manager names: uv and virtualenv are one cached virtualenv here (built
+    with uv when it is installed); conda is not offered."""
+    from .errors import ConfigError
+
+    if value == "conda":
+        raise ConfigError("--env-manager conda is not supported: orchestrate builds virtualenvs from the model's "
+                          "python_env.yaml and requirements.txt",
+                          hint="use --env-manager virtualenv (or uv), or local for this Python")
+    return "virtualenv" if value == "uv" else value
+
+
 env_manager_option = click.option(
-    "--env-manager", type=click.Choice(["virtualenv", "local"]), default="virtualenv", show_default=True,
-    help="Run the model in its own cached virtualenv, or in this Python (local).")
+    "--env-manager", type=click.Choice(["virtualenv", "uv", "local", "conda"]), default="virtualenv",
+    show_default=True, callback=_env_manager,
+    help="Run the model in its own cached virtualenv (virtualenv or uv: the same), or in this Python (local).")
 override_option = click.option(
-    "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
+    "-r", "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
     help="Requirements that replace or add to the model's for this run (the model is unchanged).")
+install_mlflow_option = click.option(
+    "--install-mlflow", is_flag=True,
+    help="Install MLflow (mlflow-skinny) into the model's environment too (as `mlflow models` does).")
+no_conda_option = click.option("--no-conda", is_flag=True, help="MLflow's old spelling of --env-manager local.")
+
+
+def _overrides(pip_override: str | None, install_mlflow: bool) -> str | None:
+    if not install_mlflow:
+        return pip_override
+    return ",".join(part for part in (pip_override, "mlflow-skinny") if part)
 
 
 # The scoring server's default request budget (ORCHESTRATE_MAX_REQUEST_BYTES).
@@ -341,25 +441,47 @@ def _check_output_path(path: Path) -> None:
     if not parent.is_dir():
         raise ConfigError(f"-o {path}: directory {parent} does not exist",
                           hint=f"create it first (mkdir -p {parent}) or write elsewhere")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"-o {path}: directory {parent} is not writable by you", hint="write elsewhere")
 
 
 @cli.command()
-@click.argument("ref", metavar="NAME|MODEL")
-@click.option("-i", "--input-path", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSON or CSV file to send.")
+@click.argument("ref", metavar="NAME|MODEL", required=False)
+@model_uri_option
+@click.option("-i", "--input-path", "input_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+              help="JSON or CSV file to send; - reads standard input.")
 @click.option("-t", "--content-type", "content_type", type=click.Choice(["json", "csv"]), default=None,
               help="Input format (default: from the file extension).")
 @click.option("-o", "--output-path", "output_path", type=click.Path(dir_okay=False), help="Write the answer here.")
 @env_manager_option
 @override_option
+@install_mlflow_option
+@no_conda_option
 @click.pass_context
-def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | None, output_path: str | None,
-            env_manager: str, pip_override: str | None) -> None:
-    """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with the
-    model directory MODEL (no server; like `mlflow models predict`)."""
+def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_path: str, content_type: str | None,
+            output_path: str | None, env_manager: str, pip_override: str | None, install_mlflow: bool,
+            no_conda: bool) -> None:
+    """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with MODEL,
+    a model directory or URI (-m runs:/…, models:/…; no server; like `mlflow models predict`)."""
+    import tempfile
+
     from .errors import ConfigError, TargetError
     from .serving import is_model_reference
     from .untrusted import read_bytes
+
+    ref = _model_argument(ref, model_uri)
+    env_manager = "local" if no_conda else env_manager
+    pip_override = _overrides(pip_override, install_mlflow)
+    if input_path == "-":  # like `mlflow models predict -i -`: the body from standard input, bounded
+        body = sys.stdin.buffer.read(PREDICT_INPUT_MAX_BYTES + 1)
+        if len(body) > PREDICT_INPUT_MAX_BYTES:
+            raise ConfigError(f"standard input holds more than {PREDICT_INPUT_MAX_BYTES} bytes")
+        spool = ctx.with_resource(tempfile.NamedTemporaryFile(prefix="orchestrate-input-",
+                                                              suffix=f".{content_type or 'json'}"))
+        spool.write(body)
+        spool.flush()
+        input_path = spool.name
 
     kind = content_type or ("csv" if input_path.lower().endswith(".csv") else "json")
     body = read_bytes(input_path, what="input file", max_bytes=PREDICT_INPUT_MAX_BYTES)
@@ -377,26 +499,42 @@ def predict(ctx: click.Context, ref: str, input_path: str, content_type: str | N
     if answer.status != 200:
         raise TargetError(f"endpoint {ref} answered HTTP {answer.status}: {text}")
     if output_path:
-        Path(output_path).write_text(text)
+        try:
+            Path(output_path).write_text(text)
+        except OSError as exc:  # checked before predicting, but a disk can fill or a mode change since
+            raise ConfigError(f"-o {output_path} cannot be written: {exc.strerror}",
+                              hint="the answer is lost; write elsewhere and predict again") from None
     else:
         click.echo(text)
 
 
 @cli.command(context_settings={"help_option_names": ["--help"]})
-@click.argument("model")
-@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"))
-@click.option("-h", "--host", default="127.0.0.1", show_default=True)
-@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64))
+@click.argument("model", required=False)
+@model_uri_option
+# The environment variables `mlflow models serve` reads, with its defaults.
+@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"),
+              envvar="MLFLOW_PORT", show_envvar=True)
+@click.option("-h", "--host", default="127.0.0.1", show_default=True, envvar="MLFLOW_HOST", show_envvar=True)
+@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64),
+              envvar=["MLFLOW_MODELS_WORKERS", "MLFLOW_WORKERS"], show_envvar=True)
+@click.option("-t", "--timeout", default=60, show_default=True, type=WholeNumber(1, 86400, what="seconds"),
+              envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", show_envvar=True,
+              help="Seconds a request may take (then 504).")
 @env_manager_option
 @override_option
-def serve(model: str, port: int, host: str, workers: int, env_manager: str, pip_override: str | None) -> None:
-    """Serve MODEL (an MLflow model directory) in the foreground, like `mlflow models serve`;
-    nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
+@install_mlflow_option
+@no_conda_option
+def serve(model: str | None, model_uri: str | None, port: int, host: str, workers: int, timeout: int,
+          env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
+    """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
+    `mlflow models serve`; nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
     from targets.local import check_listen_address
 
+    model = _model_argument(model, model_uri)
     check_listen_address(host, port, option="--host")  # at once, not after building the environment
-    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers)],
-                 env_manager, pip_override, replace_process=True)
+    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers),
+                         "--timeout", str(timeout)],
+                 "local" if no_conda else env_manager, _overrides(pip_override, install_mlflow), replace_process=True)
 
 
 def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_override: str | None,
@@ -491,7 +629,8 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@model_uri_option
 @click.option("-t", "--tag", "image", required=True, metavar="IMAGE[:TAG]",
               help="Image name, with the registry for --push (127.0.0.1:5000/team/churn). It is always tagged "
                    "with its content tag; a TAG given here is added.")
@@ -506,9 +645,11 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
               help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
                    "(default: `docker login` credentials).")
 @json_option
-def build(model: str, image: str, base_image: str | None, push_image: bool, overrides: str | None, user: str,
-          no_cache: bool, username: str | None, as_json: bool) -> None:
-    """Build the scoring-container image of MODEL with the local Docker engine (and push it)."""
+def build(model: str | None, model_uri: str | None, image: str, base_image: str | None, push_image: bool,
+          overrides: str | None, user: str, no_cache: bool, username: str | None, as_json: bool) -> None:
+    """Build the scoring-container image of MODEL (a directory or URI) with the local Docker
+    engine (and push it)."""
+    model = _model_argument(model, model_uri)
     from . import images
     from .store import orchestrate_home
 
@@ -526,15 +667,19 @@ def build(model: str, image: str, base_image: str | None, push_image: bool, over
 
 
 @cli.command("generate-dockerfile")
-@click.argument("model")
+@click.argument("model", required=False)
+@model_uri_option
 @click.option("-d", "--directory", required=True, type=click.Path(file_okay=False),
               help="Directory to write the Dockerfile and build context to (new or empty).")
 @click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
 @click.option("--pip-requirements-override", "overrides", metavar="REQS",
               help="Comma-separated requirements that replace or add to the model's.")
 @click.option("--user", default="orchestrate", show_default=True, help="User the container runs as.")
-def generate_dockerfile(model: str, directory: str, base_image: str | None, overrides: str | None, user: str) -> None:
-    """Write the Dockerfile and build context of MODEL's image, for `docker build DIR`."""
+def generate_dockerfile(model: str | None, model_uri: str | None, directory: str, base_image: str | None,
+                        overrides: str | None, user: str) -> None:
+    """Write the Dockerfile and build context of MODEL's image (a directory or URI), for
+    `docker build DIR`."""
+    model = _model_argument(model, model_uri)
     from . import images
     from .store import orchestrate_home
 
@@ -548,34 +693,59 @@ def db() -> None:
     """State store schema."""
 
 
-def _schema_store(ctx: click.Context) -> Any:
+def _schema_store(ctx: click.Context, *, create: bool = False) -> Any:
     from .store import Store
 
-    return Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False, create=create)
+    ctx.call_on_close(store.dispose)
+    return store
 
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Apply migrations up to REVISION."""
+    """Apply migrations up to REVISION (creates the store if there is none)."""
     from . import migrate
 
-    store = _schema_store(ctx)
+    store = _schema_store(ctx, create=True)
     migrate.upgrade(store.engine, revision)
     click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
 
 
 @db.command("downgrade")
-@click.option("--revision", default="base", show_default=True)
+@click.option("--revision", required=True,
+              help="Revision to go back to (see `orchestrate db current`); `base` drops every table.")
+@yes_option
 @click.pass_context
-def db_downgrade(ctx: click.Context, revision: str) -> None:
-    """Revert migrations down to REVISION (base drops every table)."""
+def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
+    """Revert migrations down to REVISION. Says what it will drop and asks, unless --yes; a SQLite
+    store is backed up beside itself first."""
+    from sqlalchemy import inspect, text
+
     from . import migrate
 
     store = _schema_store(ctx)
+    steps = migrate.downgrade_steps(store.engine, revision)
+    if not steps:
+        click.echo(f"state store {store.display_url} is already at revision {revision}; nothing to do")
+        return
+    lines = [f"Downgrading {store.display_url} to {revision} reverts:"]
+    lines += [f"  {step.id}  {step.doc}" for step in steps]
+    if revision == "base":
+        with store.engine.connect() as connection:
+            tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
+            counts = {t: connection.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
+        lines.append("and DROPS every table with its rows: "
+                     + ", ".join(f"{table} ({count} rows)" for table, count in sorted(counts.items())))
+    sqlite = store.engine.url.get_backend_name() == "sqlite"
+    lines.append("A backup of the SQLite file is written first." if sqlite
+                 else "orchestrate cannot back PostgreSQL up: take a pg_dump first.")
+    _confirm("\n".join(lines), yes, command="db downgrade")
+    if sqlite:
+        click.echo(f"backed up the state store to {migrate.backup_sqlite(store.engine)}", err=True)
     migrate.downgrade(store.engine, revision)
-    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
+    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine) or 'base'}")
 
 
 @db.command("current")

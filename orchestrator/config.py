@@ -175,14 +175,68 @@ def resolve(
                                       "only text keys take env:/file: references")
                 resolved[key] = raw
                 continue
-            if secrets.is_secret_key(key) and raw not in (None, ""):
-                raise ConfigError(
-                    f"config key {key!r} ({where}) holds a secret given as plain text",
-                    hint=f"give it as env:NAME or file:PATH (e.g. -C {key}=env:MY_{key.upper()}), "
-                    "so it is read when a stage runs and never stored",
-                )
+            if keys[key].type is dict:
+                resolved[key] = _parse_mapping(key, raw, where)
+                continue
+            _refuse_plain_secret(key, raw, where)
             resolved[key] = keys[key].parse(key, raw, where)
     return resolved
+
+
+def _refuse_plain_secret(key: str, raw: Any, where: str, *, entry: str | None = None) -> None:
+    """A secret must come as env:NAME or file:PATH, whichever key (or `entry` of a mapping key)
+    carries it; the message never repeats the value."""
+    if raw in (None, "") or secrets.is_reference(raw):
+        return
+    text = raw if isinstance(raw, str) else str(raw)
+    name = f"{key}.{entry}" if entry else key
+    if secrets.is_variable_key(name):
+        if not secrets.VARIABLE_NAME.match(text):
+            raise ConfigError(
+                f"config key {name!r} ({where}) must name an environment variable, not hold the secret itself",
+                hint=f"export the secret as a variable and give its name, e.g. -C {key}=REGISTRY_PASSWORD",
+            )
+        return
+    found: str | None
+    if secrets.is_secret_key(entry or key):
+        found = "a secret given as plain text"
+    else:
+        credential = secrets.find_credential(text)
+        found = credential and f"{credential}: {secrets.mask_credentials(text)}"
+    if found:
+        variable = f"MY_{(entry or key).upper().replace('.', '_')}"
+        example = f"-C {key}={entry}=env:{variable}" if entry else f"-C {key}=env:{variable}"
+        login = " (a registry login goes in registry_username and registry_password_env)" \
+            if "@" in text and not entry else ""
+        raise ConfigError(
+            f"config key {name!r} ({where}) holds {found}",
+            hint=f"give the value as env:NAME or file:PATH (e.g. {example}), so it is read when a stage runs "
+                 f"and never stored{login}",
+        )
+
+
+def _parse_mapping(key: str, raw: Any, where: str) -> dict[str, Any] | None:
+    """A mapping key (`env`, `tags`): a YAML mapping or `k=v,k2=v2`; each value may be an
+    env:/file: reference, and a literal secret in it is refused."""
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        pairs = [item.partition("=") for item in raw.split(",") if item.strip()]
+        if not all(sep and name.strip() for name, sep, _value in pairs):
+            raise ConfigError(f"config key {key!r} ({where}) must be a mapping (in the config file) or "
+                              "k=v,k2=v2", hint=f"e.g. -C {key}=MODEL_THREADS=2,LOG_LEVEL=info")
+        raw = {name.strip(): value for name, _sep, value in pairs}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config key {key!r} ({where}) must be a mapping (in the config file) or k=v,k2=v2; "
+                          f"got {type(raw).__name__}")
+    mapping: dict[str, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, (Mapping, list)):
+            raise ConfigError(f"config key {key!r} ({where}): {name!r} must be a single value, "
+                              f"not a {type(value).__name__}")
+        _refuse_plain_secret(key, value, where, entry=str(name))
+        mapping[str(name)] = value if isinstance(value, str) else str(value)
+    return mapping
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -11,6 +11,7 @@ from sqlalchemy import String, bindparam, func, insert, select, update
 
 from . import secrets
 from .states import LIVE_RESOURCE_STATES, ResourceState, Stage
+from .store import private_opener
 from .tables import Deployment, Resource, utcnow
 
 _COLUMNS = (Resource.id, Resource.endpoint_id, Resource.deployment_id, Resource.stage, Resource.kind,
@@ -111,7 +112,7 @@ class StageContext:
     def log(self, message: str) -> None:
         """A line for the user and for this attempt's log file, secrets scrubbed."""
         message = secrets.scrub(message)
-        with self.log_file.open("a") as handle:
+        with open(self.log_file, "a", opener=private_opener) as handle:
             handle.write(message.rstrip("\n") + "\n")
         self.echo(message)
 

@@ -324,8 +324,10 @@ class Engine:
         state.released = state.released or end_lease
 
     def attempt_log(self, deployment_id: int, stage: Stage, attempt: int) -> Path:
-        directory = self.home / "logs" / "deployments" / str(deployment_id)
-        directory.mkdir(parents=True, exist_ok=True)
+        from .store import private_directory
+
+        # Logs can quote what a stage saw: the owner's eyes only (0700 directories, 0600 files).
+        directory = private_directory(self.home / "logs" / "deployments" / str(deployment_id), "log directory")
         return directory / f"{stage.value}-{attempt}.log"
 
     def _write_end(

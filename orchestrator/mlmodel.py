@@ -36,7 +36,9 @@ import yaml
 from .errors import ConfigError, PermanentTargetError
 
 # Files MLflow writes beside a model that serving never reads; they don't change the digest.
-_IGNORED_NAMES = {"__pycache__", ".DS_Store"}
+# registered_model_meta: MLflow writes it when a models:/ URI is downloaded (name, version), so
+# one model version has one digest however it was addressed.
+_IGNORED_NAMES = {"__pycache__", ".DS_Store", "registered_model_meta"}
 
 # Bounds on the files orchestrate parses. MLflow writes them in kilobytes (a signature of
 # thousands of columns stays under a megabyte); a bigger one is a mistake or an attack.

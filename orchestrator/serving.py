@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import environments, mlmodel, requirements
+from . import environments, requirements
+from . import model_uri as model_uris
 from .errors import ConfigError
 from .store import orchestrate_home
 
@@ -33,7 +34,7 @@ def scoring_command(
     in its cached virtualenv (built now if needed), or in this interpreter with `local`."""
     if env_manager not in ENV_MANAGERS:
         raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
-    info = mlmodel.read_model(model_uri)
+    info = model_uris.local_model(model_uri, orchestrate_home() / "models")  # models:/… is downloaded
     requirements.check_policy(info.requirements, policy, how_to_allow="deploying with -C {key}=true")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     if env_manager == "local":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, insert, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrate, secrets
-from .errors import ConfigError, LeaseLost
+from .errors import ConfigError, LeaseLost, NotFound
 from .tables import Endpoint, Event, utcnow
 
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -37,14 +39,88 @@ def orchestrate_home() -> Path:
     return Path(os.environ.get("ORCHESTRATE_HOME") or Path.home() / ".orchestrate")
 
 
+def explicit_db_url(db_url: str | None = None) -> str | None:
+    """`--db-url`, else ORCHESTRATE_DB_URL; None means the default store under ORCHESTRATE_HOME."""
+    return db_url or os.environ.get("ORCHESTRATE_DB_URL") or None
+
+
 def resolve_db_url(db_url: str | None = None) -> str:
     """`--db-url`, else ORCHESTRATE_DB_URL, else SQLite under ORCHESTRATE_HOME."""
-    url = db_url or os.environ.get("ORCHESTRATE_DB_URL")
+    url = explicit_db_url(db_url)
     if url:
         return url
     home = orchestrate_home()
-    home.mkdir(parents=True, exist_ok=True)
+    private_directory(home, "ORCHESTRATE_HOME")
     return f"sqlite:///{home / 'state.db'}"
+
+
+def private_directory(path: Path, what: str = "directory") -> Path:
+    """Create `path` and its missing parents readable by their owner only (0700); directories
+    that exist are left as they are. A regular file in the way is a ConfigError naming it."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        for directory in reversed(missing):
+            try:
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                pass  # made by a concurrent command
+        if not path.is_dir():
+            raise NotADirectoryError(path)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{what} {path} is not a directory (a file is in the way)",
+                          hint="point it at a directory, or move the file away") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}",
+                          hint="choose a directory you can write to") from None
+    return path
+
+
+def private_opener(path: str | os.PathLike[str], flags: int) -> int:
+    """`open(..., opener=private_opener)`: a new file is created readable by its owner only."""
+    return os.open(path, flags, 0o600)
+
+
+def _disk_is_full(database: Path) -> bool:
+    # SQLite reports a full tmpfs as a "disk I/O error" when it cannot map the -shm file.
+    try:
+        return shutil.disk_usage(database.parent).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def _mask_url(db_url: str) -> str:
+    """A database URL fit for a message: the password masked even when the URL does not parse."""
+    try:
+        return make_url(db_url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # unparsable: mask what looks like userinfo
+        return secrets.mask_credentials(db_url)
+
+
+def is_in_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def describe_failure(exc: BaseException, database: str | None = None) -> tuple[str, str]:
+    """(reason, hint) for a database error, without its SQL or parameters; `database`, a SQLite
+    file, lets an I/O error on a full disk be named as such."""
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    lowered = reason.lower()
+    if "disk is full" in lowered or "no space left" in lowered or "disk full" in lowered or (
+            "i/o error" in lowered and database is not None and _disk_is_full(Path(database))):
+        return (f"the disk holding the state store is full ({reason})",
+                "free some space there; what was recorded is kept")
+    if "readonly" in lowered or "read-only" in lowered or "permission denied" in lowered:
+        return (f"the state store cannot be written ({reason})",
+                "check the permissions (and immutable flag) of the database file and its directory")
+    if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+        return (f"the state store is corrupted ({reason})",
+                ("restore it from a backup (`orchestrate db downgrade` leaves state.db.backup-* files); "
+                 "nothing more was written to it"))
+    return reason, "check --db-url / ORCHESTRATE_DB_URL and that the database is reachable"
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -92,28 +168,89 @@ def _ping_idle_connections(engine: Engine) -> None:
 
 
 def make_engine(db_url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL; a new SQLite file is created readable by its
+    owner only. Raises ConfigError for a URL that does not parse, an unsupported database, a
+    missing driver or a path that cannot hold the file."""
     try:
         url: URL = make_url(db_url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError with no hint
         raise ConfigError(
-            f"cannot parse database URL {db_url!r}",
+            f"cannot parse database URL {_mask_url(db_url)!r}",
             hint="use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB",
         ) from exc
     if url.get_backend_name() == "sqlite":
-        if url.database:
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if not is_in_memory(url):
+            _create_sqlite_file(Path(str(url.database)))
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         _configure_sqlite(engine)
         return engine
     if url.get_backend_name() == "postgresql":
-        # LIFO: the connection that just worked is the next one out, and is not pinged.
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+        try:
+            # LIFO: the connection that just worked is the next one out, and is not pinged.
+            engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+        except ImportError as exc:
+            driver = url.get_driver_name()
+            raise ConfigError(
+                f"the state store URL {url.render_as_string(hide_password=True)} needs the PostgreSQL driver "
+                f"{driver!r}, which is not installed",
+                hint="pip install 'orchestrate[postgres]' and write the URL as postgresql+psycopg://..."
+                if driver == "psycopg" else "write the URL as postgresql+psycopg://... and "
+                "pip install 'orchestrate[postgres]'",
+            ) from exc
         _ping_idle_connections(engine)
         return engine
     raise ConfigError(
         f"unsupported database {url.get_backend_name()!r} in the state store URL",
         hint="use SQLite (the default) or PostgreSQL (postgresql+psycopg://...)",
     )
+
+
+def _create_sqlite_file(path: Path) -> None:
+    # SQLite gives its -wal and -shm files the database file's mode, so creating it 0600
+    # keeps all three private.
+    private_directory(path.parent, "the directory of the state store")
+    if path.is_dir():
+        raise ConfigError(f"the state store path {path} is a directory", hint="give the path of a file in it")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path.is_file():
+            return  # an existing store that cannot be written: reads still work, writes are refused
+        raise ConfigError(f"cannot create the state store {path}: {exc.strerror}",
+                          hint="choose a path you can write to") from None
+
+
+def _parsed(db_url: str) -> URL:
+    try:
+        return make_url(db_url)
+    except (ArgumentError, ValueError):
+        make_engine(db_url)  # raises the ConfigError that explains the URL
+        raise
+
+
+def _no_store(db_url: str) -> ConfigError:
+    return NotFound(
+        f"there is no state store at {_mask_url(db_url)} (nothing was ever deployed with it)",
+        hint="check --db-url / ORCHESTRATE_DB_URL for a typo; `orchestrate deploy` or `orchestrate db upgrade` "
+             "creates a store",
+    )
+
+
+def _check_integrity(engine: Engine) -> None:
+    """A cheap structural check of a SQLite file (`PRAGMA quick_check`), so a corrupted store is
+    refused before anything writes into it."""
+    with engine.connect() as connection:
+        problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        lines = [line.strip() for problem in problems for line in str(problem).splitlines()
+                 if line.strip() and not line.startswith("***")]
+        raise ConfigError(
+            f"the state store {engine.url.database} is corrupted: {'; '.join(lines[:3])}",
+            hint="restore it from a backup (state.db.backup-* beside it, if `db downgrade` made one); "
+                 "nothing was written to it",
+        )
 
 
 @dataclass(frozen=True)
@@ -194,23 +331,47 @@ class Store:
     """The database behind orchestrate; every state change is one `write()` transaction."""
 
     def __init__(self, db_url: str | None = None, *, actor: str, migrate_schema: bool = True,
-                 pool_size: int = 5) -> None:
+                 pool_size: int = 5, create: bool = True) -> None:
+        """Open (and on first use create and migrate) the store. With `create=False`, a store
+        named by --db-url / ORCHESTRATE_DB_URL that does not exist yet is a NotFound, not a new
+        empty store. Raises ConfigError when the store cannot be used as it is."""
         self.url = resolve_db_url(db_url)
+        url = _parsed(self.url)
+        if is_in_memory(url):
+            raise ConfigError(
+                f"{self.url!r} is an in-memory database, gone when the command ends",
+                hint="give a file: --db-url sqlite:///PATH/state.db (or PostgreSQL)",
+            )
+        sqlite_path = Path(str(url.database)) if url.get_backend_name() == "sqlite" else None
+        must_exist = not create and explicit_db_url(db_url) is not None
+        if must_exist and sqlite_path is not None and not sqlite_path.is_file():
+            raise _no_store(self.url)
         self.engine = make_engine(self.url, pool_size=pool_size)
         self.actor = actor
+        # An existing SQLite file that cannot be written (permissions, immutable flag, read-only
+        # mount) is refused before a write begins, not halfway with a driver error.
+        self.read_only = sqlite_path is not None and not os.access(sqlite_path, os.W_OK)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.listeners: list[EventListener] = []
-        if migrate_schema:
-            try:
+        try:
+            if sqlite_path is not None:
+                _check_integrity(self.engine)
+            if must_exist and migrate.current_revision(self.engine) is None:
+                raise _no_store(self.url)
+            if migrate_schema and not self.read_only:
                 migrate.ensure_current(self.engine)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise ConfigError(
-                    f"cannot open the state store at {self.display_url}: {exc.__class__.__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                    hint="check --db-url / ORCHESTRATE_DB_URL and that the database is reachable",
-                ) from exc
+        except ConfigError:
+            self.engine.dispose()
+            raise
+        except Exception as exc:
+            self.engine.dispose()
+            reason, hint = describe_failure(exc, str(sqlite_path) if sqlite_path else None)
+            raise ConfigError(f"cannot open the state store at {self.display_url}: {reason}", hint=hint) from exc
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite store; None for PostgreSQL."""
+        return self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
 
     @property
     def display_url(self) -> str:
@@ -226,6 +387,11 @@ class Store:
               end_lease: bool = False) -> Iterator[Tx]:
         """A transaction; with a fence, it commits only while that lease is still ours, and
         with `end_lease` the lease is freed by that same commit."""
+        if self.read_only:
+            raise ConfigError(f"the state store {self.display_url} cannot be written (read-only file, "
+                              "directory or immutable flag); nothing was changed",
+                              hint="check the permissions and `lsattr` of the database file, or use another "
+                              "--db-url")
         with self._sessions() as session:
             tx = Tx(session, actor or self.actor)
             with session.begin():

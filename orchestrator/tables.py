@@ -90,8 +90,13 @@ class Deployment(Base):
     target: Mapped[str] = mapped_column(String(64))
     model_uri: Mapped[str] = mapped_column(Text)
     model_digest: Mapped[str] = mapped_column(String(64))
+    # What model_uri resolved to when the deployment was created (orchestrator.model_uri.ModelSource):
+    # registered name, version, alias, run; resume and rollback read it, never the registry.
+    model_source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Resolved config as given by the user; secrets stay as references, never values.
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Where each config key came from: default, live deployment N, config file, -C.
+    config_sources: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     current_stage: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str | None] = mapped_column(Text)

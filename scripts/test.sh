@@ -103,6 +103,8 @@ SQL
 #   - emulators under tests/ (moto server, Azure ML fake), e.g. setup_emulators
 # shellcheck source=scripts/_docker.sh
 source "$REPO_ROOT/scripts/_docker.sh"   # Docker engine, base image, registries
+# shellcheck source=scripts/_mlflow.sh
+source "$REPO_ROOT/scripts/_mlflow.sh"   # MLflow tracking server (needs the installed package)
 
 setup_later_services() {
     setup_docker_services
@@ -133,6 +135,7 @@ setup_postgres
 setup_later_services
 choose_python
 install_package
+setup_mlflow_server
 
 log "running: $PYTHON -m pytest $*"
 set +e

@@ -93,18 +93,14 @@ class Target(ABC):
 def validated_model(ctx: StageContext) -> Outputs:
     """The model's facts for later stages, from a snapshot under ORCHESTRATE_HOME/models, so a
     later edit of the user's directory cannot leak into this deployment or its rollback."""
-    from orchestrator import mlmodel, requirements
-    from orchestrator.errors import PermanentTargetError
+    from orchestrator import model_uri, requirements
 
-    info = mlmodel.read_model(ctx.deployment.model_uri)
+    # The snapshot made when the deployment was created; never the URI resolved again.
+    info = model_uri.materialize(ctx.deployment.model_uri, ctx.deployment.model_digest, ctx.home / "models",
+                                 recorded=lambda: model_uri.recorded_source(ctx.store, ctx.deployment.id))
     requirements.check_policy(info.requirements, requirements.Policy.from_config(ctx.config))
-    if info.digest != ctx.deployment.model_digest:
-        raise PermanentTargetError(
-            f"the model at {info.path} changed since deployment {ctx.deployment.id} was created",
-            hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
-        )
     return {
-        "model_dir": str(mlmodel.snapshot(info, ctx.home / "models")),
+        "model_dir": str(info.path),
         "python_version": info.python_version,
         "requirements": list(info.requirements),
         "loader_module": info.loader_module,

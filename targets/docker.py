@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import health, images
+from orchestrator import health, images, secrets
 from orchestrator.config import ConfigKey
 from orchestrator.context import ResourceView, StageContext
 from orchestrator.docker_engine import connect, image_exists, translated
@@ -129,9 +129,12 @@ class DockerTarget(Target):
 
     def registry_credentials(self, ctx: StageContext, registry: str) -> images.Credentials | None:
         """The login for `registry`. Cloud targets override this hook with token logins (ECR, ACR)."""
-        return images.credentials_from_environment(
+        credentials = images.credentials_from_environment(
             str(ctx.config.get("registry_username") or ""), registry,
             str(ctx.config.get("registry_password_env") or images.PASSWORD_VARIABLE))
+        if credentials is not None:
+            secrets.remember(credentials.password)  # scrubbed from the push log and errors
+        return credentials
 
     def create_endpoint(self, ctx: StageContext) -> Outputs:
         client = connect()

@@ -22,6 +22,7 @@ from orchestrator.context import ResourceView, StageContext
 from orchestrator.errors import ConfigError, PermanentTargetError
 from orchestrator.leases import pid_alive
 from orchestrator.states import ResourceState, Stage
+from orchestrator.store import private_directory, private_opener
 from targets.base import Invocation, Outputs, Target, invoke_scoring_server
 
 PROCESS = "process"
@@ -43,6 +44,8 @@ class LocalTarget(Target):
                                                         "the model's (e.g. 'scikit-learn==1.5.2')"),
         "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0,
                                    maximum=3600),
+        "env": ConfigKey(dict, None, "environment variables of the server, beyond the minimal one it gets "
+                                     "(mapping, or k=v,k2=v2; values may be env:NAME or file:PATH)"),
     }
     not_applicable = frozenset({Stage.PUSH})
     disposable_kinds = frozenset({PROCESS})
@@ -96,8 +99,8 @@ class LocalTarget(Target):
                 return _process_outputs(existing.data, pid)
         run_dir = ctx.home / "run"
         log_dir = ctx.home / "logs" / "servers"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(run_dir, "run directory")
+        private_directory(log_dir, "log directory")
         with self._public_listener(ctx) as public, _listener("127.0.0.1", 0) as private:
             data = {
                 "host": public.getsockname()[0],
@@ -115,8 +118,8 @@ class LocalTarget(Target):
                 "--handoff-socket", data["handoff"], "--pid-file", data["pid_file"],
                 "--workers", str(ctx.config["workers"]), "--threads", str(ctx.config["threads"]),
             ]
-            env = {**_clean_environment(), "PYTHONPATH": ctx.outputs["server_path"]}
-            with open(data["log"], "ab") as log:
+            env = {**server_environment(ctx.config.get("env")), "PYTHONPATH": ctx.outputs["server_path"]}
+            with open(data["log"], "ab", opener=private_opener) as log:
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            env=env, start_new_session=True, cwd=ctx.outputs["model_dir"],
                                            pass_fds=(public.fileno(), private.fileno()))
@@ -219,9 +222,18 @@ def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
     return {**data, "pid": pid, "url": f"http://{data['host']}:{data['port']}"}
 
 
-def _clean_environment() -> dict[str, str]:
-    # The model's interpreter must not see this process's virtualenv or path settings.
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+# What the server inherits from the deployer: enough to run, nothing that could be a credential.
+SERVER_ENVIRONMENT_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+
+
+def server_environment(configured: Mapping[str, Any] | None) -> dict[str, str]:
+    """The scoring server's environment: an allow-list of the deployer's (locale, PATH, HOME...)
+    plus exactly what the deployment's `env` config names. The server runs model code for days,
+    so the deployer's credentials, virtualenv and ORCHESTRATE_* settings stay out."""
+    env = {name: value for name, value in os.environ.items()
+           if name in SERVER_ENVIRONMENT_ALLOWED or name.startswith("LC_")}
+    env.update({str(name): str(value) for name, value in (configured or {}).items()})
+    return env
 
 
 def _is_server(pid: int, pid_file: str) -> bool:

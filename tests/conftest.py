@@ -45,7 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO_ROOT / "examples" / "train_model.py"
 
 # Kept through _clean_environment: they configure the test run, not orchestrate.
-KEPT_ORCHESTRATE_VARIABLES = frozenset({"ORCHESTRATE_TEST_PG_URL", "ORCHESTRATE_ENVS_DIR"})
+KEPT_ORCHESTRATE_VARIABLES = frozenset({"ORCHESTRATE_TEST_PG_URL", "ORCHESTRATE_ENVS_DIR",
+                                        "ORCHESTRATE_TEST_MLFLOW_URI"})
 CREDENTIAL_PREFIXES = ("AWS_", "AZURE_")
 
 # Every process started while a test runs inherits this variable (its value names the

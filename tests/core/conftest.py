@@ -126,7 +126,7 @@ class Orchestrate:
         if self._reader is not None:
             self._reader.close()
         for name in sorted(self.endpoints):
-            self.run("delete", name, timeout=120)
+            self.run("delete", name, "--yes", timeout=120)
         leftovers = self.servers()
         for proc in leftovers:
             try:

@@ -156,7 +156,7 @@ def test_deploy_redeploy_rollback_delete(orch: Any, example_model: Path, example
 
     # -- delete ---------------------------------------------------------------------------
     live_pid = orch.json("status", name)["live"]["runtime"]["pid"]
-    deleted = orch.ok("delete", name)
+    deleted = orch.ok("delete", name, "--yes")
     assert f"released process {name}-3" in deleted.stdout
     assert orch.servers(name) == []
     assert not psutil.pid_exists(live_pid) or psutil.Process(live_pid).status() == psutil.STATUS_ZOMBIE

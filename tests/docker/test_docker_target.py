@@ -88,7 +88,7 @@ def test_deploy_redeploy_rollback_logs_delete(cli: Any, docker_client: Any, regi
     assert "/invocations" in {entry.get("path") for entry in access_log}
     rollback = _status(cli, "3")
     assert [a["status"] for a in rollback["attempts"][:3]] == ["skipped"] * 3  # no rebuild, no push
-    cli("delete", "iris")
+    cli("delete", "iris", "--yes")
     assert docker_client.containers.list(all=True, filters={"label": f"{ENDPOINT_LABEL}=iris"}) == []
     docker_client.images.get(live["runtime"]["image"])  # kept unless remove_image
 
@@ -106,7 +106,7 @@ def test_crash_between_container_start_and_health_check_resumes_without_a_second
     servers = _servers(docker_client, "crashy")
     assert [c.id for c in servers] == [started]
     assert len(_predict(record["url"], example_model)) == 4
-    cli("delete", "crashy")
+    cli("delete", "crashy", "--yes")
     assert _servers(docker_client, "crashy") == []
 
 
@@ -123,7 +123,7 @@ def test_broken_model_fails_health_with_the_log_tail_and_the_previous_keeps_serv
     assert _status(cli, "2")["status"] == "rolled_back"
     assert _predict(url, example_model) == before
     assert len(_servers(docker_client, "fragile")) == 1
-    cli("delete", "fragile")
+    cli("delete", "fragile", "--yes")
 
 
 def test_delete_with_remove_image_removes_the_image(cli: Any, docker_client: Any, example_model: Path) -> None:
@@ -132,6 +132,6 @@ def test_delete_with_remove_image_removes_the_image(cli: Any, docker_client: Any
     cli("deploy", str(example_model), "-n", "tidy", "-t", "docker", "-C", "image=orchestrate-test/tidy",
         "-C", "remove_image=true")
     image = _status(cli, "tidy")["live"]["runtime"]["image"]
-    cli("delete", "tidy")
+    cli("delete", "tidy", "--yes")
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(image)

@@ -76,7 +76,7 @@ def test_first_deploy_update_rollback_delete_in_container_mode(
     assert set(invoke(aws, "churn", example_model)) == {"1"}
     assert aws.calls["GetAuthorizationToken"] == pushes
 
-    sm.ok("delete", "churn")
+    sm.ok("delete", "churn", "--yes")
     assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
     assert aws.running_containers() == []
 
@@ -327,7 +327,7 @@ def test_delete_images_removes_pushed_images(
     ecr = client(aws, "ecr")
     tag = next(a for a in deployment(sm, "1")["attempts"] if a["stage"] == "build")["outputs"]["image_tag"]
     assert ecr.describe_images(repositoryName="delete-me", imageIds=[{"imageTag": tag}])["imageDetails"]
-    sm.ok("delete", "churn")
+    sm.ok("delete", "churn", "--yes")
     with pytest.raises(ecr.exceptions.ImageNotFoundException):
         ecr.describe_images(repositoryName="delete-me", imageIds=[{"imageTag": tag}])
     assert aws.counts() == {"models": 0, "endpoint_configs": 0, "endpoints": 0}
@@ -346,7 +346,7 @@ def test_real_scoring_image_end_to_end(sm: Cli, aws: AwsEmulator, example_model:
     assert build["image"].startswith("orchestrate-models:")
     health = next(a for a in record["attempts"] if a["stage"] == "health_check")["outputs"]
     assert health["smoke_predictions"] == len(invoke(aws, "iris", example_model))
-    sm.ok("delete", "iris")
+    sm.ok("delete", "iris", "--yes")
     assert aws.running_containers() == []
 
 

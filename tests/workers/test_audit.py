@@ -79,7 +79,7 @@ def test_gc_prunes_old_finished_deployments_but_keeps_live_and_previous(any_clus
     assert dry["events"] == before[1][1] + before[2][1]
     assert counts() == before
 
-    done = cluster.json("gc", "--older-than", "90d")
+    done = cluster.json("gc", "--older-than", "90d", "--yes")
     assert done == dry
     after = counts()
     assert after[1] == after[2] == (0, 0)
@@ -89,5 +89,5 @@ def test_gc_prunes_old_finished_deployments_but_keeps_live_and_previous(any_clus
     assert cluster.json("status", "aged")["live_deployment_id"] == 4
     gc_events = [e for e in _json_lines(cluster.ok("events", "--json").stdout) if e["kind"] == "gc"]
     assert len(gc_events) == 1
-    again = cluster.json("gc", "--older-than", "90d")
+    again = cluster.json("gc", "--older-than", "90d", "--yes")
     assert (again["attempts"], again["events"]) == (0, 0)

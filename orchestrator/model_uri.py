@@ -1,0 +1,410 @@
+"""Model URIs: where a model comes from, resolved once into a content-addressed snapshot.
+
+A model is given as a local path or `file://` URI, `s3://bucket/prefix` (boto3, the standard
+credential chain; `MLFLOW_S3_ENDPOINT_URL`, else boto3's own `AWS_ENDPOINT_URL`), or any URI
+MLflow resolves when it is installed (`pip install 'orchestrate[mlflow]'`): `runs:/RUN/PATH`,
+`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/NAME/STAGE`, `models:/NAME/latest`,
+`models:/m-…` (MLflow 3 logged models), `mlflow-artifacts:/…`, gs://, wasbs://, http(s)….
+`MLFLOW_TRACKING_URI` and `MLFLOW_REGISTRY_URI` are read by MLflow itself, as it always does.
+
+`resolve` asks the registry what a URI names *now* (an alias → its version), downloads that
+pinned address into a staging directory (retrying transient faults; a failed try leaves
+nothing behind), and snapshots it under ORCHESTRATE_HOME/models/<digest>. The `ModelSource` it
+returns records the URI as given and what it resolved to; deployments keep it, so `resume`
+and `rollback` use the snapshot and never ask the registry again. `materialize` is the stage
+side: the recorded snapshot, or (on another machine) the pinned address fetched again and
+checked against the recorded digest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlparse, urlunparse
+
+from . import mlmodel
+from .errors import ConfigError, PermanentTargetError
+
+MLFLOW_EXTRA_HINT = "install MLflow's client with `pip install 'orchestrate[mlflow]'` (brings mlflow-skinny)"
+# Tries of a download that failed with a transient fault (connection refused or reset, 5xx).
+DOWNLOAD_ATTEMPTS = 3
+_RETRY_INITIAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model URI as given, and what it resolved to when the deployment was created."""
+
+    uri: str
+    kind: str  # path | s3 | runs | registered | logged_model | artifacts
+    # An address that yields the same files every time (an alias replaced by its version).
+    pinned_uri: str | None = None
+    registered_name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    stage: str | None = None
+    run_id: str | None = None
+    model_id: str | None = None
+    artifact_source: str | None = None
+    tracking_uri: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, uri: str) -> ModelSource:
+        """The recorded source; a deployment made before sources were recorded had a path."""
+        if not data:
+            return cls(uri=uri, kind="path")
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def summary(self) -> str:
+        """One line for people: `models:/churn@champion → version 7 (run 3f2a1b2c…)`."""
+        text = self.uri
+        if self.kind == "registered" and self.version and (self.alias or self.stage or self.uri != self.pinned_uri):
+            text += f" → version {self.version}"
+        if self.run_id and self.kind != "runs":
+            text += f" (run {self.run_id[:8]}…)"
+        return text
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    info: mlmodel.ModelInfo  # read from the snapshot: info.path is under ORCHESTRATE_HOME/models
+    source: ModelSource
+    resolve_s: float  # asking the registry and downloading
+    snapshot_s: float  # reading, digesting and copying into the snapshot store
+
+
+def is_local(uri: str) -> bool:
+    """A path or file:// URI (as opposed to something to download)."""
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+
+
+def resolve(uri: str, snapshot_dir: Path) -> ResolvedModel:
+    """Resolve a model URI into a snapshot under `snapshot_dir`; ConfigError (exit 2) naming the
+    URI when it cannot be resolved, so nothing is recorded."""
+    started = time.monotonic()
+    if is_local(uri):
+        info = mlmodel.read_model(uri)
+        read_s = time.monotonic()
+        snapshot = mlmodel.snapshot(info, snapshot_dir)
+        return ResolvedModel(replace(info, path=snapshot), ModelSource(uri=uri, kind="path"), 0.0,
+                             time.monotonic() - read_s)
+    try:
+        source = _pin(uri)
+    except _Transient as fault:
+        raise ConfigError(f"cannot resolve model {uri}: {fault}",
+                          hint=fault.hint or "check that the server holding it is up and reachable") from None
+    with _download(source.pinned_uri or uri, snapshot_dir, shown=uri) as downloaded:
+        downloaded_at = time.monotonic()
+        info = _read_downloaded(downloaded, uri)
+        snapshot = mlmodel.snapshot(info, snapshot_dir)
+    return ResolvedModel(replace(info, path=snapshot), source, downloaded_at - started,
+                         time.monotonic() - downloaded_at)
+
+
+def materialize(uri: str, digest: str, snapshot_dir: Path, recorded: Callable[[], ModelSource]) -> mlmodel.ModelInfo:
+    """The model a deployment recorded, for its stages: its snapshot when this machine has it;
+    else a local path read again, or the pinned address fetched again (a worker elsewhere),
+    either checked against the recorded digest. Never resolves an alias again."""
+    snapshot = snapshot_dir / digest
+    if snapshot.is_dir():
+        return mlmodel.read_model(str(snapshot))
+    source = recorded()
+    if source.kind == "path":
+        info = mlmodel.read_model(source.uri)
+        _check_digest(info, digest, source.uri)
+        return replace(info, path=mlmodel.snapshot(info, snapshot_dir))
+    with _download(source.pinned_uri or source.uri, snapshot_dir, shown=source.uri) as downloaded:
+        info = _read_downloaded(downloaded, source.uri)
+        _check_digest(info, digest, source.pinned_uri or source.uri)
+        return replace(info, path=mlmodel.snapshot(info, snapshot_dir))
+
+
+def _check_digest(info: mlmodel.ModelInfo, digest: str, shown: str) -> None:
+    if info.digest != digest:
+        raise PermanentTargetError(
+            f"the model at {shown} is not the one recorded (digest {info.digest[:12]}, recorded {digest[:12]})",
+            hint="deploy the changed model as a new deployment: `orchestrate deploy ...`",
+        )
+
+
+def local_model(uri: str, snapshot_dir: Path) -> mlmodel.ModelInfo:
+    """A model directory on this machine, for commands that record nothing (serve, predict,
+    build): a local one read where it is, anything else downloaded into the snapshot store."""
+    if is_local(uri):
+        return mlmodel.read_model(uri)
+    return resolve(uri, snapshot_dir).info
+
+
+# -- what a URI names ------------------------------------------------------------------------
+
+
+def _pin(uri: str) -> ModelSource:
+    """Ask the registry what `uri` names now; an address that keeps naming it."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"model URI {uri} names no bucket", hint="write s3://BUCKET/PREFIX")
+        return ModelSource(uri=uri, kind="s3", pinned_uri=uri, artifact_source=uri)
+    mlflow = _import_mlflow(uri)
+    tracking_uri = _masked(str(mlflow.get_tracking_uri()))
+    if scheme == "runs":
+        run_id, _, path = parsed.path.lstrip("/").partition("/") if not parsed.netloc else (
+            parsed.netloc, "", parsed.path.lstrip("/"))
+        if not run_id or not path:
+            raise ConfigError(f"model URI {uri} is not runs:/RUN_ID/PATH",
+                              hint="e.g. runs:/3f2a…/model, as `mlflow.<flavor>.log_model` prints")
+        with _mlflow_errors(uri):
+            mlflow.MlflowClient().get_run(run_id)
+        return ModelSource(uri=uri, kind="runs", pinned_uri=uri, run_id=run_id, tracking_uri=tracking_uri)
+    if scheme == "models":
+        return _pin_registered(uri, mlflow, tracking_uri)
+    return ModelSource(uri=_masked(uri), kind="artifacts", pinned_uri=uri if uri == _masked(uri) else None,
+                       artifact_source=_masked(uri), tracking_uri=tracking_uri)
+
+
+def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSource:
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    with _mlflow_errors(uri):
+        parsed = _parse_model_uri(uri)
+        client = mlflow.MlflowClient()
+        if parsed.model_id is not None:
+            logged = client.get_logged_model(parsed.model_id)
+            return ModelSource(uri=uri, kind="logged_model", pinned_uri=uri, model_id=logged.model_id,
+                               run_id=logged.source_run_id, artifact_source=logged.artifact_location,
+                               tracking_uri=tracking_uri)
+        name = parsed.name
+        if parsed.version is not None:
+            version = client.get_model_version(name, parsed.version)
+        elif parsed.alias is not None:
+            version = client.get_model_version_by_alias(name, parsed.alias)
+        else:
+            from mlflow.store.artifact.utils.models import _get_latest_model_version
+
+            with warnings.catch_warnings():  # stages are deprecated in MLflow; the URI form stays
+                warnings.simplefilter("ignore")
+                number = _get_latest_model_version(client, name, parsed.stage)  # type: ignore[no-untyped-call]
+            version = client.get_model_version(name, str(number))
+    return ModelSource(
+        uri=uri, kind="registered", pinned_uri=f"models:/{name}/{version.version}", registered_name=name,
+        version=str(version.version), alias=parsed.alias, stage=parsed.stage, run_id=version.run_id or None,
+        model_id=getattr(version, "model_id", None) or None, artifact_source=version.source,
+        tracking_uri=tracking_uri,
+    )
+
+
+# -- downloading -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _download(uri: str, snapshot_dir: Path, *, shown: str) -> Iterator[Path]:
+    """Download `uri` into a fresh staging directory beside the snapshots (so the snapshot is a
+    copy on one file system) and yield the model directory in it; the staging directory is
+    removed however this ends. Transient faults are retried, each try starting empty."""
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_downloads(snapshot_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_DOWNLOAD_PREFIX}{os.getpid()}-", dir=snapshot_dir))
+    try:
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            target = staging / f"try-{attempt}"
+            target.mkdir()
+            try:
+                yield _download_once(uri, target, shown)
+                return
+            except _Transient as fault:
+                shutil.rmtree(target, ignore_errors=True)
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise ConfigError(
+                        f"could not download model {shown} after {attempt} tries: {fault}",
+                        hint=fault.hint or "check that the server holding it is up and reachable, then deploy again",
+                    ) from None
+                time.sleep(_RETRY_INITIAL_S * 2 ** (attempt - 1))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_DOWNLOAD_PREFIX = ".download-"
+
+
+def _remove_abandoned_downloads(snapshot_dir: Path) -> None:
+    """Staging directories of downloads whose process died (killed mid-download)."""
+    for staging in snapshot_dir.glob(f"{_DOWNLOAD_PREFIX}*"):
+        pid = staging.name[len(_DOWNLOAD_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _download_once(uri: str, target: Path, shown: str) -> Path:
+    if urlparse(uri).scheme.lower() == "s3":
+        _download_s3(uri, target, shown)
+        return target
+    mlflow = _import_mlflow(shown)
+    with _mlflow_errors(shown):
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
+    path = Path(local)
+    if not path.is_dir():
+        raise ConfigError(f"model URI {shown} names a file, not a model directory",
+                          hint="give the directory that holds MLmodel")
+    return path
+
+
+def _download_s3(uri: str, target: Path, shown: str) -> None:
+    try:
+        import boto3
+        import botocore.exceptions as boto_errors
+    except ImportError:
+        raise ConfigError(f"model URI {shown} needs boto3", hint="`pip install 'orchestrate[aws]'`") from None
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None  # else boto3 reads AWS_ENDPOINT_URL
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        found = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                relative = PurePosixPath(item["Key"][len(prefix):])
+                if item["Key"].endswith("/") or not relative.parts:
+                    continue  # a "folder" placeholder object
+                if ".." in relative.parts or relative.is_absolute():
+                    raise ConfigError(f"{shown}: object key {item['Key']!r} leaves the model prefix")
+                destination = target.joinpath(*relative.parts)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, item["Key"], str(destination))
+                found += 1
+    except boto_errors.NoCredentialsError:
+        raise ConfigError(f"no AWS credentials to read model {shown}",
+                          hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+    except (boto_errors.EndpointConnectionError, boto_errors.ConnectionClosedError,
+            boto_errors.ReadTimeoutError, boto_errors.ConnectTimeoutError) as exc:
+        raise _Transient(str(exc)) from None
+    except boto_errors.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
+            raise _Transient(f"{code}: {exc}") from None
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"):
+            raise ConfigError(f"S3 refused the credentials for model {shown} ({code})",
+                              hint="check the AWS credentials and the bucket policy") from None
+        raise ConfigError(f"cannot read model {shown}: {code or exc}",
+                          hint="check the bucket and prefix (`aws s3 ls " + uri + "`)") from None
+    if not found:
+        raise ConfigError(f"model URI {shown} holds no objects", hint="check the bucket and prefix")
+
+
+def _read_downloaded(path: Path, uri: str) -> mlmodel.ModelInfo:
+    try:
+        return mlmodel.read_model(str(path))
+    except ConfigError as exc:  # name the URI the user gave, not our staging directory
+        message = exc.message.replace(str(path), uri)
+        raise ConfigError(f"model {uri}: {message}" if uri not in message else message, hint=exc.hint) from None
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+
+
+def _import_mlflow(uri: str) -> Any:
+    try:
+        import mlflow
+        import mlflow.artifacts
+    except ImportError:
+        raise ConfigError(f"model URI {uri} needs MLflow to resolve", hint=MLFLOW_EXTRA_HINT) from None
+    return mlflow
+
+
+# MLflow error codes that mean "that does not exist or you may not see it": the user fixes the URI.
+_PERMANENT_CODES = frozenset({
+    "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED", "UNAUTHENTICATED",
+    "NOT_FOUND", "BAD_REQUEST", "INVALID_STATE", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
+})
+_CLIENT_HTTP_ERRORS = ("400 Client Error", "401 Client Error", "403 Client Error", "404 Client Error")
+
+
+@contextmanager
+def _mlflow_errors(uri: str) -> Iterator[None]:
+    """MLflow's exceptions as ours: missing things are ConfigError naming the URI, faults of the
+    connection are _Transient (retried while downloading; an error naming the URI otherwise)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        full = str(getattr(exc, "message", None) or exc)
+        text = _first_line(full)
+        code = getattr(exc, "error_code", "") or ""
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "401 Client Error" in full or "403 Client Error" in full:
+            raise ConfigError(f"the tracking server refused the credentials for model {uri}: {text}",
+                              hint="set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                              "MLFLOW_TRACKING_TOKEN") from None
+        if code in _PERMANENT_CODES or any(marker in full for marker in _CLIENT_HTTP_ERRORS):
+            raise ConfigError(f"model {uri} cannot be resolved: {text}",
+                              hint="check the name, version, alias or run id (`mlflow models` / the MLflow UI) "
+                              f"and the tracking server ({_masked(_tracking_uri())})") from None
+        raise _Transient(text, hint=f"is the tracking server at {_masked(_tracking_uri())} up? "
+                         "(MLFLOW_TRACKING_URI chooses it)") from None
+    except ImportError as exc:  # a scheme whose client library is missing (gs:// → google-cloud-storage)
+        raise ConfigError(f"model URI {uri} needs the Python package {exc.name or exc}",
+                          hint=f"`pip install {exc.name}`" if exc.name else None) from None
+    except OSError as exc:  # requests' ConnectionError is an OSError
+        raise _Transient(_first_line(str(exc))) from None
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _masked(uri: str) -> str:
+    """A URI with any password in its userinfo replaced, for records and messages."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = f"{unquote(parsed.username or '')}:***@{parsed.hostname or ''}" + (
+        f":{parsed.port}" if parsed.port else "")
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def recorded_source(store: Any, deployment_id: int) -> ModelSource:
+    """The model source deployment `deployment_id` recorded when it was created."""
+    from .tables import Deployment
+
+    with store.read() as session:
+        deployment = session.get_one(Deployment, deployment_id)
+        return ModelSource.from_dict(deployment.model_source, deployment.model_uri)
