@@ -19,22 +19,33 @@ class OrchestrateGroup(click.Group):
     """Turns an expected OrchestrateError into `Error: ...` and its exit code, no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError  # here, not at import: `--help` stays light
+
         try:
             return super().invoke(ctx)
         except OrchestrateError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except SQLAlchemyError as exc:  # the store failed outside a deployment run: no SQL, no parameters
+            from .store import describe_failure
+
+            reason, hint = describe_failure(exc)
+            click.echo(f"Error: the state store failed: {reason} — {hint}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
 
 
-def _client(ctx: click.Context, *, progress: bool = False) -> Any:
+def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = False) -> Any:
+    """The API client; only a command that starts deployments (`create_store`) may create a store
+    at a --db-url where there is none."""
     from .api import Client
     from .progress import Progress
 
     reporter = Progress() if progress else None
-    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None)
+    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None,
+                    create_store=create_store)
     if reporter:
         client.store.listeners.append(_settle_on_success)  # before the line that shows it
         client.store.listeners.append(reporter.on_event)
@@ -58,6 +69,22 @@ def _print_json(value: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+yes_option = click.option("-y", "--yes", is_flag=True, help="Do it without asking (needed when stdin is not a terminal).")
+
+
+def _confirm(what: str, yes: bool, *, command: str) -> None:
+    """Say what a destructive command will destroy, then ask; without a terminal to ask on,
+    refuse unless --yes."""
+    from .errors import ConfigError
+
+    click.echo(what, err=True)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"`orchestrate {command}` asks before it destroys anything, and stdin is not a terminal",
+                          hint="pass --yes to go ahead without asking")
+    if not click.confirm("Go ahead?", default=False, err=True):
+        raise OrchestrateError(f"`orchestrate {command}` stopped: nothing was changed")
 
 
 @click.group(cls=OrchestrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,7 +145,7 @@ def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: s
     values = parse_assignments(assignments)
     if keep_failed:
         values["keep_failed"] = "true"
-    client = _client(ctx, progress=not detach)
+    client = _client(ctx, progress=not detach, create_store=True)
     deployment_id = client.deploy(_model_argument(model, model_uri), name=name, target=target, config=values,
                                   config_file=config_file, detach=detach, wait_in_queue=wait_in_queue,
                                   reset_config=reset_config, force=force)
@@ -299,12 +326,20 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
 @cli.command()
 @click.option("--older-than", "older_than", required=True, type=DURATION, help="Age cutoff, e.g. 90d, 12h.")
 @click.option("--dry-run", is_flag=True, help="Count what would go, delete nothing.")
+@yes_option
 @json_option
 @click.pass_context
-def gc(ctx: click.Context, older_than: Any, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, older_than: Any, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Prune attempts and events of deployments that ended long ago (live ones and the one
-    before each are kept)."""
-    counts = _client(ctx).gc(older_than=older_than, dry_run=dry_run)
+    before each are kept). Shows what it will delete and asks, unless --yes."""
+    client = _client(ctx)
+    if not dry_run:
+        planned = client.gc(older_than=older_than, dry_run=True)
+        if planned["deployments"]:
+            _confirm(f"This permanently deletes {planned['attempts']} attempts, {planned['events']} events and "
+                     f"{planned['resources']} deleted-resource records of {planned['deployments']} deployments.",
+                     yes, command="gc")
+    counts = client.gc(older_than=older_than, dry_run=dry_run)
     if as_json:
         _print_json(counts)
     else:
@@ -346,10 +381,18 @@ def rollback(ctx: click.Context, name: str, to: int | None, as_json: bool) -> No
 
 @cli.command()
 @click.argument("name")
+@yes_option
 @click.pass_context
-def delete(ctx: click.Context, name: str) -> None:
-    """Stop everything endpoint NAME runs and mark it deleted (its history stays)."""
-    released = _client(ctx, progress=True).delete(name)
+def delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Stop everything endpoint NAME runs and mark it deleted (its history stays). Shows what it
+    will stop and asks, unless --yes."""
+    client = _client(ctx, progress=True)
+    plan = client.delete_plan(name)
+    live = f"live deployment {plan['live_deployment_id']}" if plan["live_deployment_id"] else "no live deployment"
+    _confirm(f"This stops endpoint {name} ({plan['target']}, {live}) and marks it deleted; it releases "
+             + (", ".join(plan["releases"]) if plan["releases"] else "nothing it still runs")
+             + ". Its history stays.", yes, command="delete")
+    released = client.delete(name)
     click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
 
 
@@ -650,34 +693,59 @@ def db() -> None:
     """State store schema."""
 
 
-def _schema_store(ctx: click.Context) -> Any:
+def _schema_store(ctx: click.Context, *, create: bool = False) -> Any:
     from .store import Store
 
-    return Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False)
+    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False, create=create)
+    ctx.call_on_close(store.dispose)
+    return store
 
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Apply migrations up to REVISION."""
+    """Apply migrations up to REVISION (creates the store if there is none)."""
     from . import migrate
 
-    store = _schema_store(ctx)
+    store = _schema_store(ctx, create=True)
     migrate.upgrade(store.engine, revision)
     click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
 
 
 @db.command("downgrade")
-@click.option("--revision", default="base", show_default=True)
+@click.option("--revision", required=True,
+              help="Revision to go back to (see `orchestrate db current`); `base` drops every table.")
+@yes_option
 @click.pass_context
-def db_downgrade(ctx: click.Context, revision: str) -> None:
-    """Revert migrations down to REVISION (base drops every table)."""
+def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
+    """Revert migrations down to REVISION. Says what it will drop and asks, unless --yes; a SQLite
+    store is backed up beside itself first."""
+    from sqlalchemy import inspect, text
+
     from . import migrate
 
     store = _schema_store(ctx)
+    steps = migrate.downgrade_steps(store.engine, revision)
+    if not steps:
+        click.echo(f"state store {store.display_url} is already at revision {revision}; nothing to do")
+        return
+    lines = [f"Downgrading {store.display_url} to {revision} reverts:"]
+    lines += [f"  {step.id}  {step.doc}" for step in steps]
+    if revision == "base":
+        with store.engine.connect() as connection:
+            tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
+            counts = {t: connection.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
+        lines.append("and DROPS every table with its rows: "
+                     + ", ".join(f"{table} ({count} rows)" for table, count in sorted(counts.items())))
+    sqlite = store.engine.url.get_backend_name() == "sqlite"
+    lines.append("A backup of the SQLite file is written first." if sqlite
+                 else "orchestrate cannot back PostgreSQL up: take a pg_dump first.")
+    _confirm("\n".join(lines), yes, command="db downgrade")
+    if sqlite:
+        click.echo(f"backed up the state store to {migrate.backup_sqlite(store.engine)}", err=True)
     migrate.downgrade(store.engine, revision)
-    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
+    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine) or 'base'}")
 
 
 @db.command("current")
