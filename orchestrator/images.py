@@ -13,6 +13,7 @@ Every Docker SDK call runs under `docker_engine.translated`, so callers only see
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -204,7 +205,25 @@ def plan_tag(spec: ImageSpec, base_id: str, platform: wheelhouse.Platform) -> tu
 
 def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
           extra_tags: Iterable[str] = (), no_cache: bool = False) -> BuiltImage:
-    """Build (or find) the image of `spec` as `repository:<content tag>`; see the module docstring."""
+    """Build (or find) the image of `spec` as `repository:<content tag>`; see the module docstring.
+
+    An image served by mlflow-skinny that cannot be installed or fails its import check is built
+    again with the full mlflow package (as the local target does), and the build log says so."""
+    try:
+        return _build_image(client, spec, repository, cache_dir=cache_dir, log=log, log_file=log_file,
+                            extra_tags=extra_tags, no_cache=no_cache)
+    except PermanentTargetError as exc:
+        full = requirements.with_full_mlflow(spec.requirements)
+        if full is None:
+            raise
+        log(f"the mlflow-skinny image did not work for this model ({exc.message.splitlines()[0]}); "
+            "building it with the full mlflow package")
+        return _build_image(client, dataclasses.replace(spec, requirements=full), repository, cache_dir=cache_dir,
+                            log=log, log_file=log_file, extra_tags=extra_tags, no_cache=no_cache)
+
+
+def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
+                 extra_tags: Iterable[str], no_cache: bool) -> BuiltImage:
     started = time.monotonic()
     check_repository(repository)
     base_id, platform = probe_base(client, spec.base_image, cache_dir / "platforms", log)

@@ -35,6 +35,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from . import secrets
 from .errors import ConfigError
 from .mlmodel import load_model_yaml, read_model_text
 from .secrets import REDACTED
@@ -50,12 +51,14 @@ _INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links"
                   "--trusted-host", "--pre", "--prefer-binary", "--only-binary", "--no-binary")
 # Only these options choose where packages come from; the others above only how they are picked.
 _INDEX_CHOOSING = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--no-index", "--trusted-host")
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# A user-info without a password (`https://TOKEN@host`): how VCS and index tokens are often given.
+_TOKEN_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<token>[^/@\s:]+)@")
 
 
 def mask(text: str) -> str:
-    """`text` with the user-info of every URL in it (`user:PW@`, `TOKEN@`) masked."""
-    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+    """`text` with every credential in it masked: the project's rule (`secrets.mask_credentials`:
+    URL passwords, tokens), and a URL user-info that is a token (`https://TOKEN@host`)."""
+    return _TOKEN_USERINFO.sub(rf"\g<scheme>{REDACTED}@", secrets.mask_credentials(text))
 
 
 def requirement_name(requirement: str) -> str:
@@ -84,7 +87,7 @@ def reveal(lines: Sequence[str], model_dir: Path | None, overrides: Sequence[str
     """`lines` with masked credentials put back from the model's own requirements and the
     deployment's overrides (for the installer's requirements file only: never log or record
     the result)."""
-    if not any(f"://{REDACTED}@" in line for line in lines):
+    if not any(REDACTED in line for line in lines):
         return list(lines)
     try:
         sources = [*(_raw_lines(model_dir) if model_dir is not None else []), *overrides]
@@ -308,6 +311,17 @@ def serving_requirements(model_requirements: Sequence[str], overrides: Sequence[
     note = (f"serving {model_requirements[index]} with {skinny} and what mlflow.pyfunc imports from full mlflow's "
             f"dependencies ({', '.join(added) or 'none'})")
     return ServingRequirements(tuple(skinny_set), tuple(full), (note,))
+
+
+def with_full_mlflow(lines: Sequence[str]) -> tuple[str, ...] | None:
+    """`lines` (a serving set) with `mlflow-skinny` replaced by the full `mlflow` of the same
+    specifier, or None when they do not use skinny."""
+    for index, line in enumerate(lines):
+        if not line.startswith("-") and not _is_direct_reference(line) and requirement_name(line) == "mlflow-skinny":
+            full = Requirement(line)
+            full.name = "mlflow"
+            return (*lines[:index], str(full), *lines[index + 1:])
+    return None
 
 
 def _names_mlflow(line: str) -> bool:

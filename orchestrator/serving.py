@@ -35,7 +35,8 @@ def scoring_command(
     if env_manager not in ENV_MANAGERS:
         raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
     info = model_uris.local_model(model_uri, orchestrate_home() / "models")  # models:/… is downloaded
-    requirements.check_policy(info.requirements, policy, how_to_allow="deploying with -C {key}=true")
+    requirements.check_policy(info.requirements, policy,
+                              how_to_allow="-C {key}=true on `orchestrate deploy` (serve and predict never allow it)")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     if env_manager == "local":
         python = sys.executable

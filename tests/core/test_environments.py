@@ -84,6 +84,13 @@ def test_images_and_local_environments_use_the_same_rule(tmp_path: Path) -> None
     assert images.image_requirements([f"mlflow=={MLFLOW}"], "six", home=tmp_path) == list(plan.requirements)
 
 
+def test_an_image_falls_back_to_full_mlflow_of_the_same_pin() -> None:
+    served = images.image_requirements([f"mlflow=={MLFLOW}; python_version >= '3.9'"], None)
+    full = requirements.with_full_mlflow(served)
+    assert full is not None and full[0] == f'mlflow=={MLFLOW}; python_version >= "3.9"' and full[1:] == tuple(served[1:])
+    assert requirements.with_full_mlflow(["scikit-learn"]) is None
+
+
 def test_requirements_without_mlflow_are_left_alone() -> None:
     plan = requirements.serving_requirements(["scikit-learn==1.5.2"], server_requirements=SERVER)
     assert plan.requirements == ("scikit-learn==1.5.2", *SERVER) and plan.fallback is None and not plan.notes

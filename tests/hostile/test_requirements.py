@@ -247,7 +247,7 @@ def test_credential_in_requirements_reaches_only_the_installer(index: Index, tmp
     status = _orchestrate("status", "1", "--json")
     history = _orchestrate("history", "private-index")
     assert PASSWORD not in status.stdout + history.stdout
-    assert "http://***@127.0.0.1" in status.stdout  # the line is recorded, masked
+    assert f"http://{USER}:***@127.0.0.1" in status.stdout  # the line is recorded, masked
     for file in home.rglob("*"):
         if file.is_file() and (home / "models") not in file.parents:
             assert PASSWORD.encode() not in file.read_bytes(), f"{file} holds the index password"
