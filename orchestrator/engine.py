@@ -174,6 +174,7 @@ class Engine:
 
         state = self._load(deployment_id)
         target = load_target(state.view.target)
+        self._forget_vanished_outputs(state, target)
         heartbeat = leases.Heartbeat(self.store, fence)
         try:
             with heartbeat:
@@ -223,8 +224,12 @@ class Engine:
             if view.source_deployment_id is not None and next_stage in REUSABLE_STAGES:
                 with self.store.read() as session:
                     reused = stage_outputs(session, view.source_deployment_id).get(next_stage.value, {})
-                self._record_skipped(state, next_stage, reused, f"reused from deployment {view.source_deployment_id}")
-                continue
+                if target.outputs_usable(next_stage, reused):
+                    self._record_skipped(state, next_stage, reused,
+                                         f"reused from deployment {view.source_deployment_id}")
+                    continue
+                self.echo(f"deployment {view.id}: {next_stage.value} of deployment {view.source_deployment_id} "
+                          "names files that are gone from this machine; running it again")
             try:
                 self._run_stage(state, fence, target, next_stage)
             except _CancelRequested:
@@ -239,6 +244,16 @@ class Engine:
                 raise
             except OrchestrateError as exc:
                 return self._fail(view, fence, target, next_stage, exc)
+
+    def _forget_vanished_outputs(self, state: _Run, target: Any) -> None:
+        """Stages whose recorded outputs name files gone from this machine (a model snapshot or
+        virtualenv deleted under ORCHESTRATE_HOME) run again instead of handing later stages
+        paths that no longer exist."""
+        for stage in STAGES:
+            outputs = state.outputs.get(stage.value)
+            if outputs is not None and not target.outputs_usable(stage, outputs):
+                del state.outputs[stage.value]
+                self.echo(f"deployment {state.view.id}: the files {stage.value} recorded are gone; running it again")
 
     def _run_stage(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
         policy = RetryPolicy.for_stage(state.view.config, stage)

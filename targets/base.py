@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.config import ConfigKey
@@ -43,6 +44,13 @@ class Target(ABC):
     def validate(self, ctx: StageContext) -> Outputs:
         """Read the model again, check it is the one recorded, and snapshot it."""
         return validated_model(ctx)
+
+    def outputs_usable(self, stage: Stage, outputs: Mapping[str, Any]) -> bool:
+        """Whether a stage's recorded outputs can stand in for running it again (a rollback reuses
+        them, a resume skips the stage): False when files they name on this machine are gone."""
+        if stage == Stage.VALIDATE and outputs.get("model_dir"):
+            return (Path(outputs["model_dir"]) / "MLmodel").is_file()  # the snapshot under ORCHESTRATE_HOME/models
+        return True
 
     def build(self, ctx: StageContext) -> Outputs:
         return {}
