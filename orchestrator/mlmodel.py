@@ -309,17 +309,20 @@ def _digest(files: list[ModelFile]) -> str:
     sha = hashlib.sha256()
     for file in files:
         sha.update(os.fsencode(file.relative) + b"\0")
-        with _open_regular(file.source) as handle:
+        with _open_regular(file.source, follow=False) as handle:
             for chunk in _chunks(handle, file.source):
                 sha.update(chunk)
         sha.update(b"\0")
     return sha.hexdigest()
 
 
-def _open_regular(file: Path) -> IO[bytes]:
-    """Open a file for reading only if it is a regular file (never blocks on a FIFO or device)."""
+def _open_regular(file: Path, *, follow: bool = True) -> IO[bytes]:
+    """Open a file for reading only if it is a regular file (never blocks on a FIFO or device).
+    `follow=False` for a `ModelFile.source`, a resolved path: a link put in its place after the
+    walk is not followed out of the model."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        descriptor = os.open(file, flags)
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
@@ -384,7 +387,7 @@ def _copy_files(files: list[ModelFile], staging: Path, store_dir: Path) -> str:
     for file in files:
         target = staging.joinpath(*file.relative.split("/"))
         sha.update(os.fsencode(file.relative) + b"\0")
-        with _open_regular(file.source) as source:
+        with _open_regular(file.source, follow=False) as source:
             executable = os.fstat(source.fileno()).st_mode & stat.S_IXUSR
             try:
                 for parent in reversed(target.relative_to(staging).parents[:-1]):
