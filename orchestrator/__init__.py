@@ -34,16 +34,68 @@ def _call(method: str, *args: Any, db_url: str | None = None, **kwargs: Any) -> 
 
 
 def deploy(model_uri: str, *, name: str, target: str = "local", config: dict[str, Any] | None = None,
-           db_url: str | None = None, detach: bool = False) -> dict[str, Any]:
-    """Deploy a model directory to endpoint `name`; returns the deployment record."""
+           db_url: str | None = None, detach: bool = False, reset_config: bool = False,
+           force: bool = False) -> dict[str, Any]:
+    """Deploy a model (a directory, or a URI: runs:/, models:/NAME/VERSION, models:/NAME@ALIAS,
+    s3://, ...) to endpoint `name`; returns the deployment record (`unchanged` is True when the
+    live deployment already served this model with this config, and nothing was done).
+
+    On a live endpoint `config` patches the live deployment's config (`reset_config` starts
+    from the defaults), as `mlflow deployments update` does."""
     from .api import Client
 
     client = Client(db_url=db_url)
     try:
-        deployment_id = client.deploy(model_uri, name=name, target=target, config=config, detach=detach)
-        return client.deployment_record(deployment_id)
+        deployment_id = client.deploy(model_uri, name=name, target=target, config=config, detach=detach,
+                                      reset_config=reset_config, force=force)
+        return {**client.deployment_record(deployment_id), "unchanged": client.unchanged}
     finally:
         client.close()
+
+
+def predict(model_uri: str, input_data: Any, *, content_type: str | None = None,
+            env_manager: str = "virtualenv", pip_requirements_override: list[str] | None = None) -> Any:
+    """Score `input_data` offline with a model, like `mlflow.models.predict`: no server, nothing
+    recorded. `input_data` is a pandas DataFrame, a dict or list (sent as JSON: a dict with
+    `dataframe_split`, `dataframe_records`, `instances` or `inputs` as is, anything else as
+    `inputs`), or the path of a .json or .csv file. Returns the answer's `predictions`.
+    Raises ConfigError for bad input, TargetError when the model fails."""
+    import json
+    from pathlib import Path
+
+    from .serving import predict as score
+
+    if isinstance(input_data, (str, Path)):
+        path = Path(input_data)
+        kind = content_type or ("csv" if path.suffix.lower() == ".csv" else "json")
+        body = path.read_bytes()
+    elif hasattr(input_data, "to_json"):  # a pandas DataFrame, without importing pandas here
+        kind, body = "json", b'{"dataframe_split": ' + input_data.to_json(orient="split").encode() + b"}"
+    elif isinstance(input_data, (dict, list)):
+        protocol = {"dataframe_split", "dataframe_records", "instances", "inputs"}
+        document = input_data if isinstance(input_data, dict) and protocol & set(input_data) else {"inputs": input_data}
+        kind, body = "json", json.dumps(document).encode()
+    else:
+        raise ConfigError(f"input_data of type {type(input_data).__name__} cannot be scored",
+                          hint="give a pandas DataFrame, a dict, a list or the path of a .json or .csv file")
+    answer = json.loads(score(model_uri, body, kind, env_manager=env_manager,
+                              overrides=tuple(pip_requirements_override or ())))
+    return answer["predictions"] if isinstance(answer, dict) and "predictions" in answer else answer
+
+
+def build_image(model_uri: str, image: str, *, base_image: str | None = None, push: bool = False,
+                pip_requirements_override: list[str] | None = None, user: str = "orchestrate",
+                no_cache: bool = False) -> dict[str, Any]:
+    """Build a model's scoring image with the local Docker engine (and push it), like
+    `mlflow models build-docker`; `image` is NAME[:TAG] (with the registry to push to).
+    Returns the image reference, id, tags and, with `push`, what was pushed."""
+    from . import images
+    from .store import orchestrate_home
+
+    return images.build_command(
+        model_uri, image, home=orchestrate_home(), base_image=base_image, push_image=push,
+        overrides=",".join(pip_requirements_override) if pip_requirements_override else None, user=user,
+        credentials=images.credentials_from_environment(None), log=lambda _line: None, no_cache=no_cache)
 
 
 def status(ref: str | int, *, db_url: str | None = None) -> dict[str, Any]:
@@ -90,11 +142,13 @@ __all__ = [
     "RetryableTargetError",
     "StateError",
     "TargetError",
+    "build_image",
     "cancel",
     "delete",
     "deploy",
     "history",
     "list_deployments",
+    "predict",
     "resume",
     "rollback",
     "status",

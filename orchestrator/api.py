@@ -82,9 +82,11 @@ class Client:
 
         mlmodel.check_endpoint_name(name)
         plugin = load_target(target)
-        file_values = config_module.load_config_file(config_file) if config_file else {}
+        file_values = plugin.normalize_config(
+            config_module.load_config_file(config_file) if config_file else {}, "config file")
         live = None if reset_config else self._live_config(name, target)
-        resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values, dict(config or {}))
+        resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values,
+                                                   plugin.normalize_config(config or {}, "-C"))
         model = model_uri_module.resolve(model_uri, self.home / "models")
         info = model.info
         self.unchanged = False
@@ -114,6 +116,7 @@ class Client:
 
         try:
             self.engine.run(deployment_id, fence)
+            self._registry_feedback(deployment_id)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
@@ -121,6 +124,26 @@ class Client:
                 hint=f"{hint}; what was recorded is kept, and `orchestrate resume {deployment_id}` continues "
                      "where it stopped",
             ) from exc
+
+    def _registry_feedback(self, deployment_id: int) -> None:
+        """With -C registry_tags=true: tag the model version that went live with where it serves,
+        and untag the one it replaced. A tag that cannot be written is a warning, never a failure."""
+        with self.store.read() as session:
+            deployment = session.get_one(Deployment, deployment_id)
+            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
+            if endpoint.live_deployment_id != deployment.id or not deployment.config.get("registry_tags"):
+                return
+            source = ModelSource.from_dict(deployment.model_source, deployment.model_uri)
+            previous = session.get(Deployment, deployment.previous_live_id) if deployment.previous_live_id else None
+            replaced = ModelSource.from_dict(previous.model_source, previous.model_uri) if previous else None
+            where = {"target": deployment.target, "deployment_id": deployment.id,
+                     "url": merged_outputs(session, deployment.id).get("url")}
+            name = endpoint.name
+        warnings = [model_uri_module.tag_version(source, name, where)]
+        if replaced is not None and replaced.version_key() != source.version_key():
+            warnings.append(model_uri_module.untag_version(replaced, name))
+        for warning in filter(None, warnings):
+            self.engine.echo(f"warning: {warning}")
 
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
         announced = False
@@ -393,6 +416,13 @@ class Client:
                          endpoint_id=endpoint.id, data={"released": released})
         finally:
             leases.release(self.store, fence)
+        if view.config.get("registry_tags"):  # the version no longer serves here: say so in the registry
+            with self.store.read() as session:
+                anchor_row = session.get_one(Deployment, view.id)
+                source = ModelSource.from_dict(anchor_row.model_source, anchor_row.model_uri)
+            warning = model_uri_module.untag_version(source, name)
+            if warning:
+                self.engine.echo(f"warning: {warning}")
         return released
 
     # -- reads ----------------------------------------------------------------------------

@@ -104,6 +104,8 @@ ENGINE_KEYS: dict[str, ConfigKey] = {
                                  maximum=86400),
     "keep_failed": ConfigKey(bool, False, "keep what a failed deployment created, for inspection and "
                                           "resume (deploy --keep-failed); cancel releases it"),
+    "registry_tags": ConfigKey(bool, False, "tag the MLflow model version with where it serves (endpoint, "
+                                            "target, deployment, URL) while it does"),
     "allow_index_options": ConfigKey(bool, False, "let the model's requirements.txt choose the package index "
                                                   "(-i, --index-url, --extra-index-url, --find-links)"),
     "allow_direct_references": ConfigKey(bool, False, "let the model's requirements.txt install local paths, "
@@ -167,7 +169,7 @@ def resolve(
             if key not in keys:
                 raise ConfigError(
                     f"unknown config key {key!r} for target {target_name!r} ({where})",
-                    hint="valid keys: " + ", ".join(sorted(k for k in keys if "." not in k or k.startswith("max_attempts."))),
+                    hint="valid keys: " + ", ".join(sorted(keys)),  # dotted ones too (vpc.subnets, ...)
                 )
             if secrets.is_reference(raw):
                 if keys[key].type is not str:

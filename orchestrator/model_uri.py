@@ -18,6 +18,7 @@ checked against the recorded digest.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -67,6 +68,10 @@ class ModelSource:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
+    def version_key(self) -> tuple[str, str] | None:
+        """(registered name, version) when the source is a registered version."""
+        return (self.registered_name, self.version) if self.registered_name and self.version else None
+
     def summary(self) -> str:
         """One line for people: `models:/churn@champion → version 7 (run 3f2a1b2c…)`."""
         text = self.uri
@@ -99,19 +104,61 @@ def resolve(uri: str, snapshot_dir: Path) -> ResolvedModel:
         info = mlmodel.read_model(uri)
         read_s = time.monotonic()
         snapshot = mlmodel.snapshot(info, snapshot_dir)
-        return ResolvedModel(replace(info, path=snapshot), ModelSource(uri=uri, kind="path"), 0.0,
+        # Recorded as the absolute directory: a relative path or file:// means nothing to a worker.
+        return ResolvedModel(replace(info, path=snapshot), ModelSource(uri=str(info.path), kind="path"), 0.0,
                              time.monotonic() - read_s)
     try:
         source = _pin(uri)
     except _Transient as fault:
         raise ConfigError(f"cannot resolve model {uri}: {fault}",
                           hint=fault.hint or "check that the server holding it is up and reachable") from None
+    known = _known_snapshot(source, snapshot_dir)
+    if known is not None:  # this immutable version was downloaded before: no second download
+        return ResolvedModel(known, source, time.monotonic() - started, 0.0)
     with _download(source.pinned_uri or uri, snapshot_dir, shown=uri) as downloaded:
         downloaded_at = time.monotonic()
         info = _read_downloaded(downloaded, uri)
         snapshot = mlmodel.snapshot(info, snapshot_dir)
+    _remember_snapshot(source, snapshot_dir, info.digest)
     return ResolvedModel(replace(info, path=snapshot), source, downloaded_at - started,
                          time.monotonic() - downloaded_at)
+
+
+# Sources whose pinned URI always names the same files (MLflow never changes a registered
+# version's, a logged model's or a finished run's artifacts); s3:// and plain artifact paths
+# can be overwritten, so they are always downloaded.
+_IMMUTABLE_KINDS = frozenset({"registered", "logged_model", "runs"})
+_INDEX = ".index"
+
+
+def _index_file(source: ModelSource, snapshot_dir: Path) -> Path | None:
+    if source.kind not in _IMMUTABLE_KINDS or not source.pinned_uri:
+        return None
+    key = hashlib.sha256(f"{source.tracking_uri}\0{source.pinned_uri}".encode()).hexdigest()
+    return snapshot_dir / _INDEX / key
+
+
+def _known_snapshot(source: ModelSource, snapshot_dir: Path) -> mlmodel.ModelInfo | None:
+    """The snapshot an earlier download of this pinned URI made, re-read and checked."""
+    index = _index_file(source, snapshot_dir)
+    try:
+        digest = index.read_text().strip() if index is not None else ""
+    except OSError:
+        return None
+    if not digest or not (snapshot_dir / digest).is_dir():
+        return None
+    info = mlmodel.read_model(str(snapshot_dir / digest))
+    return info if info.digest == digest else None
+
+
+def _remember_snapshot(source: ModelSource, snapshot_dir: Path, digest: str) -> None:
+    index = _index_file(source, snapshot_dir)
+    if index is None:
+        return
+    index.parent.mkdir(mode=0o700, exist_ok=True)
+    staged = index.with_name(f"{index.name}.{os.getpid()}")
+    staged.write_text(digest)
+    staged.replace(index)
 
 
 def materialize(uri: str, digest: str, snapshot_dir: Path, recorded: Callable[[], ModelSource]) -> mlmodel.ModelInfo:
@@ -242,20 +289,12 @@ _DOWNLOAD_PREFIX = ".download-"
 
 def _remove_abandoned_downloads(snapshot_dir: Path) -> None:
     """Staging directories of downloads whose process died (killed mid-download)."""
+    from .leases import pid_alive
+
     for staging in snapshot_dir.glob(f"{_DOWNLOAD_PREFIX}*"):
         pid = staging.name[len(_DOWNLOAD_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdecimal() and not pid_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Transient(Exception):
@@ -399,6 +438,42 @@ def _masked(uri: str) -> str:
     netloc = f"{unquote(parsed.username or '')}:***@{parsed.hostname or ''}" + (
         f":{parsed.port}" if parsed.port else "")
     return urlunparse(parsed._replace(netloc=netloc))
+
+
+# -- registry feedback (-C registry_tags=true) -------------------------------------------------
+
+# One tag per endpoint on the model version it serves: the MLflow UI lists where a version runs.
+REGISTRY_TAG_PREFIX = "orchestrate.endpoint."
+
+
+def tag_version(source: ModelSource, endpoint: str, where: dict[str, Any]) -> str | None:
+    """Tag the registered version `source` resolved to as serving on `endpoint`; a warning
+    (never an exception) when it cannot be done, None when done or not a registered version."""
+    import json
+
+    if source.version_key() is None:
+        return None
+    return _registry_call(source, lambda client: client.set_model_version_tag(
+        source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint, json.dumps(where, sort_keys=True)),
+        f"tag {source.registered_name} version {source.version} as serving on {endpoint}")
+
+
+def untag_version(source: ModelSource, endpoint: str) -> str | None:
+    """Remove `endpoint`'s tag from the version `source` resolved to; a warning when it cannot."""
+    if source.version_key() is None:
+        return None
+    return _registry_call(source, lambda client: client.delete_model_version_tag(
+        source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint),
+        f"remove the {endpoint} tag of {source.registered_name} version {source.version}")
+
+
+def _registry_call(source: ModelSource, call: Callable[[Any], object], what: str) -> str | None:
+    try:
+        mlflow = _import_mlflow(source.uri)
+        call(mlflow.MlflowClient())
+    except Exception as exc:  # noqa: BLE001 - registry feedback must never fail a deployment
+        return f"could not {what}: {_first_line(str(exc))}"
+    return None
 
 
 def recorded_source(store: Any, deployment_id: int) -> ModelSource:

@@ -51,3 +51,34 @@ def scoring_command(
         python = str(built.python)
         env["PYTHONPATH"] = str(environments.install_server(home))
     return [python, "-m", "scoring", *arguments[:1], str(info.path), *arguments[1:]], env
+
+
+def predict(
+    model_uri: str,
+    body: bytes,
+    content_type: str,
+    *,
+    env_manager: str = "virtualenv",
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = lambda _line: None,
+) -> bytes:
+    """Score one request body (`json` or `csv`) offline with the model, as POST /invocations
+    would, in the environment `scoring_command` picks; the answer's body. ConfigError for bad
+    input (exit 2 of the scorer), TargetError when the model fails."""
+    import subprocess
+    import tempfile
+
+    from .errors import TargetError
+
+    with tempfile.TemporaryDirectory(prefix="orchestrate-predict-") as scratch:
+        input_path, output_path = Path(scratch, f"input.{content_type}"), Path(scratch, "output")
+        input_path.write_bytes(body)
+        command, env = scoring_command(
+            model_uri, ["predict", "-i", str(input_path), "-t", content_type, "-o", str(output_path)],
+            env_manager=env_manager, overrides=overrides, log=log)
+        result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            message = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("scoring: error: ")
+            raise (ConfigError if result.returncode == 2 else TargetError)(message)
+        return output_path.read_bytes()

@@ -2,7 +2,9 @@
 
 Precedence, lowest first: ``DEFAULTS``; the environment (``ORCHESTRATE_<FIELD>``, plus
 the platform variables SageMaker and PaaS set: ``SAGEMAKER_BIND_TO_PORT``, ``PORT``,
-``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_MODEL_SERVER_TIMEOUT``); then the mapping
+``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_MODEL_SERVER_TIMEOUT``, and those
+``mlflow models serve`` reads: ``MLFLOW_PORT``, ``MLFLOW_MODELS_WORKERS``/``MLFLOW_WORKERS``,
+``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``); then the mapping
 the caller passes (command-line flags, or a test).
 """
 
@@ -49,9 +51,10 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
 # Platform variables read after ORCHESTRATE_<FIELD>, first set wins.
 _PLATFORM_ENV: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "port": ("SAGEMAKER_BIND_TO_PORT", "PORT"),
-        "workers": ("SAGEMAKER_MODEL_SERVER_WORKERS",),
-        "timeout": ("SAGEMAKER_MODEL_SERVER_TIMEOUT",),
+        # ... then the variables `mlflow models serve` reads, so its users' settings carry over.
+        "port": ("SAGEMAKER_BIND_TO_PORT", "PORT", "MLFLOW_PORT"),
+        "workers": ("SAGEMAKER_MODEL_SERVER_WORKERS", "MLFLOW_MODELS_WORKERS", "MLFLOW_WORKERS"),
+        "timeout": ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"),
     }
 )
 

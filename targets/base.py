@@ -38,6 +38,11 @@ class Target(ABC):
     # Anything else (a shared virtualenv, a cached image) outlives deployments.
     disposable_kinds: ClassVar[frozenset[str]] = frozenset()
 
+    def normalize_config(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Config as given (-C or a file, named by `where`) with other tools' names for this
+        target's keys replaced by its own (the sagemaker target takes MLflow's)."""
+        return dict(values)
+
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         """Checks that need no state change (a port in use); raise ConfigError."""
 

@@ -75,6 +75,77 @@ def _key(kind: type, default: Any, help_: str, **kw: Any) -> ConfigKey:
     return ConfigKey(kind, default, help_, **kw)
 
 
+# MLflow's SageMaker deployment config names and ours (see docs/mlflow.md).
+_MLFLOW_RENAMED = {"region_name": "region", "execution_role_arn": "role_arn", "image_url": "image",
+                   "timeout_seconds": "wait_timeout"}
+_MLFLOW_UNSUPPORTED = {
+    "bucket": "the model travels inside the image, so no S3 bucket is used; drop it",
+    "assume_role_arn": "give the role through an AWS profile (-C profile=NAME) or the credential chain",
+    "variant_name": "variant names are derived from the deployment id, so a resumed deployment finds its own",
+    "flavor": "every model is served through its python_function flavor",
+}
+
+
+def _json_value(key: str, value: Any, where: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise ConfigError(f"config key {key!r} ({where}) must be JSON, as MLflow takes it; got {value!r}",
+                          hint=f"""e.g. -C {key}='{{"...": ...}}'""") from None
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config key {key!r} must be a JSON object; got {value!r}")
+    return value
+
+
+def _from_vpc_config(value: Any) -> dict[str, Any]:
+    vpc = _mapping("vpc_config", value)
+    return {"vpc.subnets": list(vpc.get("Subnets") or []), "vpc.security_groups": list(vpc.get("SecurityGroupIds") or [])}
+
+
+def _from_data_capture_config(value: Any) -> dict[str, Any]:
+    capture = _mapping("data_capture_config", value)
+    out: dict[str, Any] = {"data_capture.enabled": bool(capture.get("EnableCapture", bool(capture)))}
+    if "DestinationS3Uri" in capture:
+        out["data_capture.s3_uri"] = capture["DestinationS3Uri"]
+    if "InitialSamplingPercentage" in capture:
+        out["data_capture.sampling_percentage"] = capture["InitialSamplingPercentage"]
+    return out
+
+
+def _from_async_inference_config(value: Any) -> dict[str, Any]:
+    config = _mapping("async_inference_config", value)
+    output = _mapping("async_inference_config.OutputConfig", config.get("OutputConfig"))
+    notify = _mapping("async_inference_config.OutputConfig.NotificationConfig", output.get("NotificationConfig"))
+    client = _mapping("async_inference_config.ClientConfig", config.get("ClientConfig"))
+    pairs = {"async.output_path": output.get("S3OutputPath"), "async.failure_path": output.get("S3FailurePath"),
+             "async.success_topic": notify.get("SuccessTopic"), "async.error_topic": notify.get("ErrorTopic"),
+             "async.max_concurrent_invocations": client.get("MaxConcurrentInvocationsPerInstance")}
+    return {key: item for key, item in pairs.items() if item is not None}
+
+
+def _from_serverless_config(value: Any) -> dict[str, Any]:
+    config = _mapping("serverless_config", value)
+    pairs = {"serverless.memory_mb": config.get("MemorySizeInMB"),
+             "serverless.max_concurrency": config.get("MaxConcurrency"),
+             "serverless.provisioned_concurrency": config.get("ProvisionedConcurrency")}
+    return {key: item for key, item in pairs.items() if item is not None}
+
+
+_MLFLOW_JSON_KEYS = {
+    "vpc_config": _from_vpc_config,
+    "data_capture_config": _from_data_capture_config,
+    "async_inference_config": _from_async_inference_config,
+    "serverless_config": _from_serverless_config,
+}
+
+
 class SageMakerTarget(Target):
     name = "sagemaker"
     description = "an Amazon SageMaker endpoint (real-time, serverless or async), image pushed to ECR"
@@ -133,6 +204,29 @@ class SageMakerTarget(Target):
     disposable_kinds = frozenset({ENDPOINT, ENDPOINT_CONFIG, MODEL})
 
     # -- config ---------------------------------------------------------------------------
+
+    def normalize_config(self, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """`mlflow deployments -t sagemaker` / `mlflow sagemaker` config names (-C region_name=…,
+        -C vpc_config='{"Subnets": …}') as this target's keys, so MLflow users keep their flags."""
+        normalized: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in _MLFLOW_RENAMED:
+                normalized[_MLFLOW_RENAMED[key]] = value
+            elif key in ("env", "tags") and isinstance(value, str) and value.lstrip().startswith("{"):
+                normalized[key] = dict(_mapping(key, _json_value(key, value, where)))  # MLflow writes JSON
+            elif key in _MLFLOW_JSON_KEYS:
+                normalized.update(_MLFLOW_JSON_KEYS[key](_json_value(key, value, where)))
+            elif key == "synchronous":
+                if str(value).strip().lower() not in ("1", "true", "yes", "on"):
+                    raise ConfigError(f"config key 'synchronous={value}' ({where}): orchestrate always waits for "
+                                      "the endpoint and records each stage",
+                                      hint="queue it for a worker instead with `orchestrate deploy --detach`")
+            elif key in _MLFLOW_UNSUPPORTED:
+                raise ConfigError(f"config key {key!r} ({where}) of MLflow's SageMaker target has no use here: "
+                                  f"{_MLFLOW_UNSUPPORTED[key]}")
+            else:
+                normalized[key] = value
+        return normalized
 
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         role = str(config.get("role_arn") or "")

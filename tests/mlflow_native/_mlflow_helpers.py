@@ -108,9 +108,10 @@ class Cli:
             engine.dispose()
 
     def snapshots(self) -> list[str]:
-        """Everything in the snapshot store, staging directories included."""
+        """Everything in the snapshot store, staging directories included (not the index of
+        versions already downloaded)."""
         models = self.home / "models"
-        return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
+        return sorted(p.name for p in models.iterdir() if p.name != ".index") if models.is_dir() else []
 
     def teardown(self) -> None:
         for name in sorted(self.endpoints):
