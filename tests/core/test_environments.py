@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -144,6 +145,18 @@ def plain_pyfunc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_plain_pyfunc_is_what_mlflow_writes(plain_pyfunc: Path) -> None:
     lines = (plain_pyfunc / "requirements.txt").read_text().split()
     assert [Requirement(line).name for line in lines] == ["mlflow", "cloudpickle"]
+
+
+def test_a_model_with_only_the_conda_yaml_mlflow_wrote_reads_its_pip_section(plain_pyfunc: Path,
+                                                                            tmp_path: Path) -> None:
+    from orchestrator import mlmodel
+
+    older = tmp_path / "older"
+    shutil.copytree(plain_pyfunc, older)
+    (older / "requirements.txt").unlink()
+    (older / "python_env.yaml").unlink()
+    info = mlmodel.read_model(str(older))
+    assert info.requirements == tuple((plain_pyfunc / "requirements.txt").read_text().split())
 
 
 def test_serving_imports_name_the_loader_and_what_it_unpickles_with(plain_pyfunc: Path) -> None:
