@@ -137,8 +137,45 @@ class Scorer:
             if not self.model.direct and _is_mlflow_input_error(exc):
                 # MLflow enforced the schema here and rejected the input.
                 raise InvalidInput(_first_line(getattr(exc, "message", str(exc)))) from None
+            fault = input_fault(data, [c.name for c in getattr(self.enforcer, "columns", ())])
+            if fault is not None:
+                # What MLflow answers 400 too: the input, not the model, is what to fix.
+                raise InvalidInput(
+                    f"{fault}, which the model does not accept (it raised "
+                    f"{type(exc).__name__}: {_first_line(exc, 200)})"
+                ) from None
             log.exception("model raised while predicting")
             raise ModelError(f"the model raised {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def input_fault(data: Any, columns: list[str]) -> str | None:
+    """What in ``data`` (a DataFrame, an array or a dict of arrays) a model is likely to
+    refuse: no rows, or a NaN or infinite value, named by column and row. ``columns`` names
+    a 2-D array's columns (the signature's, when the array is the model's input)."""
+    import numpy as np
+
+    if hasattr(data, "columns") and hasattr(data, "iloc"):
+        named = [(f"column {str(name)!r}", data[name].to_numpy()) for name in data.columns]
+        if len(data) == 0:
+            return "the request has no rows"
+    elif isinstance(data, dict):
+        named = [(f"input {str(name)!r}", np.asarray(value)) for name, value in data.items()]
+    else:
+        named = [("the input", np.asarray(data))]
+    for label, values in named:
+        if values.ndim and len(values) == 0:
+            return "the request has no rows"
+        if values.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            continue
+        where = np.unravel_index(int(bad.argmax()), bad.shape)
+        what = "NaN" if np.isnan(values[where]) else "an infinite value (or one past float range)"
+        if values.ndim == 2 and len(columns) == values.shape[1]:
+            label = f"column {columns[int(where[1])]!r}"
+        return f"{label} holds {what} at row {int(where[0]) if where else 0}"
+    return None
 
 
 def _is_mlflow_input_error(exc: Exception) -> bool:
@@ -239,6 +276,13 @@ class Observe:
                 remote=environ.get("REMOTE_ADDR", ""),
                 bytes_in=int(length) if length.isdigit() else 0,
             )
+
+    def refused(self, environ: dict[str, Any], status: int) -> None:
+        """Count and log a request the server refused before the application saw it (a
+        malformed request, a limit passed); ``environ`` holds what is known of it."""
+        environ["scoring.request_id"] = f"{_random_bits(128):032x}"
+        self.metrics.started()
+        self._record(environ, status, 0.0)
 
     def timeout_answer(
         self, environ: dict[str, Any], seconds: float

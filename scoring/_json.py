@@ -38,6 +38,8 @@ def loads(body: bytes) -> Any:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidInput("request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4,300-digit conversion limit
+        raise InvalidInput(f"request body holds a value that cannot be read: {exc}") from None
 
 
 def _default(o: Any) -> Any:

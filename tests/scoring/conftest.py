@@ -229,7 +229,7 @@ class Server:
         self.log = log
         self.url = f"http://127.0.0.1:{port}"
 
-    def wait_ready(self, timeout: float = 30.0, port: int | None = None) -> None:
+    def wait_ready(self, timeout: float = 60.0, port: int | None = None) -> None:
         """Wait for ``/ping`` 200 on the server's port, or on ``port`` (a private port)."""
         url = f"http://127.0.0.1:{port}" if port else self.url
         deadline = time.monotonic() + timeout
