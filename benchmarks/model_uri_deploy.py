@@ -87,8 +87,8 @@ def _deploy(home: Path, uri: str, name: str, force: bool) -> tuple[float, float,
     timings: list[model_uri.ResolvedModel] = []
     resolve = model_uri.resolve
 
-    def timed_resolve(uri: str, snapshot_dir: Path) -> model_uri.ResolvedModel:
-        resolved = resolve(uri, snapshot_dir)
+    def timed_resolve(uri: str, snapshot_dir: Path, **kwargs: object) -> model_uri.ResolvedModel:
+        resolved = resolve(uri, snapshot_dir, **kwargs)  # type: ignore[arg-type]
         timings.append(resolved)
         return resolved
 

@@ -87,7 +87,7 @@ class Client:
         live = None if reset_config else self._live_config(name, target)
         resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values,
                                                    plugin.normalize_config(config or {}, "-C"))
-        model = model_uri_module.resolve(model_uri, self.home / "models")
+        model = model_uri_module.resolve(model_uri, self.home / "models", log=self.engine.echo)
         info = model.info
         self.unchanged = False
         if live is not None and not force and live.digest == info.digest and live.config == resolved:

@@ -149,9 +149,12 @@ def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: s
     deployment_id = client.deploy(_model_argument(model, model_uri), name=name, target=target, config=values,
                                   config_file=config_file, detach=detach, wait_in_queue=wait_in_queue,
                                   reset_config=reset_config, force=force)
-    if client.unchanged and not as_json:
-        click.echo(f"deployment {deployment_id} is already live on {name} with this model and config; "
-                   "nothing changed (--force deploys again)")
+    if client.unchanged:
+        if as_json:
+            _print_json({**client.deployment_record(deployment_id, with_attempts=False), "unchanged": True})
+        else:
+            click.echo(f"deployment {deployment_id} is already live on {name} with this model and config; "
+                       "nothing changed (--force deploys again)")
         return
     _report_end(client, deployment_id, as_json, detach=detach)
 

@@ -96,17 +96,16 @@ def is_local(uri: str) -> bool:
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
 
 
-def resolve(uri: str, snapshot_dir: Path) -> ResolvedModel:
+def resolve(uri: str, snapshot_dir: Path, *, log: Callable[[str], None] | None = None) -> ResolvedModel:
     """Resolve a model URI into a snapshot under `snapshot_dir`; ConfigError (exit 2) naming the
-    URI when it cannot be resolved, so nothing is recorded."""
+    URI when it cannot be resolved, so nothing is recorded. `log` hears of retried downloads."""
     started = time.monotonic()
     if is_local(uri):
         info = mlmodel.read_model(uri)
-        read_s = time.monotonic()
         snapshot = mlmodel.snapshot(info, snapshot_dir)
         # Recorded as the absolute directory: a relative path or file:// means nothing to a worker.
         return ResolvedModel(replace(info, path=snapshot), ModelSource(uri=str(info.path), kind="path"), 0.0,
-                             time.monotonic() - read_s)
+                             time.monotonic() - started)
     try:
         source = _pin(uri)
     except _Transient as fault:
@@ -115,7 +114,7 @@ def resolve(uri: str, snapshot_dir: Path) -> ResolvedModel:
     known = _known_snapshot(source, snapshot_dir)
     if known is not None:  # this immutable version was downloaded before: no second download
         return ResolvedModel(known, source, time.monotonic() - started, 0.0)
-    with _download(source.pinned_uri or uri, snapshot_dir, shown=uri) as downloaded:
+    with _download(source.pinned_uri or uri, snapshot_dir, shown=uri, log=log) as downloaded:
         downloaded_at = time.monotonic()
         info = _read_downloaded(downloaded, uri)
         snapshot = mlmodel.snapshot(info, snapshot_dir)
@@ -258,7 +257,8 @@ def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSou
 
 
 @contextmanager
-def _download(uri: str, snapshot_dir: Path, *, shown: str) -> Iterator[Path]:
+def _download(uri: str, snapshot_dir: Path, *, shown: str,
+              log: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Download `uri` into a fresh staging directory beside the snapshots (so the snapshot is a
     copy on one file system) and yield the model directory in it; the staging directory is
     removed however this ends. Transient faults are retried, each try starting empty."""
@@ -279,7 +279,10 @@ def _download(uri: str, snapshot_dir: Path, *, shown: str) -> Iterator[Path]:
                         f"could not download model {shown} after {attempt} tries: {fault}",
                         hint=fault.hint or "check that the server holding it is up and reachable, then deploy again",
                     ) from None
-                time.sleep(_RETRY_INITIAL_S * 2 ** (attempt - 1))
+                wait_s = _RETRY_INITIAL_S * 2 ** (attempt - 1)
+                if log is not None:
+                    log(f"download of model {shown} failed ({fault}); trying again in {wait_s:.1f} s")
+                time.sleep(wait_s)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -165,3 +165,64 @@ class PrivateServer:
         self.process = None
 
 
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a server that cuts the first `cuts` connections whose answer
+    passes `cut_after` bytes, in the middle of the transfer (a dropped link, a restarted proxy)."""
+
+    def __init__(self, upstream_port: int, *, cut_after: int = 1 << 20, cuts: int = 1) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.cut_after = cut_after
+        self.cuts_left = cuts
+        self.cut = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="cutting-proxy").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, answer: bool) -> None:
+        passed = 0
+        try:
+            while chunk := source.recv(65536):
+                passed += len(chunk)
+                if answer and passed > self.cut_after:
+                    with self._lock:
+                        cutting = self.cuts_left > 0
+                        self.cuts_left -= cutting
+                        self.cut += cutting
+                    if cutting:
+                        sink.sendall(chunk[: len(chunk) // 2])
+                        break
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for side in (source, sink):
+            try:
+                side.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            side.close()

@@ -177,3 +177,21 @@ def test_serve_predict_and_generate_dockerfile_take_uris(cli: Cli, registry: Reg
     cli.ok("generate-dockerfile", "-m", f"models:/{registry.name}/2", "-d", str(tmp_path / "context"))
     assert (tmp_path / "context" / "Dockerfile").is_file()
     assert "MLmodel" in {p.name for p in (tmp_path / "context").rglob("MLmodel")}
+
+
+@pytest.mark.parametrize(("uri", "needs"), [("models:/churn@champion", "orchestrate[mlflow]"),
+                                            ("s3://models/iris/v1", "orchestrate[aws]")])
+def test_without_the_client_library_the_error_names_the_extra(uri: str, needs: str, orchestrate_home: Path) -> None:
+    import subprocess
+    import sys
+
+    # The library is made unimportable in that process, as on a machine without the extra.
+    blocked = "mlflow" if "mlflow" in needs else "boto3"
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from orchestrator.cli import main\n"
+            f"sys.argv = ['orchestrate', 'deploy', {uri!r}, '--name', 'x', '--target', 'noop']\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert uri in result.stderr and needs in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from _executables import orchestrate_executable
-from _mlflow_helpers import Cli, PrivateServer, describe, log_model_dir
+from _mlflow_helpers import Cli, CuttingProxy, PrivateServer, Registry, describe, log_model_dir
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
@@ -82,3 +82,32 @@ def test_tracking_server_down_before_and_during_a_download(cli: Cli, private_ser
     snapshot = models / done["model_digest"]
     assert (snapshot / "weights.bin").stat().st_size == BIG_FILE_BYTES
     assert cli.snapshots() == [done["model_digest"]]
+
+
+def test_a_download_cut_midway_is_retried(cli: Cli, registry: Registry, example_model: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link to the (shared) tracking server drops in the middle of a file: the download is
+    tried again from empty and the deployment holds the whole model."""
+    from urllib.parse import urlsplit
+
+    from mlflow import MlflowClient
+
+    big = tmp_path / "cut-model"
+    shutil.copytree(example_model, big)
+    (big / "weights.bin").write_bytes(os.urandom(8 << 20))
+    client = MlflowClient(tracking_uri=registry.tracking_uri)
+    experiment = client.create_experiment(f"cut-{os.getpid()}-{time.time_ns()}")
+    run_id = client.create_run(experiment).info.run_id
+    model_id = log_model_dir(client, experiment, run_id, "model", big)
+    proxy = CuttingProxy(int(urlsplit(registry.tracking_uri).port or 80), cut_after=2 << 20)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        done = cli.run("deploy", f"models:/{model_id}", "--name", "cut", "--target", "noop", "--json")
+    finally:
+        proxy.close()
+    assert done.returncode == 0, describe(done)
+    assert proxy.cut == 1, "the proxy never cut a transfer"
+    assert f"download of model models:/{model_id} failed" in done.stdout + done.stderr
+    record = cli.json("status", "cut")["live"]
+    assert (cli.home / "models" / record["model_digest"] / "weights.bin").stat().st_size == 8 << 20
+    assert cli.snapshots() == [record["model_digest"]]

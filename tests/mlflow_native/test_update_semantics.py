@@ -45,6 +45,8 @@ def test_deploying_what_is_live_is_a_noop_unless_forced(cli: Cli, registry: Regi
     again = cli.ok("deploy", uri, "--name", "steady", "--target", "noop")  # -C max_attempts=4 inherited
     assert "already live" in again.stdout and f"deployment {first['id']}" in again.stdout, describe(again)
     assert cli.store_counts()["deployments"] == counts["deployments"]
+    as_json = cli.json("deploy", uri, "--name", "steady", "--target", "noop")
+    assert as_json["unchanged"] is True and as_json["id"] == first["id"]
 
     changed = cli.json("deploy", uri, "--name", "steady", "--target", "noop", "-C", "max_attempts=6")
     assert changed["id"] != first["id"] and changed["status"] == "succeeded"
