@@ -458,7 +458,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 def check_endpoint_name(name: str) -> str:
     """Endpoint names follow SageMaker's rule so one name works on every target."""
-    if not name or len(name) > 63 or not _NAME.match(name):
+    if not name or len(name) > 63 or not _NAME.fullmatch(name):  # fullmatch: `$` also matches before "\n"
         raise ConfigError(
             f"invalid endpoint name {name!r}",
             hint="use 1-63 letters, digits and hyphens, starting and ending with a letter or digit "

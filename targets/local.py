@@ -303,6 +303,9 @@ def check_listen_address(host: str, port: int, *, option: str = "-C host=...") -
     Port 0 checks the host alone."""
     import errno
 
+    if not host.strip():  # bind() reads '' as every interface, which nobody means by leaving it empty
+        raise ConfigError("the host to listen on is empty",
+                          hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0")
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((host, port))

@@ -16,7 +16,7 @@ exit matters. Files are real: FIFOs (os.mkfifo), /dev/zero, anchor bombs, 20 MB 
 | B3 | `serve` with a bad host or busy port: gunicorn's "Can't connect" after 7 s | test_serve_checks_host_and_port_first |
 | B4 | bad input found only in a stage (unset env:X, missing file:) recorded as a failed deployment | test_unresolvable_secret_reference_is_refused_before_recording |
 | K1 | `status ١` showed deployment 1 | test_numeric_argument_is_refused (status-arabic-indic) |
-| K2 | `--name 7` allowed, but `status 7` shows deployment 7 | test_all_digit_endpoint_name_is_refused |
+| K2 | `--name 7` allowed, but `status 7` shows deployment 7 (and `--name $'m\\n'` was accepted) | test_all_digit_endpoint_name_is_refused, test_endpoint_name_with_a_trailing_newline_is_refused |
 | K3 | negative `--limit`/`--tail` meant "no limit" or dropped lines | test_numeric_argument_is_refused (negative-*) |
 | K4 | `deploy --detach --queue`, `worker --targets nosuch` accepted silently | test_detach_and_queue_exclude_each_other, test_worker_unknown_target_is_refused |
 | K6 | no size limit on config files (20 MB took 38 s to reject) | test_hostile_config_file_is_refused (twenty-mb) |
@@ -286,6 +286,7 @@ def test_without_keep_failed_a_failure_releases_and_cancel_releases_what_was_kep
 @pytest.mark.parametrize(("host", "fragment"), [
     ("999.1.1.1", "cannot listen on host '999.1.1.1': it is not an IPv4 address or a name this machine resolves"),
     ("10.255.255.254", "cannot listen on host '10.255.255.254': it is not an address of this machine"),
+    ("", "the host to listen on is empty"),
 ])
 def test_invalid_host_is_not_reported_as_port_in_use(run: Run, seeded: Any, example_model: Path,
                                                      orchestrate_home: Path, host: str, fragment: str) -> None:
@@ -340,6 +341,13 @@ def test_all_digit_endpoint_name_is_refused(run: Run, seeded: Any, example_model
     assert "--name model-7" in result.stderr
     assert store_rows(orchestrate_home) == seeded
     assert run("deploy", str(example_model), "--name", "7a", "-t", "noop").exit_code == 0
+
+
+def test_endpoint_name_with_a_trailing_newline_is_refused(run: Run, seeded: Any, example_model: Path,
+                                                          orchestrate_home: Path) -> None:
+    result = run("deploy", str(example_model), "--name", "m\n", "-t", "noop")
+    assert_refused(result, "invalid endpoint name 'm\\n'")
+    assert store_rows(orchestrate_home) == seeded
 
 
 def test_detach_and_queue_exclude_each_other(run: Run, seeded: Any, example_model: Path,
