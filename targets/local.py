@@ -228,8 +228,10 @@ def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
     return {**data, "pid": pid, "url": f"http://{data['host']}:{data['port']}"}
 
 
-# What the server inherits from the deployer: enough to run, nothing that could be a credential.
-SERVER_ENVIRONMENT_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+# What the server inherits from the deployer: enough to run (locale, paths, the CA bundle TLS
+# clients need), nothing that could be a credential (proxy URLs can hold one: name them in `env`).
+SERVER_ENVIRONMENT_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                                        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"})
 
 
 def server_environment(configured: Mapping[str, Any] | None) -> dict[str, str]:
