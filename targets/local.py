@@ -71,6 +71,7 @@ class LocalTarget(Target):
             home=ctx.home,
             requirements=ctx.outputs["requirements"],
             python_version=ctx.outputs.get("python_version"),
+            model_dir=Path(ctx.outputs["model_dir"]),
             overrides=environments.parse_overrides(ctx.config.get("pip_requirements_override")),
             python=ctx.config.get("python") or None,
             installer=str(ctx.config.get("installer", "auto")),
