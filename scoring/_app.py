@@ -137,7 +137,8 @@ class Scorer:
             if not self.model.direct and _is_mlflow_input_error(exc):
                 # MLflow enforced the schema here and rejected the input.
                 raise InvalidInput(_first_line(getattr(exc, "message", str(exc)))) from None
-            fault = input_fault(data, [c.name for c in getattr(self.enforcer, "columns", ())])
+            columns = getattr(self.enforcer, "columns", None) or ()
+            fault = input_fault(data, [c.name for c in columns])
             if fault is not None:
                 # What MLflow answers 400 too: the input, not the model, is what to fix.
                 raise InvalidInput(
@@ -155,14 +156,18 @@ def input_fault(data: Any, columns: list[str]) -> str | None:
     import numpy as np
 
     if hasattr(data, "columns") and hasattr(data, "iloc"):
-        named = [(f"column {str(name)!r}", data[name].to_numpy()) for name in data.columns]
         if len(data) == 0:
             return "the request has no rows"
+        named = [(f"column {str(name)!r}", data[name]) for name in data.columns]
     elif isinstance(data, dict):
-        named = [(f"input {str(name)!r}", np.asarray(value)) for name, value in data.items()]
+        named = [(f"input {str(name)!r}", value) for name, value in data.items()]
     else:
-        named = [("the input", np.asarray(data))]
-    for label, values in named:
+        named = [("the input", data)]
+    for label, value in named:
+        try:
+            values = np.asarray(value)
+        except (TypeError, ValueError):  # ragged lists, objects numpy cannot hold
+            continue
         if values.ndim and len(values) == 0:
             return "the request has no rows"
         if values.dtype.kind not in "fc":
