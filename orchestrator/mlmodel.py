@@ -129,7 +129,8 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # MLmodel keys (under `flavors` and `saved_input_example_info`) whose string values are paths
 # relative to the model directory, which loaders join to it: os.path.join(model, "/etc/x") is
 # /etc/x, and "../x" leaves it. (`uri` under a python_model's artifacts is where an artifact came
-# from, not where it is: not checked.)
+# from, not where it is; `model_config` is the user's own settings for predict: neither is checked.)
+_NOT_MODEL_PATHS = frozenset({"model_config", "uri"})
 _PATH_KEYS = frozenset({
     "artifact_path", "code", "conda", "data", "env", "model_data", "model_path", "path", "pickled_model",
     "python_model", "saved_model_dir", "serving_input_path", "virtualenv",
@@ -146,7 +147,8 @@ def _check_paths_stay_inside(mlmodel_path: Path, document: Any) -> None:
         seen.add(id(node))
         if isinstance(node, dict):
             for key, value in node.items():
-                visit(value, f"{trail}.{key}" if trail else str(key), is_path or key in _PATH_KEYS)
+                if key not in _NOT_MODEL_PATHS:
+                    visit(value, f"{trail}.{key}" if trail else str(key), is_path or key in _PATH_KEYS)
         elif isinstance(node, list):
             for index, value in enumerate(node):
                 visit(value, f"{trail}[{index}]", is_path)
