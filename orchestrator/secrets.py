@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import untrusted
 from .errors import ConfigError
 
 _SECRET_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential|private[_-]?key)",
@@ -98,6 +99,10 @@ def remember(secret: str) -> None:
         _scrub_pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
+# A secret file holds one value (a token, a password, a key): more is a wrong path.
+SECRET_FILE_MAX_BYTES = 64 * 1024
+
+
 def resolve_value(key: str, value: Any) -> Any:
     """The value behind an `env:`/`file:` reference (remembered for scrubbing); others as given.
 
@@ -115,12 +120,12 @@ def resolve_value(key: str, value: Any) -> Any:
                               hint=f"export {where}=... in the environment of the runner (deploy, resume, worker)")
         secret = os.environ[where]
     else:
-        try:
-            secret = Path(where).expanduser().read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
-            raise ConfigError(f"config key {key!r} refers to file {where}, which cannot be read: "
-                              f"{reason}") from None
+        try:  # bounded, regular files only: file:/dev/zero or a FIFO must not hang the runner
+            secret = untrusted.read_text(Path(where).expanduser(), what="file",
+                                         max_bytes=SECRET_FILE_MAX_BYTES).strip()
+        except ConfigError as exc:
+            raise ConfigError(f"config key {key!r} refers to file {where}, which cannot be used: "
+                              f"{exc.message}", hint=exc.hint) from None
     remember(secret)
     if secret and len(secret) < MIN_SECRET_LENGTH and is_secret_key(key):
         raise ConfigError(
@@ -142,6 +147,17 @@ def scrub(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     return mask_credentials(text)
+
+
+def scrub_data(value: Any) -> Any:
+    """`scrub` applied to every string inside a JSON-like value (an event's data)."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {key: scrub_data(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_data(inner) for inner in value]
+    return value
 
 
 def _redact_value(key: str, value: Any) -> Any:

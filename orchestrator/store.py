@@ -301,7 +301,7 @@ class Tx:
             message=secrets.scrub(message),
             endpoint_id=endpoint_id,
             deployment_id=deployment_id,
-            data=data or {},
+            data=secrets.scrub_data(data) if data else {},
         ))
 
     @property

@@ -10,6 +10,7 @@ hashed (SQLite: the database with its -wal) or its rows counted before and after
 | D1, point 2 | `gc` and `delete` say what they will destroy and refuse without --yes when stdin is not a terminal | `test_gc_and_delete_refuse_without_yes` |
 | S3 | a credential under a key that does not look secret is refused, masked in the message, and never stored: docker `registry=user:PW@host`, `image=`, sagemaker `env=AWS_SECRET_ACCESS_KEY=...` (in -C and YAML), `pip_requirements_override=https://u:PW@...` | `test_credentials_under_any_key_are_refused` |
 | S3 | a secret inside a mapping key is accepted as `env:`, stored as the reference | `test_mapping_secret_given_as_reference_is_stored_as_reference` |
+| S3 | URL passwords and resolved secrets are masked in event messages and in event data | `test_event_messages_and_data_are_scrubbed` |
 | S3, point 4 | `state.db`, -wal, -shm are 0600; ORCHESTRATE_HOME and log directories 0700, log files 0600 | `test_store_and_logs_are_private` |
 | S5 | the local server's environment is an allow-list plus the deployment's `env`; the deployer's AWS_SECRET_ACCESS_KEY, ORCHESTRATE_DB_URL, VIRTUAL_ENV are not in /proc/PID/environ | `test_local_server_gets_a_minimal_environment` (slow) |
 | S6 | a malformed database URL is printed with its password masked | `test_database_url_passwords_are_masked` |
@@ -272,6 +273,26 @@ def test_mapping_secret_given_as_reference_is_stored_as_reference(orchestrate_ho
     record = json.loads(run("status", result.stdout.strip(), "--json", home=orchestrate_home).stdout)
     assert record["config"]["env"] == {"MODEL_THREADS": "2", "AWS_SECRET_ACCESS_KEY": "env:MY_SECRET"}
     assert PASSWORD not in _database_text(orchestrate_home)
+
+
+def test_event_messages_and_data_are_scrubbed(tmp_path: Path) -> None:
+    from orchestrator import secrets
+    from orchestrator.store import Store
+
+    database = tmp_path / "events.db"
+    store = Store(f"sqlite:///{database}", actor="test")
+    secrets.remember(PASSWORD + "-resolved")
+    try:
+        with store.write() as tx:
+            tx.event("drill", f"pushing to https://ci:{PASSWORD}@registry.example/x",
+                     data={"source": f"https://ci:{PASSWORD}@registry.example/x",
+                           "nested": [{"note": f"token {PASSWORD}-resolved used"}]})
+    finally:
+        store.dispose()
+    checkpoint(database)
+    raw = database.read_bytes().decode("latin-1")
+    assert PASSWORD not in raw
+    assert "https://ci:***@registry.example/x" in raw and "token *** used" in raw
 
 
 def test_registry_password_env_names_a_variable(orchestrate_home: Path, model: Path) -> None:
