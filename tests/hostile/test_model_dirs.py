@@ -8,7 +8,7 @@ state store is compared row by row before and after.
 
 | finding | what was wrong on 1407a72 | tests |
 |---|---|---|
-| S1 | links were followed into the snapshot and the Docker context (`notes.txt -> /etc/shadow` became a world-readable file of the context) | test_link_out_of_the_model_is_refused (file-outside, dir-outside, dev-zero, broken), test_generate_dockerfile_never_copies_a_file_from_outside, test_link_inside_the_model_is_copied_as_its_target |
+| S1 | links were followed into the snapshot and the Docker context (`notes.txt -> /etc/shadow` became a world-readable file of the context) | test_link_out_of_the_model_is_refused (file-outside, absolute-outside, dir-outside, dev-zero, broken), test_generate_dockerfile_never_copies_a_file_from_outside, test_link_inside_the_model_is_copied_as_its_target |
 | S2 | the digest left out linked directories (`extra -> /outside` got another model's digest) and files MLmodel names outside the directory (`model_path: ../../x.pkl` served) | test_link_out_of_the_model_is_refused (dir-outside), test_linked_directory_is_in_the_digest_and_the_snapshot, test_mlmodel_path_outside_the_model_is_refused |
 | C2 | a link to /dev/zero or a FIFO hung `deploy`; `ln -s . loop` gave a shutil.Error traceback; deep or binary MLmodel, requirements.txt, python_env.yaml gave tracebacks | test_link_out_of_the_model_is_refused (dev-zero, fifo, socket, loop, loop-through-link), test_unreadable_model_file_is_refused |
 | C6 | a full disk while snapshotting left `models/.<digest>.<pid>/`, blamed the database, and resume gave a traceback | test_full_disk_while_snapshotting_leaves_nothing, test_abandoned_staging_copy_is_removed |
