@@ -248,9 +248,17 @@ def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSou
     return ModelSource(
         uri=uri, kind="registered", pinned_uri=f"models:/{name}/{version.version}", registered_name=name,
         version=str(version.version), alias=parsed.alias, stage=parsed.stage, run_id=version.run_id or None,
-        model_id=getattr(version, "model_id", None) or None, artifact_source=version.source,
+        model_id=getattr(version, "model_id", None) or _logged_model_id(version.source), artifact_source=version.source,
         tracking_uri=tracking_uri,
     )
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    """The MLflow 3 logged model a version's source names (`models:/m-…`), when the registry
+    does not say it itself."""
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
+        return source[len("models:/"):]
+    return None
 
 
 # -- downloading -----------------------------------------------------------------------------

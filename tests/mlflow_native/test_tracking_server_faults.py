@@ -16,7 +16,7 @@ from _mlflow_helpers import Cli, CuttingProxy, PrivateServer, Registry, describe
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
-BIG_FILE_BYTES = 96 << 20  # long enough a download to stop the server in the middle of it
+BIG_FILE_BYTES = 48 << 20  # long enough a download to stop the server in the middle of it
 
 
 def _staged_bytes(models: Path) -> int:
@@ -30,6 +30,7 @@ def _staged_bytes(models: Path) -> int:
     return total
 
 
+@pytest.mark.timeout(1500)  # three starts of a tracking server and a 48 MB model, on a busy machine
 def test_tracking_server_down_before_and_during_a_download(cli: Cli, private_server: PrivateServer,
                                                            example_model: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
