@@ -14,7 +14,7 @@ exit matters. Files are real: FIFOs (os.mkfifo), /dev/zero, anchor bombs, 20 MB 
 | B1 | `deploy --keep-failed` (documented) refused on local, noop, docker | test_keep_failed_keeps_what_a_failed_deployment_made |
 | B3 | an invalid host reported as "port in use" | test_invalid_host_is_not_reported_as_port_in_use |
 | B3 | `serve` with a bad host or busy port: gunicorn's "Can't connect" after 7 s | test_serve_checks_host_and_port_first |
-| B4 | bad input found only in a stage (unset env:X, missing file:) recorded as a failed deployment | test_unresolvable_secret_reference_is_refused_before_recording |
+| B4 | bad input found only in a stage (unset env:X, missing file:) recorded as a failed deployment; `file:/dev/zero` or a FIFO hung the stage | test_unresolvable_secret_reference_is_refused_before_recording, test_secret_file_that_is_no_file_is_refused_without_reading_it |
 | K1 | `status ١` showed deployment 1 | test_numeric_argument_is_refused (status-arabic-indic) |
 | K2 | `--name 7` allowed, but `status 7` shows deployment 7 (and `--name $'m\\n'` was accepted) | test_all_digit_endpoint_name_is_refused, test_endpoint_name_with_a_trailing_newline_is_refused |
 | K3 | negative `--limit`/`--tail` meant "no limit" or dropped lines | test_numeric_argument_is_refused (negative-*) |
@@ -322,12 +322,30 @@ def test_serve_checks_host_and_port_first(example_model: Path) -> None:
 
 @pytest.mark.parametrize(("reference", "fragment"), [
     ("env:ORCHESTRATE_TEST_UNSET_TOKEN", "refers to environment variable ORCHESTRATE_TEST_UNSET_TOKEN, which is not set"),
-    ("file:/nonexistent/token", "refers to file /nonexistent/token"),
+    ("file:/nonexistent/token", ("refers to file /nonexistent/token, which cannot be used: "
+                                 "file /nonexistent/token does not exist")),
 ])
 def test_unresolvable_secret_reference_is_refused_before_recording(
         run: Run, seeded: Any, example_model: Path, orchestrate_home: Path, reference: str, fragment: str) -> None:
     result = run("deploy", str(example_model), "--name", "m", "-t", "noop", "-C", f"api_token={reference}")
     assert_refused(result, fragment)
+    assert store_rows(orchestrate_home) == seeded
+
+
+@pytest.mark.parametrize(("kind", "fragment"), [("dev-zero", "is a character device, not a regular file"),
+                                                ("fifo", "is a FIFO, not a regular file"),
+                                                ("binary", "is not UTF-8 text")])
+def test_secret_file_that_is_no_file_is_refused_without_reading_it(
+        run: Run, seeded: Any, example_model: Path, orchestrate_home: Path, tmp_path: Path, kind: str,
+        fragment: str) -> None:
+    path = Path("/dev/zero") if kind == "dev-zero" else tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe" + b"\x00" * 64)
+    result = run("deploy", str(example_model), "--name", "m", "-t", "noop", "-C", f"api_token=file:{path}")
+    assert_refused(result, f"config key 'api_token' refers to file {path}, which cannot be used")
+    assert fragment in result.stderr
     assert store_rows(orchestrate_home) == seeded
 
 
