@@ -353,13 +353,14 @@ class Client:
                 raise ConfigError(f"endpoint {name!r} has no live deployment to reconfigure",
                                   hint=f"deploy a model first: `orchestrate deploy MODEL --name {name}`")
             live = session.get_one(Deployment, endpoint.live_deployment_id)
-            target, model_uri, digest, live_config = live.target, live.model_uri, live.model_digest, dict(live.config)
+            target, model_uri, digest = live.target, live.model_uri, live.model_digest
             model_source = live.model_source
         plugin = load_target(target)
-        resolved = config_module.resolve(target, plugin.config_keys, live_config, dict(config))
+        resolved, config_sources = _layered_config(target, plugin.config_keys, self._live_config(name, target), {},
+                                                   plugin.normalize_config(config, "-C"))
         plugin.preflight(resolved, self._live_outputs(name))
         deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False,
-                                            model_source=model_source)
+                                            model_source=model_source, config_sources=config_sources)
         self._run(deployment_id, fence)
         return deployment_id
 

@@ -149,9 +149,8 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
                 )
             if model_uri is None:
                 deployment_id = client.reconfigure(name, patch)
-            else:
-                inherited = {**status["live"]["config"], **patch}
-                deployment_id = client.deploy(model_uri, name=name, target=self.target, config=inherited)
+            else:  # deploy starts from the live deployment's config and applies the patch on top
+                deployment_id = client.deploy(model_uri, name=name, target=self.target, config=patch)
             return self._finished(client, name, deployment_id)
 
     def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,

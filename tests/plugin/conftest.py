@@ -2,6 +2,8 @@
 
 - ``mlflow_deployments``: MLflow's own `mlflow deployments` CLI as a real subprocess, against
   this test's ``ORCHESTRATE_HOME``; endpoints it created are deleted after the test.
+- ``registered_iris`` (session), ``tracking_env``: the example models as versions 1 and 2 of
+  a registered model in the tracking server scripts/test.sh starts, and this test pointed at it.
 - ``aws``, ``stub_images``: the SageMaker emulator and its stand-in images, shared with
   tests/sagemaker (see tests/sagemaker/conftest.py).
 """
@@ -19,7 +21,7 @@ import pytest
 
 from tests.sagemaker.conftest import ROLE, aws, aws_emulator, docker_client, stub_images
 
-__all__ = ["ROLE", "MlflowDeployments", "aws", "aws_emulator", "docker_client", "stub_images"]
+__all__ = ["ROLE", "MlflowDeployments", "RegisteredIris", "aws", "aws_emulator", "docker_client", "stub_images"]
 
 # SageMaker config that makes the emulator's short phases quick to poll.
 SAGEMAKER_FAST = {"role_arn": ROLE, "poll_interval": "0.05", "poll_max_interval": "0.2", "retry_initial_s": "0.1"}
@@ -69,3 +71,47 @@ def delete_all(names: set[str]) -> None:
             orchestrator.delete(name)
         except orchestrator.NotFound:
             pass
+
+
+@dataclass(frozen=True)
+class RegisteredIris:
+    name: str  # registered model: version 1 is example_model (alias champion), 2 is example_model_v2
+
+
+@pytest.fixture(scope="session")
+def registered_iris(example_model: Path, example_model_v2: Path) -> RegisteredIris:
+    """Both example models registered in the tracking server scripts/test.sh starts
+    (ORCHESTRATE_TEST_MLFLOW_URI), through the MLflow client."""
+    import uuid
+
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    tracking_uri = os.environ.get("ORCHESTRATE_TEST_MLFLOW_URI")
+    if not tracking_uri:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("CI=true but ORCHESTRATE_TEST_MLFLOW_URI is not set; run the suite through scripts/test.sh")
+        pytest.skip("no MLflow tracking server configured; run scripts/test.sh")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    tag = uuid.uuid4().hex[:8]
+    experiment_id = client.create_experiment(f"orchestrate-plugin-{tag}")
+    run_id = client.create_run(experiment_id).info.run_id
+    name = f"iris-plugin-{tag}"
+    client.create_registered_model(name)
+    for directory in (example_model, example_model_v2):
+        logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        client.log_model_artifacts(logged.model_id, str(directory))
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=run_id,
+                                    model_id=logged.model_id)
+    client.set_terminated(run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    return RegisteredIris(name)
+
+
+@pytest.fixture
+def tracking_env(registered_iris: RegisteredIris, monkeypatch: pytest.MonkeyPatch) -> RegisteredIris:
+    """This test (and the commands it runs) read models from that server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["ORCHESTRATE_TEST_MLFLOW_URI"])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return registered_iris
