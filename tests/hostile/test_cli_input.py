@@ -148,9 +148,9 @@ TWENTY_DIGITS = "9" * 20
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["status", "²"], "no endpoint named '²'"),
-        (["status", "١"], "no endpoint named '١'"),
-        (["history", "١"], "no endpoint named '١'"),
+        (["status", "²"], "'²' is not a deployment id: ids are written with the digits 0-9"),
+        (["status", "١"], "'١' is not a deployment id: ids are written with the digits 0-9"),
+        (["history", "١"], "'١' is not a deployment id: ids are written with the digits 0-9"),
         (["status", TWENTY_DIGITS], f"{TWENTY_DIGITS} is not a deployment id (ids go up to 2147483647)"),
         (["history", TWENTY_DIGITS], f"{TWENTY_DIGITS} is not a deployment id"),
         (["resume", TWENTY_DIGITS], "is not a deployment id from 1 to 2147483647"),
