@@ -318,6 +318,8 @@ def _deployment_summary(status: Mapping[str, Any]) -> dict[str, Any]:
         "model_uri": live["model_uri"] if live else None,
         "model_digest": live["model_digest"] if live else None,
         "config": live["config"] if live else None,
+        "config_sources": live.get("config_sources") if live else None,  # default, -C, inherited…
+        "model_source": live.get("model_source") if live else None,  # what a models:/ URI resolved to
         "runtime": live.get("runtime") if live else None,
     }
     latest = status.get("latest")
