@@ -85,3 +85,17 @@ def test_python_api_predict_like_mlflow_models(registry: Registry, example_model
                                 env_manager="local") == V2_PREDICTIONS
     with pytest.raises(orchestrator.ConfigError, match="cannot be scored"):
         orchestrator.predict(uri, 42, env_manager="local")
+
+
+def test_the_scoring_server_reads_mlflows_variables_after_its_own() -> None:
+    """In a container: what `mlflow models serve` users set (MLFLOW_PORT, ...) is honoured, and
+    orchestrate's and SageMaker's own variables still come first."""
+    from scoring._config import load_config
+
+    mlflow_only = load_config({}, {"MLFLOW_PORT": "9301", "MLFLOW_MODELS_WORKERS": "3",
+                                   "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "17"})
+    assert (mlflow_only.port, mlflow_only.workers, mlflow_only.timeout) == (9301, 3, 17.0)
+    assert load_config({}, {"MLFLOW_WORKERS": "2"}).workers == 2
+    both = load_config({}, {"MLFLOW_PORT": "9301", "SAGEMAKER_BIND_TO_PORT": "8080", "ORCHESTRATE_TIMEOUT": "5",
+                            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "17"})
+    assert (both.port, both.timeout) == (8080, 5.0)
