@@ -148,7 +148,7 @@ class _Request:
     def __init__(self) -> None:
         self.url = b""
         self.environ: dict[str, Any] = {}
-        self.fields: list[tuple[bytes, bytes]] = []
+        self.fields = 0  # header fields so far
         self.head_bytes = 0  # request line and headers (then trailers) so far
         self.headers_done = False
         self.http10 = False
@@ -298,7 +298,7 @@ class Connection:
 
     def _refuse(self, exc: BadRequest) -> None:
         message = self.message
-        if message is not None and message.environ:
+        if message is not None and "PATH_INFO" in message.environ:
             exc.environ = message.environ
         else:
             exc.environ = environ = self.environ.copy()
@@ -317,7 +317,8 @@ class Connection:
     def on_message_begin(self) -> None:
         self.events += 1
         self.begun = True
-        self.message = _Request()
+        self.message = message = _Request()
+        message.environ = self.environ.copy()
 
     def on_url(self, url: bytes) -> None:
         self.events += 1
@@ -340,11 +341,34 @@ class Connection:
             return
         if size - 2 > self.limits.field:
             raise BadRequest("431 Request Header Fields Too Large", "header too large")
-        if len(message.fields) >= self.limits.fields:
+        message.fields += 1
+        if message.fields > self.limits.fields:
             raise BadRequest("431 Request Header Fields Too Large", "too many headers")
         if message.head_bytes > self.limits.head:
             raise BadRequest("431 Request Header Fields Too Large", "headers too large")
-        message.fields.append((name, value))
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _environ_key(name)
+        if not key:
+            return  # as gunicorn: X_Foo would pass for X-Foo in the environ
+        text = value.decode("latin-1").strip(" \t")
+        if key in _FRAMING_KEYS:
+            if key == "CONTENT_LENGTH":
+                message.length = int(text)  # digits only, and only one: llhttp checked
+            elif key == "HTTP_TRANSFER_ENCODING":
+                # llhttp frames any coding list ending in chunked; we decode no other coding.
+                if text.lower() != "chunked":
+                    raise BadRequest("501 Not Implemented", "only the chunked transfer coding")
+                message.chunked = True
+            elif text.lower() != "100-continue":  # Expect
+                raise BadRequest("417 Expectation Failed", "only 100-continue is supported")
+            else:
+                message.expect = True
+        environ = message.environ
+        if key in environ and key.startswith("HTTP_"):
+            environ[key] += "," + text
+        else:
+            environ[key] = text
 
     def on_headers_complete(self) -> None:
         self.events += 1
@@ -359,53 +383,30 @@ class Connection:
                 raise BadRequest("400 Bad Request", "invalid request line")
             raise BadRequest("505 HTTP Version Not Supported", "only HTTP/1.0 and 1.1")
         message.http10 = http10 = version == "1.0"
-        environ = message.environ = self.environ.copy()
+        if http10 and message.chunked:  # how request smuggling starts (RFC 9112, 6.1)
+            raise BadRequest("400 Bad Request", "Transfer-Encoding in HTTP/1.0")
+        environ = message.environ
         environ["REQUEST_METHOD"] = parser.get_method().decode("ascii")
         environ["SERVER_PROTOCOL"] = "HTTP/" + version
         url = message.url
         environ["RAW_URI"] = url.decode("latin-1")
-        if url == b"*":
-            environ["PATH_INFO"], environ["QUERY_STRING"] = "*", ""
+        if url[:1] == b"/" and b"#" not in url:
+            path, _, query = url.partition(b"?")  # the origin form: llhttp checked it
+        elif url == b"*":
+            path, query = b"*", b""
         else:
             try:
-                parts = httptools.parse_url(url)
+                parts = httptools.parse_url(url)  # the absolute form, or a fragment
             except httptools.HttpParserInvalidURLError:
                 raise BadRequest("400 Bad Request", "invalid request target") from None
-            path = parts.path or b"/"
+            path, query = parts.path or b"/", parts.query or b""
             if not path.startswith(b"/"):
                 raise BadRequest("400 Bad Request", "invalid request target")
-            if b"%" in path:
-                path = unquote_to_bytes(path)
-            environ["PATH_INFO"] = path.decode("latin-1")
-            environ["QUERY_STRING"] = (parts.query or b"").decode("latin-1")
-        expect = False
-        for raw_name, raw_value in message.fields:
-            name = raw_name.decode("latin-1")
-            key = _ENVIRON_KEYS.get(name)
-            if key is None:
-                if "_" in name:
-                    continue  # as gunicorn: X_Foo would pass for X-Foo in the environ
-                key = _environ_key(name)
-            value = raw_value.decode("latin-1").strip(" \t")
-            if key == "CONTENT_LENGTH":
-                message.length = int(value)  # digits only, and only one: llhttp checked
-            elif key == "HTTP_TRANSFER_ENCODING":
-                # llhttp frames any coding list ending in chunked; we decode no other coding.
-                if value.lower() != "chunked":
-                    raise BadRequest("501 Not Implemented", "only the chunked transfer coding")
-                if http10:  # how request smuggling starts (RFC 9112, 6.1)
-                    raise BadRequest("400 Bad Request", "Transfer-Encoding in HTTP/1.0")
-                message.chunked = True
-            elif key == "HTTP_EXPECT":
-                if value.lower() != "100-continue":
-                    raise BadRequest("417 Expectation Failed", "only 100-continue is supported")
-                expect = not http10
-            if key in environ and key.startswith("HTTP_"):
-                environ[key] += "," + value
-            else:
-                environ[key] = value
-        message.fields = []
-        message.expect = expect and (message.chunked or message.length > 0)
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        environ["PATH_INFO"] = path.decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        message.expect = message.expect and not http10 and (message.chunked or message.length > 0)
         if message.length > self.limits.body:
             # The application answers 413 from the headers; the body is never read.
             message.close_after = True
@@ -1121,16 +1122,20 @@ def _no_write(data: bytes) -> None:
     raise RuntimeError("this server does not support the WSGI write() callable")
 
 
-def _environ_key(name: str) -> str:
-    key = name.upper().replace("-", "_")
-    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+def _environ_key(name: bytes) -> str:
+    """The environ key of header ``name`` ("" for a name with an underscore, dropped as
+    gunicorn drops it: X_Foo would pass for X-Foo), cached for the names seen first."""
+    text = name.decode("latin-1")
+    key = "" if "_" in text else text.upper().replace("-", "_")
+    if key and key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         key = "HTTP_" + key
     if len(_ENVIRON_KEYS) < 512:
         _ENVIRON_KEYS[name] = key
     return key
 
 
-_ENVIRON_KEYS: dict[str, str] = {}
+_ENVIRON_KEYS: dict[bytes, str] = {}
+_FRAMING_KEYS = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_EXPECT"))
 
 
 def _has_data(sock: socket.socket) -> bool:
