@@ -306,28 +306,6 @@ def onnx_model(path: Path) -> None:
     ])
 
 
-def pytorch_model(path: Path) -> None:
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    model.eval()
-    X, _ = _iris()
-    example = X.to_numpy(dtype=np.float32)[[0, 60, 120]]
-    with torch.no_grad():
-        out = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.save_model(model, str(path), signature=infer_signature(example, out), input_example=example)
-    rows = example.tolist()
-    _write(path, [
-        _request("inputs", {"inputs": rows}),
-        _request("instances", {"instances": rows}),
-        _request("bad: wrong width", {"inputs": [[1.0, 2.0]]}),
-        *_bad_requests({"inputs": rows}),
-    ])
-
-
 MODELS: dict[str, Callable[..., None]] = {
     "pyfunc_plain": pyfunc_plain,
     "pyfunc_artifacts_code": pyfunc_artifacts_code,
@@ -342,7 +320,6 @@ MODELS: dict[str, Callable[..., None]] = {
     "lightgbm": lightgbm_model,
     "statsmodels": statsmodels_model,
     "onnx": onnx_model,
-    "pytorch": pytorch_model,
 }
 
 
