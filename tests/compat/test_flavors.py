@@ -100,7 +100,8 @@ def test_plain_pyfunc_is_served_without_scikit_learn(compat_model: Callable[[str
     """The issue's model: MLflow writes only mlflow and cloudpickle; its environment has no
     scikit-learn to bring numpy and pandas in by chance, and it is served all the same."""
     model = compat_model("pyfunc_plain")
-    assert (model / "requirements.txt").read_text().split() == ["mlflow==3.17.2", "cloudpickle==3.1.3"]
+    pinned = [line.split("==")[0] for line in (model / "requirements.txt").read_text().split()]
+    assert pinned == ["mlflow", "cloudpickle"], pinned
     port = free_port()
     server = start_server(
         "orchestrate serve",
