@@ -14,7 +14,8 @@ from _cluster import Cluster
 
 
 def _deploy(cluster: Cluster, model: Path, name: str, *extra: str) -> None:
-    cluster.ok("deploy", str(model), "--name", name, "--target", "noop", *extra)
+    # --force: these tests redeploy the same model to make history, which is otherwise a no-op.
+    cluster.ok("deploy", str(model), "--name", name, "--target", "noop", "--force", *extra)
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

@@ -55,7 +55,7 @@ def test_env_secret_in_process_and_by_a_worker(any_cluster: Cluster, noop_model:
     env = {"PLANTED": planted}
     deploy = ("deploy", str(noop_model), "--name", "secretive", "--target", "noop", "-C", "api_token=env:PLANTED")
     outputs = [cluster.run(*deploy, env=env)]
-    outputs.append(cluster.run(*deploy, "--detach", env=env))
+    outputs.append(cluster.run(*deploy, "--detach", "--force", env=env))
     worker = cluster.worker("keeper", "--once", env=env)
     assert worker.proc.wait(timeout=60) == 0
     assert [r.status for r in cluster.query("SELECT status FROM deployments ORDER BY id")] == ["succeeded"] * 2
@@ -85,10 +85,18 @@ def test_plain_secret_is_refused(any_cluster: Cluster, noop_model: Path, planted
         assert planted not in _database_text(cluster)
 
 
-def test_missing_env_secret_fails_the_stage_with_a_hint(any_cluster: Cluster, noop_model: Path) -> None:
+def test_missing_env_secret_is_refused_before_recording_or_fails_the_workers_stage(
+        any_cluster: Cluster, noop_model: Path) -> None:
     cluster = any_cluster
-    result = cluster.run("deploy", str(noop_model), "--name", "secretive", "--target", "noop",
-                         "-C", "api_token=env:NOT_SET_ANYWHERE")
-    assert result.returncode != 0, describe(result)
+    deploy = ("deploy", str(noop_model), "--name", "secretive", "--target", "noop",
+              "-C", "api_token=env:NOT_SET_ANYWHERE")
+    # In process the reference is resolved before anything is recorded: bad input, exit 2.
+    result = cluster.run(*deploy)
+    assert result.returncode == 2 and "NOT_SET_ANYWHERE" in result.stderr, describe(result)
+    assert cluster.run("status", "1").returncode != 0
+    # Queued, it is resolved by the worker, in the worker's environment: the stage fails and says why.
+    cluster.ok(*deploy, "--detach")
+    worker = cluster.worker("keeper", "--once")
+    assert worker.proc.wait(timeout=60) == 0
     record: dict[str, Any] = cluster.json("status", "1")
     assert record["status"] == "failed" and "NOT_SET_ANYWHERE" in record["error"], record
