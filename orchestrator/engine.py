@@ -259,7 +259,7 @@ class Engine:
         policy = RetryPolicy.for_stage(state.view.config, stage)
         retrying = Retrying(
             stop=stop_after_attempt(policy.max_attempts),
-            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s, jitter=policy.initial_s),
+            wait=wait_exponential_jitter(multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s),
             retry=retry_if_exception_type(RetryableTargetError),
             reraise=True,
             sleep=time.sleep,

@@ -144,7 +144,7 @@ class Aws:
         method = getattr(self.client(service), operation)
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=3.0, jitter=0.2),
+            wait=wait_exponential_jitter(multiplier=0.2, max=3.0, jitter=0.2),
             retry=retry_if_exception_type(RetryableTargetError),
             before_sleep=lambda state: self.log(
                 f"{service} {operation}: {state.outcome.exception() if state.outcome else ''}; retrying"),
