@@ -301,23 +301,30 @@ def test_run_local_serves_until_interrupted(mlflow_deployments: MlflowDeployment
 
 @pytest.mark.emulator
 @pytest.mark.docker
+@pytest.mark.mlflow
 def test_sagemaker_through_cli_and_client(mlflow_deployments: MlflowDeployments, aws: AwsEmulator,
                                           stub_images: dict[str, str], example_model: Path,
-                                          example_model_v2: Path, tmp_path: Path) -> None:
+                                          example_model_v2: Path, tmp_path: Path,
+                                          tracking_env: RegisteredIris) -> None:
     aws.container_mode = True  # each endpoint runs its stub image: predictions come from it
     aws.creating_s = 0.3
     fast = [arg for key, value in SAGEMAKER_FAST.items() for arg in ("-C", f"{key}={value}")]
     try:
-        _sagemaker_steps(mlflow_deployments, aws, stub_images, example_model, example_model_v2, tmp_path, fast)
+        _sagemaker_steps(mlflow_deployments, aws, stub_images, example_model, example_model_v2, tmp_path, fast,
+                         champion=f"models:/{tracking_env.name}@champion")
     finally:  # while the emulator still holds what was made (it is reset after the test)
         get_deploy_client("orchestrate:/sagemaker").delete_deployment("churn")
 
 
 def _sagemaker_steps(mlflow_deployments: MlflowDeployments, aws: AwsEmulator, stub_images: dict[str, str],
-                     example_model: Path, example_model_v2: Path, tmp_path: Path, fast: list[str]) -> None:
-    mlflow_deployments.ok("create", "-t", "orchestrate:/sagemaker", "--name", "churn", "-m", str(example_model),
+                     example_model: Path, example_model_v2: Path, tmp_path: Path, fast: list[str],
+                     champion: str) -> None:
+    # Created from the registry (version 1 is example_model), updated below from a path.
+    mlflow_deployments.ok("create", "-t", "orchestrate:/sagemaker", "--name", "churn", "-m", champion,
                           "-C", f"image={stub_images['v1']}", "-C", "instance_type=ml.c5.xlarge", *fast)
     assert aws.counts() == {"models": 1, "endpoint_configs": 1, "endpoints": 1}
+    created = live("churn")
+    assert created["model_uri"] == champion and created["model_digest"] == mlmodel.digest(example_model)
     predicted = mlflow_deployments.ok("predict", "-t", "orchestrate:/sagemaker", "--name", "churn", "-I",
                                       str(records_file(example_model, tmp_path)))
     assert json.loads(predicted.stdout) == {"predictions": ["1"] * 4}
