@@ -19,6 +19,7 @@ from .context import DeploymentView, ResourceView, StageContext
 from .engine import Echo, Engine, merged_outputs
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
 from .model_uri import ModelSource
+from .registry_feedback import update_registry_tags
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -116,7 +117,7 @@ class Client:
 
         try:
             self.engine.run(deployment_id, fence)
-            self._registry_feedback(deployment_id)
+            update_registry_tags(self.store, deployment_id, self.engine.echo)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
@@ -124,26 +125,6 @@ class Client:
                 hint=f"{hint}; what was recorded is kept, and `orchestrate resume {deployment_id}` continues "
                      "where it stopped",
             ) from exc
-
-    def _registry_feedback(self, deployment_id: int) -> None:
-        """With -C registry_tags=true: tag the model version that went live with where it serves,
-        and untag the one it replaced. A tag that cannot be written is a warning, never a failure."""
-        with self.store.read() as session:
-            deployment = session.get_one(Deployment, deployment_id)
-            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
-            if endpoint.live_deployment_id != deployment.id or not deployment.config.get("registry_tags"):
-                return
-            source = ModelSource.from_dict(deployment.model_source, deployment.model_uri)
-            previous = session.get(Deployment, deployment.previous_live_id) if deployment.previous_live_id else None
-            replaced = ModelSource.from_dict(previous.model_source, previous.model_uri) if previous else None
-            where = {"target": deployment.target, "deployment_id": deployment.id,
-                     "url": merged_outputs(session, deployment.id).get("url")}
-            name = endpoint.name
-        warnings = [model_uri_module.tag_version(source, name, where)]
-        if replaced is not None and replaced.version_key() != source.version_key():
-            warnings.append(model_uri_module.untag_version(replaced, name))
-        for warning in filter(None, warnings):
-            self.engine.echo(f"warning: {warning}")
 
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
         announced = False

@@ -107,6 +107,11 @@ def test_registry_tags_follow_the_version_that_serves(cli: Cli, registry: Regist
     second = cli.json("deploy", f"models:/{registry.name}/2", "--name", "tagged", "--target", "noop")
     assert json.loads(tags("2")[key])["deployment_id"] == second["id"]  # registry_tags inherited
     assert key not in tags("1"), "the version that stopped serving keeps its tag"
+    # Queued and run by a worker, not by the deploying CLI: the tag moves all the same.
+    queued = cli.json("deploy", f"models:/{registry.name}/1", "--name", "tagged", "--target", "noop", "--detach")
+    cli.ok("worker", "--once")
+    assert json.loads(tags("1")[key])["deployment_id"] == queued["id"]
+    assert key not in tags("2"), "the version the worker's deployment replaced keeps its tag"
     cli.ok("delete", "tagged", "--yes")
     cli.endpoints.discard("tagged")
-    assert key not in tags("2")
+    assert key not in tags("1")
