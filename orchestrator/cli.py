@@ -480,7 +480,7 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
         body = sys.stdin.buffer.read(PREDICT_INPUT_MAX_BYTES + 1)
         if len(body) > PREDICT_INPUT_MAX_BYTES:
             raise ConfigError(f"standard input holds more than {PREDICT_INPUT_MAX_BYTES} bytes")
-        spool = ctx.with_resource(tempfile.NamedTemporaryFile(prefix="orchestrate-input-",
+        spool = ctx.with_resource(tempfile.NamedTemporaryFile(prefix="orchestrate-input-",  # noqa: SIM115 - closed by the click context
                                                               suffix=f".{content_type or 'json'}"))
         spool.write(body)
         spool.flush()
