@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import scoring_vs_mlflow  # the wrk runner and its parsing (this folder)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LUA = """wrk.method = "POST"
@@ -52,12 +52,7 @@ class Model:
     body: str  # one row
 
 
-@dataclass
-class Result:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+Result = scoring_vs_mlflow.Result
 
 
 def free_port() -> int:
@@ -138,25 +133,9 @@ class Server:
                 self.proc.wait()
 
 
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
-
-
 def wrk(url: str, script: Path, duration: float) -> Result:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c16", f"-d{duration:g}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = int(bad.group(1)) if bad else 0
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Result(rps, p50, p99, errors)
+    """wrk with 16 connections against ``url``'s server, as scoring_vs_mlflow.py runs and reads it."""
+    return scoring_vs_mlflow.wrk(url.removesuffix("/invocations"), script, 16, duration)
 
 
 def ping_stall(server: Server, body: bytes) -> tuple[float, float, int]:
