@@ -121,7 +121,7 @@ class Client:
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
-                f"the state store {self.store.display_url} failed during deployment {deployment_id}: {reason}",
+                f"the state store {self.store.display_url} stopped answering during deployment {deployment_id}: {reason}",
                 hint=f"{hint}; what was recorded is kept, and `orchestrate resume {deployment_id}` continues "
                      "where it stopped",
             ) from exc

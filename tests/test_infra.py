@@ -49,7 +49,8 @@ def test_db_url_is_fresh_and_writable(db_url: str) -> None:
 
 
 def test_environment_is_clean(orchestrate_home: Path) -> None:
-    allowed = {"ORCHESTRATE_HOME", "ORCHESTRATE_TEST_PG_URL", "ORCHESTRATE_ENVS_DIR"}
+    allowed = {"ORCHESTRATE_HOME", "ORCHESTRATE_TEST_PG_URL", "ORCHESTRATE_ENVS_DIR",
+               "ORCHESTRATE_TEST_MLFLOW_URI"}
     assert {n for n in os.environ if n.startswith("ORCHESTRATE_")} <= allowed
     assert os.environ["ORCHESTRATE_HOME"] == str(orchestrate_home)
     assert list(orchestrate_home.iterdir()) == []

@@ -98,8 +98,9 @@ def test_crash_between_container_start_and_health_check_resumes_without_a_second
     crashed = cli("deploy", str(example_model), "-n", "crashy", "-t", "docker", check=False,
                   env={"ORCHESTRATE_FAULTS": "health_check:crash-before"})
     assert crashed.returncode != 0
-    assert len(_servers(docker_client, "crashy")) == 1
-    started = _servers(docker_client, "crashy")[0].id
+    servers = _servers(docker_client, "crashy")
+    assert len(servers) == 1, [(c.name, c.status, c.labels) for c in servers]  # what else was counted, if it fails
+    started = servers[0].id
     cli("resume", "1")
     record = _status(cli, "1")
     assert record["status"] == "succeeded"
