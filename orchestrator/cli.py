@@ -554,7 +554,7 @@ def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_overrid
                                    log=lambda line: click.echo(line, err=True))
     if replace_process:  # the server owns the terminal: Ctrl-C reaches gunicorn directly
         os.execve(command[0], command, env)
-    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     sys.stdout.write(result.stdout)
     if result.returncode != 0:
         message = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("scoring: error: ")

@@ -9,7 +9,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, final
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -138,6 +138,7 @@ def release(store: Store, fence: Fence) -> None:
         connection.execute(_RELEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
 
 
+@final
 class Heartbeat:
     """Extends the lease every ttl/3 from a thread; notes when the token went stale."""
 

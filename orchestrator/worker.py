@@ -128,7 +128,7 @@ class Worker:
             except OrchestrateError as exc:
                 self.log("deployment_error", deployment_id=claim.deployment_id, error=str(exc))
                 return
-            except Exception as exc:  # a bug: keep the worker alive, record it, show the traceback
+            except Exception as exc:  # noqa: BLE001 -- a bug: keep the worker alive, record it, show the traceback
                 self.log("internal_error", deployment_id=claim.deployment_id, error=repr(exc),
                          traceback=traceback.format_exc())
                 self._mark_failed(claim.deployment_id, f"internal error in {runner.owner}: {exc!r}")
