@@ -103,7 +103,7 @@ class _TooMany(Exception):
     pass
 
 
-class _BoundedLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _BoundedLoader(yaml.SafeLoader):
     """SafeLoader whose composer stops at a nesting depth (before Python's recursion limit)
     and at a number of nodes (before a huge file is all parsed)."""
 

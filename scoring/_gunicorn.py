@@ -23,7 +23,7 @@ from scoring._config import ServerConfig
 from scoring._metrics import Metrics
 
 
-class ThreadedScoringWorker(ThreadWorker):  # type: ignore[misc]
+class ThreadedScoringWorker(ThreadWorker):
     """gunicorn's gthread worker, minus a shutdown stall (the worker where there is no epoll).
 
     On SIGTERM, gunicorn 26's gthread worker waits for every open connection, blocking in
@@ -34,10 +34,10 @@ class ThreadedScoringWorker(ThreadWorker):  # type: ignore[misc]
     them) and polls in short steps; requests in flight still finish.
     """
 
-    def wait_for_and_dispatch_events(self, timeout: float) -> Any:
+    def wait_for_and_dispatch_events(self, timeout: float | None) -> None:
         if not self.alive:
             self._close_idle_connections()
-            timeout = min(timeout, 0.2)
+            timeout = 0.2 if timeout is None else min(timeout, 0.2)
         return super().wait_for_and_dispatch_events(timeout)
 
     def _close_idle_connections(self) -> None:
@@ -52,7 +52,7 @@ class ThreadedScoringWorker(ThreadWorker):  # type: ignore[misc]
             conn.close()
 
 
-class ScoringServer(BaseApplication):  # type: ignore[misc]
+class ScoringServer(BaseApplication):
     """gunicorn application serving an already built WSGI app."""
 
     def __init__(self, app: Any, cfg: ServerConfig, metrics: Metrics) -> None:

@@ -107,15 +107,16 @@ def parse_csv(body: bytes, enforcer: Enforcer) -> RequestData:
         first = (str(exc).splitlines() or [""])[0][:200]
         raise InvalidInput(f"request body is not valid CSV: {first}") from None
     if enforcer.columns is None and enforcer.tensors is None:
-        return Columns(frame)
+        return Columns(dict(frame))  # {column: Series}, as the enforcer reads it: a frame is no Mapping
     columns: dict[Any, Any] = {}
     for name in frame.columns:
         values = frame[name].to_numpy()
         if values.dtype == object:
-            values = [
+            columns[name] = [
                 None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()
             ]
-        columns[name] = values
+        else:
+            columns[name] = values
     return Columns(columns)
 
 

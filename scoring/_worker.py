@@ -186,7 +186,7 @@ class _Date:
         return self._line
 
 
-class ScoringWorker(Worker):  # type: ignore[misc]
+class ScoringWorker(Worker):
     """See the module docstring. Linux only (epoll); ``scoring._gunicorn`` picks gthread
     elsewhere."""
 
@@ -747,7 +747,8 @@ class ScoringWorker(Worker):  # type: ignore[misc]
             result[:] = [status, headers]
             return _no_write
 
-        iterable = self.wsgi(environ, start_response)
+        # PEP 3333 passes the headers as a list; gunicorn's stubs say any iterable.
+        iterable = self.wsgi(environ, start_response)  # type: ignore[arg-type]
         try:
             chunks = [bytes(c) for c in iterable] if not isinstance(iterable, list) else iterable
         finally:

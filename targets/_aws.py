@@ -112,7 +112,7 @@ class Aws:
         import boto3.session
 
         try:
-            region = boto3.session.Session(profile_name=self.profile or None).region_name
+            region: str | None = boto3.session.Session(profile_name=self.profile or None).region_name
         except Exception as exc:  # ProfileNotFound and friends
             raise translate(exc, "reading the AWS configuration") from exc
         region = region or os.environ.get("AWS_REGION")  # other SDKs' name; older botocore reads only the default
@@ -133,7 +133,8 @@ class Aws:
                                 read_timeout=70)
                 try:
                     session = boto3.session.Session(profile_name=self.profile or None, region_name=self.region)
-                    client = session.client(service, config=config)
+                    # The stubs type only literal service names; this one is chosen at run time.
+                    client = session.client(service, config=config)  # type: ignore[call-overload]
                 except Exception as exc:
                     raise translate(exc, f"creating the {service} client") from exc
                 self._clients[key] = client

@@ -166,11 +166,13 @@ class DockerTarget(Target):
                 "ORCHESTRATE_GRACEFUL_TIMEOUT": str(ctx.config["drain_timeout"]),
             }
             policy = str(ctx.config["restart_policy"])
+            # Any: the stubs' policy names omit "unless-stopped" (our default) and "no", which Docker takes.
+            restart_policy: Any = {"Name": policy, **({"MaximumRetryCount": 3} if policy == "on-failure" else {})}
             with translated(f"starting container {name} from {image}"):
                 container = client.containers.run(
                     image, detach=True, name=name, network_mode=f"container:{pod.id}", environment=environment,
                     labels={**labels, f"{LABEL}deployment": str(ctx.deployment.id), f"{LABEL}pod": pod.name},
-                    restart_policy={"Name": policy, **({"MaximumRetryCount": 3} if policy == "on-failure" else {})},
+                    restart_policy=restart_policy,
                     nano_cpus=int(float(ctx.config["cpus"]) * 1e9) or None, mem_limit=ctx.config.get("memory") or None,
                     stop_signal="SIGTERM",
                 )

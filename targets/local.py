@@ -62,7 +62,7 @@ class LocalTarget(Target):
     def outputs_usable(self, stage: Stage, outputs: Mapping[str, Any]) -> bool:
         if stage == Stage.BUILD and outputs.get("env_path"):  # the virtualenv, and the server copy beside it
             server = outputs.get("server_path")
-            return (Path(outputs["env_path"]) / "bin" / "python").exists() and bool(server) and Path(server).is_dir()
+            return (Path(outputs["env_path"]) / "bin" / "python").exists() and bool(server and Path(server).is_dir())
         return super().outputs_usable(stage, outputs)
 
     def build(self, ctx: StageContext) -> Outputs:

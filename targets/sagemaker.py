@@ -333,7 +333,7 @@ class SageMakerTarget(Target):
             with docker_engine.translated(f"looking up image {given}", hint="build or pull it, or leave -C image out"):
                 local = client.images.get(given)
             tag = "img-" + str(local.id).split(":", 1)[-1][:20]
-            ctx.log(f"using local image {given} ({local.id[:19]}) as tag {tag}")
+            ctx.log(f"using local image {given} ({str(local.id)[:19]}) as tag {tag}")
             return {"local_image": str(local.id), "image_tag": tag}
         spec = images.ImageSpec(
             Path(ctx.outputs["model_dir"]), ctx.deployment.model_digest,
