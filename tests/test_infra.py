@@ -120,6 +120,7 @@ def test_leak_check_fails_a_test_that_leaves_a_detached_process(tmp_path: Path) 
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
     output = result.stdout + result.stderr

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def _orchestrate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
 
 
 @pytest.mark.parametrize("env_manager", ["virtualenv", "local"])
