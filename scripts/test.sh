@@ -14,7 +14,8 @@
 #      registries (scripts/_docker.sh); emulators: see the marked section below.
 #   3. Installs orchestrate in editable mode with the [test] extra (skipped when
 #      pyproject.toml has not changed since the last install).
-#   4. Runs `python -m pytest "$@"` with ORCHESTRATE_TEST_PG_URL exported, and exits with
+#   4. Lints and type-checks (scripts/check.sh: ruff, mypy strict) and stops on any finding.
+#   5. Runs `python -m pytest "$@"` with ORCHESTRATE_TEST_PG_URL exported, and exits with
 #      pytest's exit code. Exit code 5 (no tests collected) is an error, not a success.
 #
 # Environment knobs:
@@ -22,6 +23,7 @@
 #                              or a .venv in the repository when python3 is Debian's
 #                              externally managed one)
 #   ORCHESTRATE_TEST_REINSTALL=1   reinstall the package even if pyproject.toml is unchanged
+#   ORCHESTRATE_TEST_CHECKS=0      skip step 4 (while iterating on one test; CI never sets it)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -129,12 +131,24 @@ install_package() {
     printf '%s\n' "$want" >"$stamp"
 }
 
-# --- 4. Run ------------------------------------------------------------------------------
+# --- 4. Lint and type checks -------------------------------------------------------------
+
+run_checks() {
+    if [ "${ORCHESTRATE_TEST_CHECKS:-1}" = "0" ]; then
+        log "skipping the lint and type checks (ORCHESTRATE_TEST_CHECKS=0)"
+        return
+    fi
+    ORCHESTRATE_PYTHON="$PYTHON" bash "$REPO_ROOT/scripts/check.sh" \
+        || die "the lint and type checks failed (above); pytest did not run"
+}
+
+# --- 5. Run ------------------------------------------------------------------------------
 
 setup_postgres
 setup_later_services
 choose_python
 install_package
+run_checks
 setup_mlflow_server
 
 log "running: $PYTHON -m pytest $*"

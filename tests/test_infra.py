@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 import yaml
 
 CONFTEST = Path(__file__).with_name("conftest.py")
+REPO_ROOT = Path(__file__).parents[1]
 
 MODEL_FILES = {
     "MLmodel",
@@ -134,3 +136,41 @@ def test_leak_check_fails_a_test_that_leaves_a_detached_process(tmp_path: Path) 
         if proc.info["cmdline"] == ["sleep", "612"] and proc.status() != psutil.STATUS_ZOMBIE
     ]
     assert leftover == [], "the leak check did not kill the leaked process"
+
+
+def _run_check_script(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "check.sh")],
+        env={**os.environ, "ORCHESTRATE_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_check_script_fails_naming_each_tool_that_finds_a_problem(tmp_path: Path) -> None:
+    """scripts/check.sh (run by scripts/test.sh before pytest) with the repository's configuration,
+    on a small tree: clean it passes; an unused import (ruff) and an unannotated function (mypy
+    strict) each fail it, and both are reported in one run."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    for script in ("check.sh", "_common.sh"):
+        shutil.copy(REPO_ROOT / "scripts" / script, root / "scripts" / script)
+    shutil.copy(REPO_ROOT / "pyproject.toml", root / "pyproject.toml")
+    for package in ("orchestrator", "targets", "scoring", "tests"):
+        (root / package).mkdir()
+        (root / package / "__init__.py").write_text('"""A package."""\n')
+    clean = _run_check_script(root)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "lint and type checks passed" in clean.stderr
+
+    (root / "targets" / "unused.py").write_text("import os\n")
+    (root / "scoring" / "untyped.py").write_text("def double(x):\n    return 2 * x\n")
+    found = _run_check_script(root)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "F401 [*] `os` imported but unused\n --> targets/unused.py:1:8" in found.stdout, found.stdout
+    assert "scoring/untyped.py:1: error:" in found.stdout and "[no-untyped-def]" in found.stdout, found.stdout
+    assert "ruff found the problems listed above" in found.stderr, found.stderr
+    assert "mypy (strict) found the type errors listed above" in found.stderr, found.stderr
