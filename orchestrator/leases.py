@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import EndpointBusy
-from .store import Fence, Store
+from .store import Fence, Store, expiry
 from .tables import Endpoint, utcnow
 
 DEFAULT_TTL_S = 30.0
@@ -31,10 +31,6 @@ _RELEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lea
 # A beat after the lease was freed (the runner's last write frees it) must not set an expiry
 # on it again.
 _BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
-
-
-def expiry(ttl_s: float) -> dt.datetime:
-    return utcnow() + dt.timedelta(seconds=ttl_s)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from packaging.utils import canonicalize_name
 
 from . import secrets
 from .errors import ConfigError
-from .mlmodel import load_model_yaml, read_model_text
+from .model_reads import load_model_yaml, read_model_text
 from .secrets import REDACTED
 
 #: What `mlflow.pyfunc` imports unconditionally that mlflow-skinny does not install.
