@@ -531,7 +531,7 @@ def serve(model: str | None, model_uri: str | None, port: int, host: str, worker
           env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
     """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
     `mlflow models serve`; nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
-    from targets.local import check_listen_address
+    from .addresses import check_listen_address
 
     model = _model_argument(model, model_uri)
     check_listen_address(host, port, option="--host")  # at once, not after building the environment
@@ -575,7 +575,7 @@ def logs(ctx: click.Context, name: str, tail: int) -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """Installed targets and the config keys each accepts."""
-    from targets.base import available_targets, load_target
+    from .target_contract import available_targets, load_target
 
     from .config import ENGINE_KEYS
 
@@ -614,7 +614,7 @@ def targets(as_json: bool) -> None:
 def worker(ctx: click.Context, concurrency: int, target_names: str | None, once: bool, poll_interval: float,
            lease_ttl: float, name: str | None) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
-    from targets.base import available_targets
+    from .target_contract import available_targets
 
     from .worker import Worker
 
