@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import EndpointBusy
+from .processes import pid_alive
 from .store import Fence, Store, expiry
 from .tables import Endpoint, utcnow
 
@@ -47,20 +48,6 @@ class Runner:
         pid = os.getpid()
         name = label or f"{getpass.getuser()}@{host}"
         return cls(owner=f"{name}/pid:{pid}/{uuid.uuid4().hex[:6]}", host=host, pid=pid)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: dead for us
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class LeaseHolder(Protocol):

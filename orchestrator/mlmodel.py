@@ -365,7 +365,7 @@ def _write_error(exc: OSError, store_dir: Path) -> PermanentTargetError:
 
 def _remove_abandoned_staging(store_dir: Path, model_digest: str) -> None:
     """Staging copies of this model left by a process that was killed while copying."""
-    from .leases import pid_alive
+    from .processes import pid_alive
 
     for leftover in store_dir.glob(f".{model_digest}.*"):
         pid = leftover.name.split(".")[2]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from orchestrator import environments, health
 from orchestrator.addresses import check_listen_address
-from orchestrator.leases import pid_alive
+from orchestrator.processes import find_started_with, pid_alive, started_with
 from orchestrator.target_contract import (
     ConfigError,
     ConfigKey,
@@ -257,32 +257,15 @@ def server_environment(configured: Mapping[str, Any] | None) -> dict[str, str]:
 
 def _is_server(pid: int, pid_file: str) -> bool:
     """Guards against a recycled pid: the process must be our server with this pid file."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return pid_file.encode() in cmdline
+    return started_with(pid, pid_file)
 
 
 def _recorded_or_running_pid(resource: ResourceView) -> int | None:
     """The live pid of a recorded server; for one only planned, search by its unique pid file."""
     pid_file = str(resource.data.get("pid_file", ""))
-    if resource.external_id and pid_alive(int(resource.external_id)) and _is_server(int(resource.external_id), pid_file):
+    if resource.external_id and _is_server(int(resource.external_id), pid_file):
         return int(resource.external_id)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name)) and _is_server(int(entry.name), pid_file):
-            parent = _parent_pid(int(entry.name))
-            if parent is not None and _is_server(parent, pid_file):
-                continue  # a gunicorn worker; its master is the one to stop
-            return int(entry.name)
-    return None
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return find_started_with(pid_file)
 
 
 def stop_process(pid: int, drain_timeout: float) -> None:
