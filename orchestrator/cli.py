@@ -575,9 +575,8 @@ def logs(ctx: click.Context, name: str, tail: int) -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """Installed targets and the config keys each accepts."""
-    from .target_contract import available_targets, load_target
-
     from .config import ENGINE_KEYS
+    from .target_contract import available_targets, load_target
 
     rows: list[dict[str, Any]] = []
     for name in sorted(available_targets()):
@@ -615,7 +614,6 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
            lease_ttl: float, name: str | None) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
     from .target_contract import available_targets
-
     from .worker import Worker
 
     only = [t.strip() for t in target_names.split(",") if t.strip()] if target_names is not None else None

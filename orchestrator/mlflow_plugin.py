@@ -389,9 +389,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
 def target_help() -> str:
     """`mlflow deployments help -t orchestrate`: the URI format, each installed target's
     config keys, and what each command does."""
-    from .target_contract import available_targets, load_target
-
     from .config import ENGINE_KEYS
+    from .target_contract import available_targets, load_target
 
     lines = [
         "orchestrate: deploy MLflow models through orchestrate's recorded, resumable stages.",

@@ -21,7 +21,15 @@ from sqlalchemy import String, bindparam, func, insert, select, update
 from . import secrets
 from .config import ConfigKey
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
-from .states import LIVE_RESOURCE_STATES, STAGES, AttemptStatus, DeploymentStatus, ResourceState, Stage
+from .states import (
+    LIVE_RESOURCE_STATES,
+    STAGES,
+    AttemptStatus,
+    DeploymentStatus,
+    ResourceState,
+    Stage,
+)
+
 # Files a target writes under ORCHESTRATE_HOME are its owner's only.
 from .store import private_directory, private_opener
 from .tables import Deployment, Resource, StageAttempt, utcnow

@@ -17,8 +17,8 @@ from flask import Flask, Response, request
 from scoring import _json
 from scoring._config import ServerConfig
 from scoring._errors import InvalidInput, ModelError, NotFound, ScoringError, UnsupportedMediaType
-from scoring._model import LoadedModel
 from scoring._invocations import read_body
+from scoring._model import LoadedModel
 from scoring._schema import Columns, ColumnSpec, Raw, RequestData, Rows, TensorSpec
 from scoring._version import __version__
 

@@ -8,7 +8,14 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar
 
-from orchestrator.target_contract import ConfigKey, Outputs, ResourceState, ResourceView, StageContext, Target
+from orchestrator.target_contract import (
+    ConfigKey,
+    Outputs,
+    ResourceState,
+    ResourceView,
+    StageContext,
+    Target,
+)
 
 
 class NoopTarget(Target):
