@@ -3,12 +3,15 @@ is alive, and finding a server by a word of its command line."""
 
 from __future__ import annotations
 
-import psutil
+# psutil is imported by each function, when first asked (30-90 ms here), not by every
+# command that imports `leases`: `status` and `list` never look at a process.
 
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process; a killed child its parent has not reaped yet (a zombie)
     is dead for us, and one we may not inspect is alive."""
+    import psutil
+
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, ValueError):  # ValueError: a negative pid
@@ -20,6 +23,8 @@ def pid_alive(pid: int) -> bool:
 def started_with(pid: int, argument: str) -> bool:
     """Whether live process `pid` has `argument` as one word of its command line: guards
     against a recycled pid (a pid file path names one server)."""
+    import psutil
+
     if not argument:
         return False
     try:
@@ -32,6 +37,8 @@ def started_with(pid: int, argument: str) -> bool:
 def find_started_with(argument: str) -> int | None:
     """The live process whose command line has `argument` as one word and whose parent's does
     not (a gunicorn master, not one of its workers), or None."""
+    import psutil
+
     if not argument:
         return None
     matching: dict[int, int | None] = {}
