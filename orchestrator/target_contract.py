@@ -1,7 +1,8 @@
-"""The contract between orchestrate and its targets: everything a target module imports from
-orchestrate is here. A target subclasses `Target`; each stage method gets a `StageContext` (its
-deployment, earlier outputs, the recorded-resource API) and returns its outputs. Targets are
-found by entry point (`orchestrate.targets`) only: nothing in orchestrator/ imports targets/.
+"""The contract between orchestrate and its targets: all a target sees of the runner and the
+state store is here (it may also use the toolkit modules: health, environments, images...).
+A target subclasses `Target`; each stage method gets a `StageContext` (its deployment, earlier
+outputs, the recorded-resource API) and returns its outputs. Targets are found by entry point
+(`orchestrate.targets`) only: nothing in orchestrator/ imports targets/.
 
 Re-exported here, so a target needs no other module of orchestrate's core: the config key type
 (`ConfigKey`), the errors a target raises, the stages and resource states.
