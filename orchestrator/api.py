@@ -15,8 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from . import config as config_module
 from . import leases, mlmodel, queue, requirements, secrets
 from . import model_uri as model_uri_module
-from .context import DeploymentView, ResourceView, StageContext
-from .engine import Echo, Engine, merged_outputs
+from .engine import Echo, Engine
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
 from .model_uri import ModelSource
 from .registry_feedback import update_registry_tags
@@ -28,6 +27,7 @@ from .states import (
 )
 from .store import Store, describe_failure, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
+from .target_contract import DeploymentView, ResourceView, StageContext, load_target, merged_outputs
 
 
 @dataclass
@@ -79,8 +79,6 @@ class Client:
         worker; `wait_in_queue` queues it behind a busy endpoint and runs it here when its turn
         comes. Raises ConfigError for bad input or a model URI that cannot be resolved (nothing
         recorded), EndpointBusy when the endpoint is busy and neither was asked."""
-        from targets.base import load_target
-
         mlmodel.check_endpoint_name(name)
         plugin = load_target(target)
         file_values = plugin.normalize_config(
@@ -270,8 +268,6 @@ class Client:
                 name = endpoint.name
         if fence is None:
             return self._wait_for_end(deployment_id, wait_s)
-        from targets.base import load_target
-
         with self.store.read() as session:
             view = DeploymentView.of(session.get_one(Deployment, deployment_id), name)
         try:
@@ -326,8 +322,6 @@ class Client:
         """Redeploy the live deployment's recorded model with its config patched by `config`
         (`mlflow deployments update` without a model); returns the new deployment's id.
         Every stage runs again, as the new config may change the build."""
-        from targets.base import load_target
-
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             if endpoint.live_deployment_id is None:
@@ -347,8 +341,6 @@ class Client:
 
     def delete_plan(self, name: str) -> dict[str, Any]:
         """What `delete(name)` would release, for the confirmation prompt; raises NotFound."""
-        from targets.base import load_target
-
         from .states import LIVE_RESOURCE_STATES
 
         with self.store.read() as session:
@@ -366,8 +358,6 @@ class Client:
 
     def delete(self, name: str) -> list[str]:
         """Stop everything the endpoint serves with and mark it deleted; returns what was released."""
-        from targets.base import load_target
-
         with self.store.write() as tx:
             endpoint = self._endpoint(tx.session, name, lock=True)
             self._check_idle(tx.session, endpoint)
@@ -466,9 +456,7 @@ class Client:
                 record["resources"] = [_resource_dict(r) for r in resources]
         record["url"] = outputs.get("url")
         if describe:
-            from targets.base import load_target
-
-            record["runtime"] = load_target(record["target"]).describe(outputs)
+                record["runtime"] = load_target(record["target"]).describe(outputs)
         return record
 
     def endpoint_status(self, name: str) -> dict[str, Any]:
@@ -587,8 +575,6 @@ class Client:
 
     def live_target(self, name: str) -> tuple[Any, dict[str, Any]]:
         """The target plugin and recorded outputs of the endpoint's live deployment."""
-        from targets.base import load_target
-
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             if endpoint.live_deployment_id is None:

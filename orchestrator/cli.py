@@ -531,7 +531,7 @@ def serve(model: str | None, model_uri: str | None, port: int, host: str, worker
           env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
     """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
     `mlflow models serve`; nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
-    from targets.local import check_listen_address
+    from .addresses import check_listen_address
 
     model = _model_argument(model, model_uri)
     check_listen_address(host, port, option="--host")  # at once, not after building the environment
@@ -575,9 +575,8 @@ def logs(ctx: click.Context, name: str, tail: int) -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """Installed targets and the config keys each accepts."""
-    from targets.base import available_targets, load_target
-
     from .config import ENGINE_KEYS
+    from .target_contract import available_targets, load_target
 
     rows: list[dict[str, Any]] = []
     for name in sorted(available_targets()):
@@ -614,8 +613,7 @@ def targets(as_json: bool) -> None:
 def worker(ctx: click.Context, concurrency: int, target_names: str | None, once: bool, poll_interval: float,
            lease_ttl: float, name: str | None) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
-    from targets.base import available_targets
-
+    from .target_contract import available_targets
     from .worker import Worker
 
     only = [t.strip() for t in target_names.split(",") if t.strip()] if target_names is not None else None

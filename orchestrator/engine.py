@@ -14,7 +14,6 @@ from sqlalchemy import bindparam, insert, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import leases, secrets
-from .context import DeploymentView, StageContext
 from .errors import LeaseLost, OrchestrateError, RetryableTargetError
 from .faults import Faults
 from .states import (
@@ -30,6 +29,15 @@ from .states import (
 )
 from .store import Fence, Store, Tx
 from .tables import Deployment, Endpoint, Resource, StageAttempt, utcnow
+from .target_contract import (
+    DeploymentView,
+    ResourceView,
+    StageContext,
+    Target,
+    load_target,
+    merged_outputs,
+    stage_outputs,
+)
 
 Echo = Callable[[str], None]
 
@@ -96,27 +104,6 @@ class RetryPolicy:
         )
 
 
-def stage_outputs(session: Any, deployment_id: int) -> dict[str, dict[str, Any]]:
-    """Outputs of the latest succeeded or skipped attempt of each stage."""
-    rows = session.execute(
-        select(StageAttempt.stage, StageAttempt.outputs)
-        .where(
-            StageAttempt.deployment_id == deployment_id,
-            StageAttempt.status.in_([AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value]),
-        )
-        .order_by(StageAttempt.id)
-    ).all()
-    return {stage: dict(outputs) for stage, outputs in rows}
-
-
-def merged_outputs(session: Any, deployment_id: int) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    by_stage = stage_outputs(session, deployment_id)
-    for stage in STAGES:
-        merged.update(by_stage.get(stage.value, {}))
-    return merged
-
-
 @dataclass
 class _Run:
     """What a runner knows of its deployment while it holds the lease: nobody else writes it,
@@ -170,8 +157,6 @@ class Engine:
     def run(self, deployment_id: int, fence: Fence) -> DeploymentStatus:
         """Drive the deployment to an end and release the lease; returns its final status,
         or RUNNING when `stop` was set and the deployment was left for another runner."""
-        from targets.base import load_target
-
         state = self._load(deployment_id)
         target = load_target(state.view.target)
         self._forget_vanished_outputs(state, target)
@@ -206,7 +191,7 @@ class Engine:
                 restart_stage=Stage(row.restart_stage) if row.restart_stage else None,
             )
 
-    def _loop(self, state: _Run, fence: Fence, target: Any, heartbeat: leases.Heartbeat) -> DeploymentStatus:
+    def _loop(self, state: _Run, fence: Fence, target: Target, heartbeat: leases.Heartbeat) -> DeploymentStatus:
         view = state.view
         while True:
             if heartbeat.lost:
@@ -245,7 +230,7 @@ class Engine:
             except OrchestrateError as exc:
                 return self._fail(view, fence, target, next_stage, exc)
 
-    def _forget_vanished_outputs(self, state: _Run, target: Any) -> None:
+    def _forget_vanished_outputs(self, state: _Run, target: Target) -> None:
         """Stages whose recorded outputs name files gone from this machine (a model snapshot or
         virtualenv deleted under ORCHESTRATE_HOME) run again instead of handing later stages
         paths that no longer exist."""
@@ -255,7 +240,7 @@ class Engine:
                 del state.outputs[stage.value]
                 self.echo(f"deployment {state.view.id}: the files {stage.value} recorded are gone; running it again")
 
-    def _run_stage(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
+    def _run_stage(self, state: _Run, fence: Fence, target: Target, stage: Stage) -> None:
         policy = RetryPolicy.for_stage(state.view.config, stage)
         retrying = Retrying(
             stop=stop_after_attempt(policy.max_attempts),
@@ -268,7 +253,7 @@ class Engine:
             with attempt:
                 self._attempt(state, fence, target, stage)
 
-    def _attempt(self, state: _Run, fence: Fence, target: Any, stage: Stage) -> None:
+    def _attempt(self, state: _Run, fence: Fence, target: Target, stage: Stage) -> None:
         view = state.view
         number = state.attempts.get(stage.value, 0) + 1
         attempt_id = self._start_attempt(state, fence, stage, number)
@@ -427,7 +412,7 @@ class Engine:
         state.pending.clear()
         state.released = True
 
-    def _fail(self, view: DeploymentView, fence: Fence, target: Any, stage: Stage,
+    def _fail(self, view: DeploymentView, fence: Fence, target: Target, stage: Stage,
               exc: OrchestrateError) -> DeploymentStatus:
         with self.store.read() as session:
             live_id = session.get_one(Endpoint, view.endpoint_id).live_deployment_id
@@ -443,7 +428,7 @@ class Engine:
             kind=ErrorKind.PERMANENT,
         )
 
-    def abort(self, view: DeploymentView, fence: Fence, target: Any, final: DeploymentStatus, message: str,
+    def abort(self, view: DeploymentView, fence: Fence, target: Target, final: DeploymentStatus, message: str,
               *, kind: ErrorKind | None = None) -> DeploymentStatus:
         """Stop what this deployment started serving, then record how it ended.
 
@@ -472,7 +457,7 @@ class Engine:
         self._set_status(view, fence, final, message)
         return final
 
-    def _release_own(self, view: DeploymentView, fence: Fence, target: Any) -> list[str]:
+    def _release_own(self, view: DeploymentView, fence: Fence, target: Target) -> list[str]:
         with self.store.read() as session:
             rows = session.execute(
                 select(Resource).where(
@@ -481,8 +466,6 @@ class Engine:
                     Resource.state != ResourceState.DELETED.value,
                 ).order_by(Resource.id.desc())
             ).scalars().all()
-        from .context import ResourceView
-
         ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
                            outputs={}, log_file=self.home / "logs" / "deployments" / str(view.id) / "abort.log",
                            echo=self.echo)

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import EndpointBusy
-from .store import Fence, Store
+from .processes import pid_alive
+from .store import Fence, Store, expiry
 from .tables import Endpoint, utcnow
 
 DEFAULT_TTL_S = 30.0
@@ -31,10 +32,6 @@ _RELEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lea
 # A beat after the lease was freed (the runner's last write frees it) must not set an expiry
 # on it again.
 _BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
-
-
-def expiry(ttl_s: float) -> dt.datetime:
-    return utcnow() + dt.timedelta(seconds=ttl_s)
 
 
 @dataclass(frozen=True)
@@ -51,20 +48,6 @@ class Runner:
         pid = os.getpid()
         name = label or f"{getpass.getuser()}@{host}"
         return cls(owner=f"{name}/pid:{pid}/{uuid.uuid4().hex[:6]}", host=host, pid=pid)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: dead for us
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class LeaseHolder(Protocol):

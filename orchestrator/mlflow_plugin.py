@@ -101,7 +101,7 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         super().__init__(target_uri)  # type: ignore[no-untyped-call]
         self.target = target_from_uri(target_uri)
         self.db_url = db_url
-        from targets.base import load_target
+        from .target_contract import load_target
 
         with _as_mlflow_errors():
             self.plugin = load_target(self.target)
@@ -389,9 +389,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
 def target_help() -> str:
     """`mlflow deployments help -t orchestrate`: the URI format, each installed target's
     config keys, and what each command does."""
-    from targets.base import available_targets, load_target
-
     from .config import ENGINE_KEYS
+    from .target_contract import available_targets, load_target
 
     lines = [
         "orchestrate: deploy MLflow models through orchestrate's recorded, resumable stages.",

@@ -31,9 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-import yaml
-
 from .errors import ConfigError, PermanentTargetError
+from .model_reads import load_model_yaml, open_regular, read_bytes, read_model_text
 
 # Files MLflow writes beside a model that serving never reads; they don't change the digest.
 # registered_model_meta: MLflow writes it when a models:/ URI is downloaded (name, version), so
@@ -42,8 +41,7 @@ _IGNORED_NAMES = {"__pycache__", ".DS_Store", "registered_model_meta"}
 
 # Bounds on the files orchestrate parses. MLflow writes them in kilobytes (a signature of
 # thousands of columns stays under a megabyte); a bigger one is a mistake or an attack.
-MLMODEL_MAX_BYTES = 8 << 20
-TEXT_FILE_MAX_BYTES = 1 << 20  # requirements.txt, python_env.yaml, conda.yaml
+MLMODEL_MAX_BYTES = 8 << 20  # requirements.txt and the YAML files: model_reads.TEXT_FILE_MAX_BYTES
 INPUT_EXAMPLE_MAX_BYTES = 16 << 20
 # A directory of links to directories can multiply itself; real models have far fewer files.
 MAX_FILES = 100_000
@@ -176,35 +174,6 @@ def _leaves_directory(value: str) -> bool:
     return False
 
 
-def load_model_yaml(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> Any:
-    """A YAML file of the model, read with a size bound; a ConfigError when it is not YAML."""
-    text = read_model_text(file, limit=limit)
-    try:
-        # The pure-Python safe loader: its nesting is bounded by the recursion limit (libyaml's is not).
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise ConfigError(f"{file} is nested too deeply to be a model file",
-                          hint="MLflow writes a few levels; save the model again with mlflow") from None
-
-
-def read_model_text(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> str:
-    """A UTF-8 text file of the model, at most `limit` bytes; a ConfigError otherwise."""
-    with _open_regular(file) as handle:
-        data = _read(handle, file, limit + 1)
-    if len(data) > limit:
-        raise ConfigError(
-            f"{file} is larger than {_size(limit)}, more than a model file of this kind ever needs",
-            hint="check it is the file MLflow wrote; save the model again with mlflow",
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file} is not UTF-8 text (undecodable byte at offset {exc.start}); is it a binary file?",
-                          hint="save the model again with mlflow") from None
-
-
 def _python_version(path: Path, pyfunc: dict[str, Any]) -> str | None:
     env_file = path / "python_env.yaml"
     if env_file.is_file():
@@ -311,37 +280,15 @@ def _digest(files: list[ModelFile]) -> str:
     sha = hashlib.sha256()
     for file in files:
         sha.update(os.fsencode(file.relative) + b"\0")
-        with _open_regular(file.source, follow=False) as handle:
+        with open_regular(file.source, follow=False) as handle:
             for chunk in _chunks(handle, file.source):
                 sha.update(chunk)
         sha.update(b"\0")
     return sha.hexdigest()
 
 
-def _open_regular(file: Path, *, follow: bool = True) -> IO[bytes]:
-    """Open a file for reading only if it is a regular file (never blocks on a FIFO or device).
-    `follow=False` for a `ModelFile.source`, a resolved path: a link put in its place after the
-    walk is not followed out of the model."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    try:
-        descriptor = os.open(file, flags)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise ConfigError(f"{file} is not a regular file", hint="a model directory holds regular files only")
-    return os.fdopen(descriptor, "rb")
-
-
-def _read(handle: IO[bytes], file: Path, size: int) -> bytes:
-    try:
-        return handle.read(size)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
-
-
 def _chunks(handle: IO[bytes], file: Path) -> Iterator[bytes]:
-    while chunk := _read(handle, file, _CHUNK):
+    while chunk := read_bytes(handle, file, _CHUNK):
         yield chunk
 
 
@@ -389,7 +336,7 @@ def _copy_files(files: list[ModelFile], staging: Path, store_dir: Path) -> str:
     for file in files:
         target = staging.joinpath(*file.relative.split("/"))
         sha.update(os.fsencode(file.relative) + b"\0")
-        with _open_regular(file.source, follow=False) as source:
+        with open_regular(file.source, follow=False) as source:
             executable = os.fstat(source.fileno()).st_mode & stat.S_IXUSR
             try:
                 for parent in reversed(target.relative_to(staging).parents[:-1]):
@@ -418,16 +365,12 @@ def _write_error(exc: OSError, store_dir: Path) -> PermanentTargetError:
 
 def _remove_abandoned_staging(store_dir: Path, model_digest: str) -> None:
     """Staging copies of this model left by a process that was killed while copying."""
-    from .leases import pid_alive
+    from .processes import pid_alive
 
     for leftover in store_dir.glob(f".{model_digest}.*"):
         pid = leftover.name.split(".")[2]
         if pid.isdecimal() and pid.isascii() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _size(limit: int) -> str:
-    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
 
 
 def load_input_example(model_dir: Path, name: str) -> tuple[bytes, int | None]:

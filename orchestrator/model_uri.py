@@ -300,7 +300,7 @@ _DOWNLOAD_PREFIX = ".download-"
 
 def _remove_abandoned_downloads(snapshot_dir: Path) -> None:
     """Staging directories of downloads whose process died (killed mid-download)."""
-    from .leases import pid_alive
+    from .processes import pid_alive
 
     for staging in snapshot_dir.glob(f"{_DOWNLOAD_PREFIX}*"):
         pid = staging.name[len(_DOWNLOAD_PREFIX):].split("-", 1)[0]

@@ -5,9 +5,10 @@ it, the CLI's or a worker's. A tag that cannot be written is a warning, never a 
 from __future__ import annotations
 
 from . import model_uri
-from .engine import Echo, merged_outputs
+from .engine import Echo
 from .store import Store
 from .tables import Deployment, Endpoint
+from .target_contract import merged_outputs
 
 
 def update_registry_tags(store: Store, deployment_id: int, echo: Echo) -> None:

@@ -37,7 +37,7 @@ from packaging.utils import canonicalize_name
 
 from . import secrets
 from .errors import ConfigError
-from .mlmodel import load_model_yaml, read_model_text
+from .model_reads import load_model_yaml, read_model_text
 from .secrets import REDACTED
 
 #: What `mlflow.pyfunc` imports unconditionally that mlflow-skinny does not install.
@@ -65,9 +65,8 @@ def requirement_name(requirement: str) -> str:
     """The canonical project name of a requirement line (`Foo_Bar>=1` → `foo-bar`)."""
     try:
         return str(canonicalize_name(Requirement(requirement).name))
-    except InvalidRequirement:
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-        return str(canonicalize_name(match.group(1))) if match else requirement.strip().lower()
+    except InvalidRequirement:  # a path or URL names no project: it matches only itself
+        return requirement.strip()
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -228,20 +227,30 @@ def check_policy(lines: Sequence[str], policy: Policy, *, where: str = "the mode
 
 
 def parse_overrides(text: str | None) -> list[str]:
-    """`--pip-requirements-override 'numpy>=1.2,<2, pandas'` → ["numpy>=1.2,<2", "pandas"]: a
-    comma starts a new requirement only when what follows is not a version clause."""
+    """`--pip-requirements-override 'numpy>=1.2,<2, pandas[excel,plot]'` → ["numpy>=1.2,<2",
+    "pandas[excel,plot]"]: a comma also separates version clauses and extras, so a piece
+    continues the requirement before it when it is no requirement alone and the two together
+    are one (or the one before is not yet whole), as `packaging` reads them."""
     parts: list[str] = []
     for piece in (text or "").split(","):
         piece = piece.strip()
         if not piece:
             continue
-        if parts and re.match(r"^(===|==|!=|~=|<=|>=|<|>)", piece):
+        if parts and not _parses(piece) and (_parses(f"{parts[-1]},{piece}") or not _parses(parts[-1])):
             parts[-1] += "," + piece
         else:
             parts.append(piece)
     for part in parts:
         _check_line(part, "--pip-requirements-override")
     return parts
+
+
+def _parses(text: str) -> bool:
+    try:
+        Requirement(text)
+    except InvalidRequirement:
+        return False
+    return True
 
 
 def apply_overrides(requirements: Sequence[str], overrides: Sequence[str]) -> list[str]:

@@ -253,6 +253,11 @@ def _check_integrity(engine: Engine) -> None:
         )
 
 
+def expiry(ttl_s: float) -> dt.datetime:
+    """When a lease taken or extended now runs out."""
+    return utcnow() + dt.timedelta(seconds=ttl_s)
+
+
 @dataclass(frozen=True)
 class Fence:
     """A lease held on one endpoint: writes go through only while the token is current."""
@@ -407,8 +412,6 @@ class Store:
     def _check_fence(connection: Connection, fence: Fence, end_lease: bool) -> None:
         # Extends (or frees) the lease and checks the token in one statement; the row lock it
         # takes keeps a takeover from slipping in before this transaction commits.
-        from .leases import expiry
-
         if end_lease:
             result = connection.execute(_END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
         else:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-__version__ = "0.1.0"
+from scoring._version import __version__
 
 #: What the server itself needs installed next to a model (the model brings the rest).
 #: orjson parses request bodies ~6x faster than the standard library (65 us of a 100-row

@@ -20,19 +20,19 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from scoring import __version__, _json
+from scoring import _json
 from scoring._accesslog import AccessLog
 from scoring._config import ServerConfig, load_config
 from scoring._errors import (
     InvalidInput,
     ModelError,
-    PayloadTooLarge,
     RequestTimeout,
     ScoringError,
 )
-from scoring._invocations import JSON, media_type, parse_csv, parse_json
+from scoring._invocations import JSON, media_type, parse_csv, parse_json, read_body
 from scoring._metrics import ROUTE_INDEX, Metrics
 from scoring._model import LoadedModel, load_model
+from scoring._version import __version__
 
 log = logging.getLogger("scoring")
 
@@ -314,29 +314,6 @@ class Observe:
 _STATUS_LINES = {
     code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 404, 413, 415, 500, 503, 504)
 }
-
-
-def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
-    """The request body; raises ``PayloadTooLarge`` over ``max_bytes``."""
-    stream = environ["wsgi.input"]
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        if not length.isdigit():
-            raise InvalidInput("the Content-Length header is not a number")
-        size = int(length)
-        if size > max_bytes:
-            raise PayloadTooLarge(
-                f"the request body is {size} bytes; the limit is {max_bytes} "
-                "(ORCHESTRATE_MAX_REQUEST_BYTES)"
-            )
-        return bytes(stream.read(size))
-    body = bytes(stream.read(max_bytes + 1))  # chunked, or no body at all
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(
-            f"the request body is larger than the limit of {max_bytes} bytes "
-            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
-        )
-    return body
 
 
 def make_invocations(

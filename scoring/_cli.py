@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scoring import __version__
+from scoring._version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:

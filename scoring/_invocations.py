@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scoring import _json
-from scoring._errors import InvalidInput, UnsupportedMediaType
+from scoring._errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from scoring._schema import Columns, Enforcer, Raw, Records, RequestData, Rows
 
 JSON = "application/json"
@@ -132,3 +132,26 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return "number"
+
+
+def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
+    """The request body; raises ``PayloadTooLarge`` over ``max_bytes``."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        if not length.isdigit():
+            raise InvalidInput("the Content-Length header is not a number")
+        size = int(length)
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"the request body is {size} bytes; the limit is {max_bytes} "
+                "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+            )
+        return bytes(stream.read(size))
+    body = bytes(stream.read(max_bytes + 1))  # chunked, or no body at all
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(
+            f"the request body is larger than the limit of {max_bytes} bytes "
+            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+        )
+    return body

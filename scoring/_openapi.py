@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring import __version__
 from scoring._config import ServerConfig
 from scoring._model import LoadedModel
 from scoring._schema import ColumnSpec
+from scoring._version import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _V2_ERROR = {"$ref": "#/components/schemas/V2Error"}

@@ -14,11 +14,13 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from scoring import __version__, _json
+from scoring import _json
 from scoring._config import ServerConfig
 from scoring._errors import InvalidInput, ModelError, NotFound, ScoringError, UnsupportedMediaType
+from scoring._invocations import read_body
 from scoring._model import LoadedModel
 from scoring._schema import Columns, ColumnSpec, Raw, RequestData, Rows, TensorSpec
+from scoring._version import __version__
 
 V2_DATATYPES: Mapping[str, str] = {
     "BOOL": "bool",
@@ -308,8 +310,6 @@ def register_v2_routes(
 
     @app.post("/v2/models/<path:model_name>/infer")
     def v2_infer(model_name: str) -> Response:
-        from scoring._app import read_body
-
         try:
             check_name(model_name)
             content_type = request.environ.get("CONTENT_TYPE") or "application/json"

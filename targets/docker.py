@@ -22,13 +22,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator import health, images, secrets
-from orchestrator.config import ConfigKey
-from orchestrator.context import ResourceView, StageContext
+from orchestrator.addresses import check_listen_address, free_port
 from orchestrator.docker_engine import connect, image_exists, translated
-from orchestrator.errors import ConfigError, PermanentTargetError
-from orchestrator.states import ResourceState
-from targets.base import Invocation, Outputs, Target, invoke_scoring_server, validated_model
-from targets.local import check_listen_address, free_port
+from orchestrator.target_contract import (
+    ConfigError,
+    ConfigKey,
+    Invocation,
+    Outputs,
+    PermanentTargetError,
+    ResourceState,
+    ResourceView,
+    StageContext,
+    Target,
+    invoke_scoring_server,
+    validated_model,
+)
 
 IMAGE = "image"
 PUSHED_IMAGE = "pushed_image"

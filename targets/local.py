@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator import environments, health
-from orchestrator.config import ConfigKey
-from orchestrator.context import ResourceView, StageContext
-from orchestrator.errors import ConfigError, PermanentTargetError
-from orchestrator.leases import pid_alive
-from orchestrator.states import ResourceState, Stage
-from orchestrator.store import private_directory, private_opener
-from targets.base import Invocation, Outputs, Target, invoke_scoring_server
+from orchestrator.addresses import check_listen_address
+from orchestrator.processes import find_started_with, pid_alive, started_with
+from orchestrator.target_contract import (
+    ConfigError,
+    ConfigKey,
+    Invocation,
+    Outputs,
+    PermanentTargetError,
+    ResourceState,
+    ResourceView,
+    Stage,
+    StageContext,
+    Target,
+    invoke_scoring_server,
+    private_directory,
+    private_opener,
+)
 
 PROCESS = "process"
 VIRTUALENV = "virtualenv"
@@ -247,32 +257,15 @@ def server_environment(configured: Mapping[str, Any] | None) -> dict[str, str]:
 
 def _is_server(pid: int, pid_file: str) -> bool:
     """Guards against a recycled pid: the process must be our server with this pid file."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return pid_file.encode() in cmdline
+    return started_with(pid, pid_file)
 
 
 def _recorded_or_running_pid(resource: ResourceView) -> int | None:
     """The live pid of a recorded server; for one only planned, search by its unique pid file."""
     pid_file = str(resource.data.get("pid_file", ""))
-    if resource.external_id and pid_alive(int(resource.external_id)) and _is_server(int(resource.external_id), pid_file):
+    if resource.external_id and _is_server(int(resource.external_id), pid_file):
         return int(resource.external_id)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name)) and _is_server(int(entry.name), pid_file):
-            parent = _parent_pid(int(entry.name))
-            if parent is not None and _is_server(parent, pid_file):
-                continue  # a gunicorn worker; its master is the one to stop
-            return int(entry.name)
-    return None
-
-
-def _parent_pid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return find_started_with(pid_file)
 
 
 def stop_process(pid: int, drain_timeout: float) -> None:
@@ -298,44 +291,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def check_listen_address(host: str, port: int, *, option: str = "-C host=...") -> None:
-    """Raise a ConfigError saying which is wrong when a server could not listen on host:port:
-    a host that is no IPv4 address of this machine, a port in use, or one that needs root.
-    Port 0 checks the host alone."""
-    import errno
-
-    if not host.strip():  # bind() reads '' as every interface, which nobody means by leaving it empty
-        raise ConfigError("the host to listen on is empty",
-                          hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0")
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise ConfigError(f"cannot listen on host {host!r}: it is not an IPv4 address or a name this machine "
-                          f"resolves ({reason})",
-                          hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0") from None
-    except OverflowError:
-        raise ConfigError(f"port {port} is not a port (0-65535)") from None
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is in use by another program",
-                              hint="choose another port, or stop the program that holds it") from None
-        if exc.errno == errno.EACCES:
-            raise ConfigError(f"port {port} on {host} needs root privileges",
-                              hint="choose a port from 1024 up") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(f"cannot listen on host {host!r}: it is not an address of this machine",
-                              hint=f"give an address of this machine with {option}, e.g. 127.0.0.1 or 0.0.0.0") from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def _listener(host: str, port: int) -> socket.socket:

@@ -8,10 +8,14 @@ import time
 from collections.abc import Mapping
 from typing import ClassVar
 
-from orchestrator.config import ConfigKey
-from orchestrator.context import ResourceView, StageContext
-from orchestrator.states import ResourceState
-from targets.base import Outputs, Target
+from orchestrator.target_contract import (
+    ConfigKey,
+    Outputs,
+    ResourceState,
+    ResourceView,
+    StageContext,
+    Target,
+)
 
 
 class NoopTarget(Target):

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator import mlmodel
-from orchestrator.config import ConfigKey
-from orchestrator.context import ResourceView, StageContext
-from orchestrator.errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
-from orchestrator.states import ResourceState
-from targets.base import Invocation, Outputs, Target, validated_model
+from orchestrator.target_contract import (
+    ConfigError,
+    ConfigKey,
+    Invocation,
+    Outputs,
+    PermanentTargetError,
+    ResourceState,
+    ResourceView,
+    RetryableTargetError,
+    StageContext,
+    Target,
+    TargetError,
+    validated_model,
+)
 
 MODEL = "sagemaker_model"
 ENDPOINT_CONFIG = "endpoint_config"
@@ -731,11 +740,7 @@ class SageMakerTarget(Target):
         what it made is always released so the previous config serves again."""
         if not ctx.deployment.config.get("keep_failed") or resource.deployment_id != ctx.deployment.id:
             return False
-        from orchestrator.tables import Deployment
-
-        with ctx.store.read() as session:
-            row = session.get_one(Deployment, ctx.deployment.id)
-            return row.status == "running" and not row.cancel_requested
+        return ctx.is_running()
 
     def release(self, ctx: StageContext, resource: ResourceView) -> None:
         aws = self._aws(ctx, ctx.config, self._recorded(ctx, "region"))
@@ -766,10 +771,7 @@ class SageMakerTarget(Target):
 
     @staticmethod
     def _recorded(ctx: StageContext, key: str) -> Any:
-        from orchestrator.engine import merged_outputs
-
-        with ctx.store.read() as session:
-            return merged_outputs(session, ctx.deployment.id).get(key)
+        return ctx.recorded_outputs().get(key)
 
     def _restore_previous(self, ctx: StageContext, aws: Any, resource: ResourceView) -> None:
         """A config of ours that the endpoint still serves is swapped back to the one it replaced."""

@@ -11,6 +11,7 @@ password-protected PEP 503 package index served on 127.0.0.1 by the test (one ti
 | S4 | a credential in requirements.txt (`--extra-index-url http://user:PW@…`) was written to the store and the build log | test_credential_in_requirements_reaches_only_the_installer |
 | B-argv | `--index-url URL` lines were passed to the installer as one argv token, so every such build failed | test_index_option_reaches_the_installer_as_pip_parses_it |
 | K-lock | failed builds left `envs/*.lock` files | test_failed_build_leaves_no_lock_file, test_credential_in_requirements_reaches_only_the_installer |
+| B-comma | `--pip-requirements-override` was split at every comma (`numpy>=1.2,<2`, `pandas[excel,plot]`), and a `git+https://…` line was taken for project `git` (regexes, not `packaging`) | test_override_commas_split_requirements_not_their_clauses, test_an_override_replaces_by_project_name_only |
 """
 
 from __future__ import annotations
@@ -32,12 +33,28 @@ import pytest
 from _executables import orchestrate_executable
 from click.testing import CliRunner
 
-from orchestrator import environments
+from orchestrator import environments, requirements
 from orchestrator.cli import cli
 from orchestrator.errors import PermanentTargetError
 
 USER, PASSWORD = "deployer", "Pw-4e1c9b7f2a"
 PROBE = "orchestrate-requirements-probe"
+
+
+@pytest.mark.parametrize(("given", "parsed"), [
+    ("numpy>=1.2,<2", ["numpy>=1.2,<2"]),
+    ("numpy>=1.2,<2, pandas==2.2.3,scikit-learn", ["numpy>=1.2,<2", "pandas==2.2.3", "scikit-learn"]),
+    ("pandas[excel,plot]>=2,<3,numpy", ["pandas[excel,plot]>=2,<3", "numpy"]),
+    ('numpy>=1.2,!=1.5.*,<2; python_version > "3.8",pandas', ['numpy>=1.2,!=1.5.*,<2; python_version > "3.8"', "pandas"]),
+])
+def test_override_commas_split_requirements_not_their_clauses(given: str, parsed: list[str]) -> None:
+    assert requirements.parse_overrides(given) == parsed
+
+
+def test_an_override_replaces_by_project_name_only() -> None:
+    model = ["Pandas==1.5.3", "git+https://example.invalid/git.git", "./wheels/numpy-1.0-py3-none-any.whl"]
+    assert requirements.apply_overrides(model, requirements.parse_overrides("pandas[excel,plot]>=2,git")) == [
+        "git+https://example.invalid/git.git", "./wheels/numpy-1.0-py3-none-any.whl", "pandas[excel,plot]>=2", "git"]
 
 
 def _orchestrate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -22,11 +22,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator import mlmodel
-from orchestrator.config import ConfigKey
-from orchestrator.context import ResourceView, StageContext
-from orchestrator.errors import ConfigError, PermanentTargetError
-from orchestrator.states import LIVE_RESOURCE_STATES, ResourceState, Stage
-from targets.base import Outputs, Target
+from orchestrator.target_contract import (
+    LIVE_RESOURCE_STATES,
+    ConfigError,
+    ConfigKey,
+    Outputs,
+    PermanentTargetError,
+    ResourceState,
+    ResourceView,
+    Stage,
+    StageContext,
+    Target,
+)
 
 __all__ = ["DirectoryTarget"]
 
