@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,9 +30,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse, urlunparse
+from urllib.parse import urlparse
 
-from . import mlmodel
+from . import mlmodel, secrets
 from .errors import ConfigError, PermanentTargetError
 
 MLFLOW_EXTRA_HINT = "install MLflow's client with `pip install 'orchestrate[mlflow]'` (brings mlflow-skinny)"
@@ -206,7 +207,9 @@ def _pin(uri: str) -> ModelSource:
             raise ConfigError(f"model URI {uri} names no bucket", hint="write s3://BUCKET/PREFIX")
         return ModelSource(uri=uri, kind="s3", pinned_uri=uri, artifact_source=uri)
     mlflow = _import_mlflow(uri)
-    tracking_uri = _masked(str(mlflow.get_tracking_uri()))
+    if scheme in ("http", "https"):
+        return _pin_http(uri)
+    tracking_uri = secrets.mask_credentials(_tracking_uri())
     if scheme == "runs":
         run_id, _, path = parsed.path.lstrip("/").partition("/") if not parsed.netloc else (
             parsed.netloc, "", parsed.path.lstrip("/"))
@@ -218,8 +221,25 @@ def _pin(uri: str) -> ModelSource:
         return ModelSource(uri=uri, kind="runs", pinned_uri=uri, run_id=run_id, tracking_uri=tracking_uri)
     if scheme == "models":
         return _pin_registered(uri, mlflow, tracking_uri)
-    return ModelSource(uri=_masked(uri), kind="artifacts", pinned_uri=uri if uri == _masked(uri) else None,
-                       artifact_source=_masked(uri), tracking_uri=tracking_uri)
+    shown = secrets.mask_credentials(uri)
+    return ModelSource(uri=shown, kind="artifacts", pinned_uri=uri if uri == shown else None,
+                       artifact_source=shown, tracking_uri=tracking_uri)
+
+
+# MLflow reads http(s) URIs with its artifact proxy's client only (HttpArtifactRepository): the URI
+# must be a tracking server's artifact route, the same files `mlflow-artifacts:/PATH` names.
+_ARTIFACT_ROUTE = "/mlflow-artifacts/artifacts"
+
+
+def _pin_http(uri: str) -> ModelSource:
+    shown = secrets.mask_credentials(uri)
+    if _ARTIFACT_ROUTE not in urlparse(uri).path:
+        raise ConfigError(
+            f"model URI {shown} is not a tracking server's artifact route: MLflow downloads http(s) models "
+            f"only from `mlflow server --serve-artifacts` (http://HOST:PORT/api/2.0{_ARTIFACT_ROUTE}/PATH)",
+            hint="give that route, `mlflow-artifacts:/PATH`, or download the model and give its directory")
+    # The URI names its own server; MLFLOW_TRACKING_URI plays no part in reading it.
+    return ModelSource(uri=shown, kind="artifacts", pinned_uri=uri if uri == shown else None, artifact_source=shown)
 
 
 def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSource:
@@ -390,44 +410,106 @@ def _import_mlflow(uri: str) -> Any:
         import mlflow.artifacts
     except ImportError:
         raise ConfigError(f"model URI {uri} needs MLflow to resolve", hint=MLFLOW_EXTRA_HINT) from None
+    # MLflow sends these to the server; no message of ours may repeat them.
+    for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        if os.environ.get(name):
+            secrets.remember(os.environ[name])
     return mlflow
 
 
-# MLflow error codes that mean "that does not exist or you may not see it": the user fixes the URI.
+# What a failed MLflow call means. MLflow raises MlflowException with an error code, or (its
+# artifact proxy's client) requests' HTTPError; either way the HTTP status decides.
+_UNAUTHENTICATED, _DENIED, _MISSING, _TRANSIENT = "unauthenticated", "denied", "missing", "transient"
+# MLflow error codes that mean "that does not exist" or "that request is wrong": the user fixes the URI.
 _PERMANENT_CODES = frozenset({
-    "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED", "UNAUTHENTICATED",
-    "NOT_FOUND", "BAD_REQUEST", "INVALID_STATE", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
+    "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST", "INVALID_STATE",
+    "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
 })
-_CLIENT_HTTP_ERRORS = ("400 Client Error", "401 Client Error", "403 Client Error", "404 Client Error")
+# "401 Client Error" (requests) or "failed with error code 401 != 200" (MLflow's REST client).
+_HTTP_STATUS = re.compile(r"\b([45]\d\d) (?:Client|Server) Error\b|\berror code ([45]\d\d) != ")
+
+
+def _classify(exc: Exception) -> str:
+    from mlflow.exceptions import MlflowException
+
+    code = (getattr(exc, "error_code", "") or "") if isinstance(exc, MlflowException) else ""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None) if response is not None else None
+    if status is None and (found := _HTTP_STATUS.search(str(exc))):
+        status = int(found[1] or found[2])
+    if code == "UNAUTHENTICATED" or status == 401:
+        return _UNAUTHENTICATED
+    if code == "PERMISSION_DENIED" or status == 403:
+        return _DENIED
+    if code in _PERMANENT_CODES or (status is not None and 400 <= status < 500 and status not in (408, 429)):
+        return _MISSING
+    return _TRANSIENT
+
+
+def _server_of(uri: str) -> str:
+    """The server that answers for `uri`, for messages: an http(s) URI's own origin, the registry
+    for `models:/`, the tracking server otherwise."""
+    import mlflow
+
+    parsed = urlparse(uri)
+    if parsed.scheme.lower() in ("http", "https"):
+        server = f"{parsed.scheme}://{parsed.netloc}"
+    elif parsed.scheme.lower() == "models":
+        server = str(mlflow.get_registry_uri())
+    else:
+        server = _tracking_uri()
+    return secrets.mask_credentials(server)
+
+
+def _who() -> str:
+    """Whose credentials MLflow sent (never the password or token itself)."""
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return f"user {user!r}"
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return "the holder of MLFLOW_TRACKING_TOKEN"
+    return "anonymous: MLFLOW_TRACKING_USERNAME is not set"
+
+
+_CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                     "to an account of that server")
 
 
 @contextmanager
 def _mlflow_errors(uri: str) -> Iterator[None]:
-    """MLflow's exceptions as ours: missing things are ConfigError naming the URI, faults of the
-    connection are _Transient (retried while downloading; an error naming the URI otherwise)."""
+    """MLflow's exceptions as ours: refused credentials and missing things are ConfigError naming
+    the URI and the server, faults of the connection are _Transient (retried while downloading;
+    an error naming the URI otherwise)."""
+    import requests
     from mlflow.exceptions import MlflowException
 
     try:
         yield
-    except MlflowException as exc:
-        full = str(getattr(exc, "message", None) or exc)
-        text = _first_line(full)
-        code = getattr(exc, "error_code", "") or ""
-        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "401 Client Error" in full or "403 Client Error" in full:
-            raise ConfigError(f"the tracking server refused the credentials for model {uri}: {text}",
-                              hint="set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
-                              "MLFLOW_TRACKING_TOKEN") from None
-        if code in _PERMANENT_CODES or any(marker in full for marker in _CLIENT_HTTP_ERRORS):
+    except (MlflowException, requests.HTTPError) as exc:
+        meaning, text, server = _classify(exc), _describe(exc), _server_of(uri)
+        if meaning == _UNAUTHENTICATED:
+            raise ConfigError(f"the MLflow server {server} refused the credentials for model {uri} ({_who()}): "
+                              f"{text}", hint=_CREDENTIALS_HINT) from None
+        if meaning == _DENIED:
+            raise ConfigError(f"the MLflow server {server} does not let {uri} be read ({_who()}): {text}",
+                              hint="ask its admin for READ permission on it, or use another account "
+                              "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)") from None
+        if meaning == _MISSING:
+            what = ("the name, version, alias or run id (`mlflow models` / the MLflow UI)"
+                    if urlparse(uri).scheme.lower() in ("models", "runs") else "the artifact path (the MLflow UI)")
             raise ConfigError(f"model {uri} cannot be resolved: {text}",
-                              hint="check the name, version, alias or run id (`mlflow models` / the MLflow UI) "
-                              f"and the tracking server ({_masked(_tracking_uri())})") from None
-        raise _Transient(text, hint=f"is the tracking server at {_masked(_tracking_uri())} up? "
-                         "(MLFLOW_TRACKING_URI chooses it)") from None
+                              hint=f"check {what} and the server ({server})") from None
+        raise _Transient(text, hint=_up_hint(uri, server)) from None
     except ImportError as exc:  # a scheme whose client library is missing (gs:// → google-cloud-storage)
         raise ConfigError(f"model URI {uri} needs the Python package {exc.name or exc}",
                           hint=f"`pip install {exc.name}`" if exc.name else None) from None
     except OSError as exc:  # requests' ConnectionError is an OSError
-        raise _Transient(_first_line(str(exc))) from None
+        raise _Transient(_describe(exc), hint=_up_hint(uri, _server_of(uri))) from None
+
+
+def _up_hint(uri: str, server: str) -> str:
+    if urlparse(uri).scheme.lower() in ("http", "https"):
+        return f"is the MLflow server at {server} up?"
+    return f"is the MLflow server at {server} up? (MLFLOW_TRACKING_URI chooses it)"
 
 
 def _tracking_uri() -> str:
@@ -436,19 +518,14 @@ def _tracking_uri() -> str:
     return str(mlflow.get_tracking_uri())
 
 
-def _first_line(text: str, limit: int = 400) -> str:
-    line = (text.strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[:limit] + "…"
-
-
-def _masked(uri: str) -> str:
-    """A URI with any password in its userinfo replaced, for records and messages."""
-    parsed = urlparse(uri)
-    if parsed.password is None:
-        return uri
-    netloc = f"{unquote(parsed.username or '')}:***@{parsed.hostname or ''}" + (
-        f":{parsed.port}" if parsed.port else "")
-    return urlunparse(parsed._replace(netloc=netloc))
+def _describe(exc: Exception, limit: int = 400) -> str:
+    """An MLflow error in one line, secrets masked: its first line, and the first failure under
+    it when that line only announces a list ("The following failures occurred …:")."""
+    full = str(getattr(exc, "message", None) or exc)
+    lines = [line.strip() for line in full.strip().splitlines() if line.strip() and not line.strip().startswith("#")]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines or [""])[0]
+    text = secrets.scrub(text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # -- registry feedback (-C registry_tags=true) -------------------------------------------------
@@ -483,8 +560,25 @@ def _registry_call(source: ModelSource, call: Callable[[Any], object], what: str
         mlflow = _import_mlflow(source.uri)
         call(mlflow.MlflowClient())
     except Exception as exc:  # noqa: BLE001 - registry feedback must never fail a deployment
-        return f"could not {what}: {_first_line(str(exc))}"
+        return _tag_warning(exc, what, source)
     return None
+
+
+def _tag_warning(exc: Exception, what: str, source: ModelSource) -> str:
+    """Why a tag could not be written, and what to do, in one line without secrets."""
+    text = _describe(exc)
+    try:
+        meaning, server = _classify(exc), _server_of(source.uri)
+    except ImportError:  # MLflow itself is missing: the text says so
+        return f"could not {what}: {text}"
+    fix = "or turn registry feedback off with -C registry_tags=false"
+    if meaning == _UNAUTHENTICATED:
+        return (f"could not {what}: the model registry {server} refused the credentials ({_who()}): {text}; "
+                f"{_CREDENTIALS_HINT}, {fix}")
+    if meaning == _DENIED:
+        return (f"could not {what}: the model registry {server} does not let {_who()} edit registered model "
+                f"{source.registered_name}: {text}; tags need EDIT permission on it: grant it, {fix}")
+    return f"could not {what} in the model registry {server}: {text}"
 
 
 def recorded_source(store: Any, deployment_id: int) -> ModelSource:

@@ -1,6 +1,7 @@
 """Registry feedback (-C registry_tags=true): the MLflow model version that went live is tagged with
 where it serves, and the one it replaced is untagged. Run after a deployment by whichever runner ran
-it, the CLI's or a worker's. A tag that cannot be written is a warning, never a failure."""
+it, the CLI's or a worker's. A tag that cannot be written is a warning (on the output and a
+`registry_tag_failed` event), never a failure."""
 
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ def update_registry_tags(store: Store, deployment_id: int, echo: Echo) -> None:
                     if previous else None)
         where = {"target": deployment.target, "deployment_id": deployment.id,
                  "url": merged_outputs(session, deployment.id).get("url")}
-        name = endpoint.name
+        name, endpoint_id = endpoint.name, endpoint.id
     warnings = [model_uri.tag_version(source, name, where)]
     if replaced is not None and replaced.version_key() != source.version_key():
         warnings.append(model_uri.untag_version(replaced, name))
     for warning in filter(None, warnings):
         echo(f"warning: {warning}")
+        # Kept in the history too: a worker's output is a log nobody may read.
+        with store.write() as tx:
+            tx.event("registry_tag_failed", warning, endpoint_id=endpoint_id, deployment_id=deployment_id)

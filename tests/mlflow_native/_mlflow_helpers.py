@@ -130,11 +130,14 @@ def free_port() -> int:
 
 @dataclass
 class PrivateServer:
-    """`mlflow server` on a free port with its own store; start() and stop() at will."""
+    """`mlflow server` on a free port with its own store; start() and stop() at will.
+    `args` and `env` are added to its command line and environment (e.g. `--app-name basic-auth`)."""
 
     directory: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -146,8 +149,9 @@ class PrivateServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
-             "--artifacts-destination", str(self.directory / "artifacts"), "--serve-artifacts"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+             "--artifacts-destination", str(self.directory / "artifacts"), "--serve-artifacts", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **self.env})
         log.close()
         deadline = time.monotonic() + timeout
         while not answers(self.url):
@@ -165,6 +169,34 @@ class PrivateServer:
         self.process = None
 
 
+def artifact_route(tracking_uri: str, artifact_uri: str) -> str:
+    """The http(s) form of a `mlflow-artifacts:/PATH` URI: the server's artifact route."""
+    assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+    return f"{tracking_uri}/api/2.0/mlflow-artifacts/artifacts/{artifact_uri[len('mlflow-artifacts:/'):].lstrip('/')}"
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    """A tracking server with MLflow's basic authentication (`--app-name basic-auth`), holding one
+    registered model version the admin made. Users: `reader` (READ on the model and its
+    experiment), `editor` (EDIT on both), `outsider` (no permission); the default is none."""
+
+    url: str
+    passwords: Mapping[str, str]  # user -> password; "admin" included
+    model: str  # the registered model, version 1
+    run_id: str
+    artifact_uri: str  # the run's plain copy of the model (mlflow-artifacts:/…/plain)
+
+    def as_user(self, user: str, password: str | None = None) -> dict[str, str]:
+        """The environment of a client of this server signed in as `user`."""
+        return {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": user,
+                "MLFLOW_TRACKING_PASSWORD": self.passwords[user] if password is None else password}
+
+
+def secret_in(directory: Path, secret: str) -> list[str]:
+    """The files under `directory` whose bytes hold `secret` (the state store, logs, snapshots)."""
+    needle = secret.encode()
+    return sorted(str(path) for path in directory.rglob("*") if path.is_file() and needle in path.read_bytes())
 
 
 class CuttingProxy:

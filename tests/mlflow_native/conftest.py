@@ -13,6 +13,9 @@
   the v1 model under ``s3://models/iris/v1``.
 - ``cli``: `orchestrate` as a real subprocess against this test's home; deletes what it deployed.
 - ``private_server``: a tracking server of this test's own, to stop and start.
+- ``auth_server`` (session): a tracking server of the session's own with MLflow's basic
+  authentication (``mlflow server --app-name basic-auth``, needs ``mlflow[auth]``), its users
+  and one registered model version (``AuthServer`` in _mlflow_helpers).
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _mlflow_helpers import S3, Cli, PrivateServer, Registry, answers, in_ci, log_model_dir
+from _mlflow_helpers import (
+    S3,
+    AuthServer,
+    Cli,
+    PrivateServer,
+    Registry,
+    answers,
+    in_ci,
+    log_model_dir,
+)
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +139,59 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
     finally:
         server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
+
+
+# -- a tracking server with authentication ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory: pytest.TempPathFactory, example_model: Path) -> Iterator[AuthServer]:
+    import importlib.util
+    import secrets
+
+    import requests
+    from mlflow import MlflowClient
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail("MLflow's authentication app needs Flask-WTF (mlflow[auth]): pip install -e '.[test]'")
+    directory = tmp_path_factory.mktemp("auth-mlflow")
+    # Random passwords, so finding one in an output or a file means it leaked from there.
+    passwords = {user: f"{user}-{secrets.token_hex(12)}" for user in ("admin", "reader", "editor", "outsider")}
+    config = directory / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                      f"database_uri = sqlite:///{directory / 'auth.db'}\n"
+                      f"admin_username = admin\nadmin_password = {passwords['admin']}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = PrivateServer(directory, args=("--app-name", "basic-auth"),
+                           env={"MLFLOW_AUTH_CONFIG_PATH": str(config),
+                                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+    server.start()
+    try:
+        admin = ("admin", passwords["admin"])
+        with pytest.MonkeyPatch.context() as patch:  # the admin makes the model
+            patch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            patch.setenv("MLFLOW_TRACKING_PASSWORD", passwords["admin"])
+            client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+            experiment_id = client.create_experiment("secured")
+            run_id = client.create_run(experiment_id).info.run_id
+            model_id = log_model_dir(client, experiment_id, run_id, "model", example_model)
+            client.log_artifacts(run_id, str(example_model), "plain")
+            client.set_terminated(run_id)
+            client.create_registered_model("secured")
+            client.create_model_version("secured", source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+            artifact_uri = f"{client.get_run(run_id).info.artifact_uri}/plain"
+        # MLflow's auth REST API (what AuthServiceClient calls; importing that drags in the
+        # server's FastAPI app and its deprecation warnings).
+        for user in ("reader", "editor", "outsider"):
+            created = requests.post(f"{server.url}/api/2.0/mlflow/users/create", auth=admin, timeout=60,
+                                    json={"username": user, "password": passwords[user]})
+            assert created.status_code == 200, created.text
+        for user, permission in (("reader", "READ"), ("editor", "EDIT")):
+            for kind, resource in (("experiment", experiment_id), ("registered_model", "secured")):
+                granted = requests.post(f"{server.url}/api/3.0/mlflow/users/permissions/grant", auth=admin,
+                                        timeout=60, json={"username": user, "resource_type": kind,
+                                                          "resource_id": resource, "permission": permission})
+                assert granted.status_code == 200, granted.text
+        yield AuthServer(server.url, passwords, "secured", run_id, artifact_uri)
+    finally:
+        server.stop()

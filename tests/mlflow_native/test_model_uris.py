@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _mlflow_helpers import S3, Cli, Registry, describe
+from _mlflow_helpers import S3, Cli, Registry, artifact_route, describe
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
@@ -47,6 +47,9 @@ FORMS: dict[str, tuple[Callable[[Registry, S3, Path], str], int, Callable[[Regis
     "logged-model": (lambda r, s, m: f"models:/{r.v1_model_id}", 1,
                      lambda r: {"kind": "logged_model", "model_id": r.v1_model_id, "run_id": r.run_id}),
     "mlflow-artifacts": (lambda r, s, m: f"{r.artifact_uri}/plain", 1, lambda r: {"kind": "artifacts"}),
+    # The same files through the tracking server's artifact route: what MLflow reads http(s) with.
+    "http-artifacts": (lambda r, s, m: artifact_route(r.tracking_uri, f"{r.artifact_uri}/plain"), 1,
+                       lambda r: {"kind": "artifacts"}),
     "s3": (lambda r, s, m: s.uri, 1, lambda r: {"kind": "s3", "pinned_uri": "s3://models/iris/v1"}),
 }
 
@@ -141,7 +144,8 @@ def test_an_alias_moved_between_deploys_moves_only_the_next_deployment(
     assert predictions(cli, "moving", example) == V1_PREDICTIONS
 
 
-@pytest.mark.parametrize("missing", ["model", "version", "alias", "run", "logged-model"])
+@pytest.mark.parametrize("missing", ["model", "version", "alias", "run", "logged-model", "artifact-path",
+                                     "http-artifact-path", "http-not-an-artifact-route"])
 def test_a_uri_that_names_nothing_is_exit_2_and_records_nothing(missing: str, cli: Cli,
                                                                 registry: Registry) -> None:
     uri = {
@@ -150,6 +154,10 @@ def test_a_uri_that_names_nothing_is_exit_2_and_records_nothing(missing: str, cl
         "alias": f"models:/{registry.name}@nobody",
         "run": "runs:/0123456789abcdef0123456789abcdef/model",
         "logged-model": "models:/m-0123456789abcdef0123456789abcdef",
+        "artifact-path": f"{registry.artifact_uri}/no-such-dir",
+        "http-artifact-path": artifact_route(registry.tracking_uri, f"{registry.artifact_uri}/no-such-dir"),
+        # MLflow reads http(s) only through a tracking server's artifact route (HttpArtifactRepository).
+        "http-not-an-artifact-route": f"{registry.tracking_uri}/static-files/model",
     }[missing]
     cli.ok("deploy", f"models:/{registry.name}/1", "--name", "kept", "--target", "noop")
     before, snapshots = cli.store_counts(), cli.snapshots()
