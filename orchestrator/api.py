@@ -18,7 +18,6 @@ from . import model_uri as model_uri_module
 from .engine import Echo, Engine
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
 from .model_uri import ModelSource
-from .registry_feedback import update_registry_tags
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -83,7 +82,8 @@ class Client:
         plugin = load_target(target)
         file_values = plugin.normalize_config(
             config_module.load_config_file(config_file) if config_file else {}, "config file")
-        live = None if reset_config else self._live_config(name, target)
+        current = self._live(name, target)
+        live = None if reset_config or current.config is None else current.config
         resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values,
                                                    plugin.normalize_config(config or {}, "-C"))
         model = model_uri_module.resolve(model_uri, self.home / "models", log=self.engine.echo)
@@ -95,7 +95,7 @@ class Client:
                              f"with this config as deployment {live.id}; nothing to do (--force deploys it again)")
             return live.id
         requirements.check_policy(info.requirements, requirements.Policy.from_config(resolved))
-        plugin.preflight(resolved, self._live_outputs(name))
+        plugin.preflight(resolved, current.outputs)
         if not detach:  # an unset env:NAME or unreadable file:PATH fails now, with nothing recorded
             secrets.resolve_config(resolved)  # (a worker resolves them in its own environment)
         queued = detach or wait_in_queue
@@ -115,7 +115,6 @@ class Client:
 
         try:
             self.engine.run(deployment_id, fence)
-            update_registry_tags(self.store, deployment_id, self.engine.echo)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
@@ -331,9 +330,10 @@ class Client:
             target, model_uri, digest = live.target, live.model_uri, live.model_digest
             model_source = live.model_source
         plugin = load_target(target)
-        resolved, config_sources = _layered_config(target, plugin.config_keys, self._live_config(name, target), {},
+        current = self._live(name, target)
+        resolved, config_sources = _layered_config(target, plugin.config_keys, current.config, {},
                                                    plugin.normalize_config(config, "-C"))
-        plugin.preflight(resolved, self._live_outputs(name))
+        plugin.preflight(resolved, current.outputs)
         deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False,
                                             model_source=model_source, config_sources=config_sources)
         self._run(deployment_id, fence)
@@ -414,23 +414,19 @@ class Client:
             raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
         return endpoint
 
-    def _live_config(self, name: str, target: str) -> _LiveConfig | None:
-        """The live deployment of endpoint `name` on `target`: what a redeploy starts from."""
+    def _live(self, name: str, target: str) -> _Live:
+        """Endpoint `name`'s live deployment, in one read: its config (what a redeploy on
+        `target` starts from; None on another target) and its outputs (for the preflight)."""
         with self.store.read() as session:
             row = session.execute(
                 select(Deployment).join(Endpoint, Endpoint.live_deployment_id == Deployment.id)
-                .where(Endpoint.name == name, Endpoint.deleted_at.is_(None), Endpoint.target == target)
+                .where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
             ).scalar_one_or_none()
             if row is None:
-                return None
-            return _LiveConfig(row.id, row.model_digest, dict(row.config), dict(row.config_sources or {}))
-
-    def _live_outputs(self, name: str) -> dict[str, Any] | None:
-        with self.store.read() as session:
-            endpoint = session.execute(select(Endpoint).where(Endpoint.name == name)).scalar_one_or_none()
-            if endpoint is None or endpoint.live_deployment_id is None or endpoint.deleted_at is not None:
-                return None
-            return merged_outputs(session, endpoint.live_deployment_id)
+                return _Live(None, None)
+            config = (_LiveConfig(row.id, row.model_digest, dict(row.config), dict(row.config_sources or {}))
+                      if row.target == target else None)
+            return _Live(config, merged_outputs(session, row.id))
 
     def resolve_ref(self, ref: str) -> tuple[int | None, str | None]:
         """A deployment id (ASCII digits) or an endpoint name: (deployment id, endpoint name)."""
@@ -591,6 +587,12 @@ class _LiveConfig:
     digest: str
     config: dict[str, Any]
     sources: dict[str, Any]  # key -> where it came from; empty for deployments made before this was kept
+
+
+@dataclass(frozen=True)
+class _Live:
+    config: _LiveConfig | None
+    outputs: dict[str, Any] | None
 
 
 DEFAULT_SOURCE = "default"

@@ -16,6 +16,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from . import leases, secrets
 from .errors import LeaseLost, OrchestrateError, RetryableTargetError
 from .faults import Faults
+from .registry_feedback import update_registry_tags
 from .states import (
     REUSABLE_STAGES,
     STAGES,
@@ -163,10 +164,13 @@ class Engine:
         heartbeat = leases.Heartbeat(self.store, fence)
         try:
             with heartbeat:
-                return self._loop(state, fence, target, heartbeat)
+                status = self._loop(state, fence, target, heartbeat)
         finally:
             if not heartbeat.lost and not state.released:
                 leases.release(self.store, fence)
+        if status == DeploymentStatus.SUCCEEDED and state.view.config.get("registry_tags"):
+            update_registry_tags(self.store, deployment_id, self.echo)
+        return status
 
     def _load(self, deployment_id: int) -> _Run:
         with self.store.read() as session:

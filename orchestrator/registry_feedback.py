@@ -1,18 +1,19 @@
 """Registry feedback (-C registry_tags=true): the MLflow model version that went live is tagged with
 where it serves, and the one it replaced is untagged. Run after a deployment by whichever runner ran
-it, the CLI's or a worker's. A tag that cannot be written is a warning (on the output and a
+it, the CLI's or a worker's (the runner calls it when a deployment with the key succeeds). A tag that cannot be written is a warning (on the output and a
 `registry_tag_failed` event), never a failure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import model_uri
-from .engine import Echo
 from .store import Store
 from .tables import Deployment, Endpoint
 from .target_contract import merged_outputs
 
 
-def update_registry_tags(store: Store, deployment_id: int, echo: Echo) -> None:
+def update_registry_tags(store: Store, deployment_id: int, echo: Callable[[str], None]) -> None:
     """Tag the live version of deployment ``deployment_id``'s endpoint, untag the replaced one."""
     with store.read() as session:
         deployment = session.get_one(Deployment, deployment_id)

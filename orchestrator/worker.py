@@ -22,7 +22,6 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from . import leases, queue
 from .engine import Engine
 from .errors import LeaseLost, OrchestrateError
-from .registry_feedback import update_registry_tags
 from .states import DeploymentStatus
 from .store import Fence, Store, orchestrate_home
 from .tables import Deployment, Endpoint, utcnow
@@ -135,8 +134,6 @@ class Worker:
                 return
             self.log("finished" if status != DeploymentStatus.RUNNING else "released",
                      deployment_id=claim.deployment_id, status=status.value)
-            if status == DeploymentStatus.SUCCEEDED:
-                update_registry_tags(self.store, claim.deployment_id, engine.echo)
             return
 
     def _retake(self, runner: leases.Runner, deployment_id: int, fence: Fence) -> Fence | None:
