@@ -49,6 +49,7 @@ MODEL_NAMES = [
     "lightgbm",
     "statsmodels",
     "onnx",
+    "keras",
 ]
 
 
