@@ -106,10 +106,9 @@ def serve(options: dict[str, Any]) -> int:
     # then it is kept out of the cyclic garbage collector, so collections in a worker skip it
     # and do not write to (so do not copy) the pages it shares with the master.
     try:
-        after_fork = loads_after_fork(read_mlmodel(os.path.abspath(cfg.model_dir))["flavors"])
-    except ModelLoadError as exc:
-        print(f"scoring: error: {exc}", file=sys.stderr)
-        return 1
+        after_fork = loads_after_fork(read_mlmodel(os.path.abspath(cfg.model_dir.removeprefix("file://")))["flavors"])
+    except ModelLoadError:
+        after_fork = False  # loading it below says why it cannot be loaded
     if after_fork:
         def make_app() -> Any:
             try:
