@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from scoring._version import __version__
@@ -92,15 +94,31 @@ def serve(options: dict[str, Any]) -> int:
         level=cfg.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
     )
+    from scoring import loads_after_fork
     from scoring._app import create_app
     from scoring._gunicorn import ScoringServer
     from scoring._metrics import Metrics
+    from scoring._model import read_mlmodel
 
     metrics = Metrics(slots=cfg.workers * 2 + 2)
     # Everything loaded from here (libraries, the model) lives as long as the server: no
     # collections while it loads (they find nothing to free, and cost ~0.1 s of cold start),
     # then it is kept out of the cyclic garbage collector, so collections in a worker skip it
     # and do not write to (so do not copy) the pages it shares with the master.
+    try:
+        after_fork = loads_after_fork(read_mlmodel(os.path.abspath(cfg.model_dir.removeprefix("file://")))["flavors"])
+    except ModelLoadError:
+        after_fork = False  # loading it below says why it cannot be loaded
+    if after_fork:
+        def make_app() -> Any:
+            try:
+                return create_app({**overrides, "metrics": metrics})
+            except ModelLoadError as exc:
+                print(f"scoring: error: {exc}", file=sys.stderr)
+                sys.exit(3)  # gunicorn's "worker failed to boot": the server stops
+
+        ScoringServer(None, cfg, metrics, make_app=make_app).run()
+        return 0
     gc.disable()
     try:
         app = create_app({**overrides, "metrics": metrics})
@@ -125,14 +143,15 @@ def predict(model_dir: str, input_path: str, content_type: str | None, output_pa
     except OSError as exc:
         print(f"scoring: error: cannot read {input_path}: {exc.strerror}", file=sys.stderr)
         return 2
-    try:
-        app = create_app({"model_dir": model_dir, "access_log": False})
-    except ModelLoadError as exc:
-        print(f"scoring: error: {exc}", file=sys.stderr)
-        return 1
-    mime = "text/csv" if kind == "csv" else "application/json"
-    response = app.test_client().post("/invocations", data=body, content_type=mime)
-    answer = response.get_data(as_text=True)
+    with _stdout_to_stderr():  # what the model prints (Keras' progress bar) is not the answer
+        try:
+            app = create_app({"model_dir": model_dir, "access_log": False})
+        except ModelLoadError as exc:
+            print(f"scoring: error: {exc}", file=sys.stderr)
+            return 1
+        mime = "text/csv" if kind == "csv" else "application/json"
+        response = app.test_client().post("/invocations", data=body, content_type=mime)
+        answer = response.get_data(as_text=True)
     if response.status_code != 200:
         print(f"scoring: error: HTTP {response.status_code}: {answer}", file=sys.stderr)
         return 2 if response.status_code < 500 else 1
@@ -142,3 +161,17 @@ def predict(model_dir: str, input_path: str, content_type: str | None, output_pa
     else:
         print(answer)
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 (Python's and native code's writes) to stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

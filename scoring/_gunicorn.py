@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -55,8 +56,11 @@ class ThreadedScoringWorker(ThreadWorker):
 class ScoringServer(BaseApplication):
     """gunicorn application serving an already built WSGI app."""
 
-    def __init__(self, app: Any, cfg: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, app: Any, cfg: ServerConfig, metrics: Metrics,
+                 make_app: Callable[[], Any] | None = None) -> None:
+        # `app`, loaded before forking; or None and `make_app`, called in each worker.
         self._app = app
+        self._make_app = make_app
         self._cfg = cfg
         self._metrics = metrics
         # Read by the worker (it enforces the body limit and the timeout itself).
@@ -100,7 +104,7 @@ class ScoringServer(BaseApplication):
             "workers": cfg.workers,
             "threads": cfg.threads,
             "worker_class": _worker_class(),
-            "preload_app": True,
+            "preload_app": self._app is not None,
             # gunicorn's own timeout kills a worker whose main loop stops heartbeating; request
             # deadlines are ours (504), so this only needs to catch a wedged process.
             "timeout": max(30, int(cfg.timeout) + 30),
@@ -128,6 +132,8 @@ class ScoringServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        if self._app is None and self._make_app is not None:
+            self._app = self._make_app()
         return self._app
 
 

@@ -83,8 +83,8 @@ def _array_jsonable(arr: Any) -> Any:
 
 def jsonable_predictions(predictions: Any) -> Any:
     """Predictions as MLflow's ``_get_jsonable_obj(..., pandas_orient="records")`` makes them."""
-    if hasattr(predictions, "dtype") and hasattr(predictions, "ndim") and predictions.ndim:
-        return _array_jsonable(predictions)
+    # pandas first: a Series also has a dtype and an ndim, but MLflow answers it as records
+    # (`[{"0": 1.5}, ...]`, statsmodels' predictions), not as a flat list.
     module = type(predictions).__module__
     if module.startswith("pandas"):
         name = type(predictions).__name__
@@ -92,6 +92,8 @@ def jsonable_predictions(predictions: Any) -> Any:
             return predictions.to_dict(orient="records")
         if name == "Series":
             return predictions.to_frame().to_dict(orient="records")
+    if hasattr(predictions, "dtype") and hasattr(predictions, "ndim") and predictions.ndim:
+        return _array_jsonable(predictions)
     return predictions
 
 

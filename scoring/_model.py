@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from scoring import flavor_environment
 from scoring._errors import ModelLoadError
 from scoring._schema import Enforcer, Signature, parse_signature
 
@@ -297,6 +298,8 @@ def load_model(path: str, loader: str = "auto") -> LoadedModel:
     try:
         mlmodel = read_mlmodel(path)
         conf = mlmodel["flavors"]["python_function"]
+        for name, value in flavor_environment(mlmodel["flavors"]).items():
+            os.environ.setdefault(name, value)  # one the deployer set wins
         pyfunc = None
         if loader != "mlflow" and conf.get("loader_module") == "mlflow.sklearn":
             impl: Any = _load_sklearn(path, mlmodel)

@@ -24,6 +24,25 @@ from compat_servers import Answer, free_port, mlflow_serve_command, send_all, st
 HERE = Path(__file__).resolve().parent
 MAKE_MODELS = HERE / "make_models.py"
 
+# What a user of `mlflow models serve` must set for a model: MLflow records the Keras backend
+# a model was saved with but does not set it (Keras then imports tensorflow). orchestrate is
+# given no such variable: it reads the backend from MLmodel.
+MLFLOW_SERVE_ENVIRONMENT: dict[str, dict[str, str]] = {"keras": {"KERAS_BACKEND": "jax"}}
+
+
+def mlflow_serve_environment(name: str) -> dict[str, str]:
+    """`mlflow models serve` runs `uvicorn` from PATH: the test interpreter's, as in an
+    activated virtualenv (not another Python's, without the suite's packages)."""
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            **MLFLOW_SERVE_ENVIRONMENT.get(name, {})}
+
+
+@pytest.fixture(autouse=True)
+def _no_keras_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """orchestrate must find the Keras backend in MLmodel, not in the deployer's shell."""
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+
 
 @pytest.fixture(scope="session")
 def compat_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
@@ -63,7 +82,8 @@ def mlflow_answers(_mlflow_answer_cache: dict[str, dict[str, Answer]], compat_mo
             model = compat_model(name)
             port = free_port()
             server = start_server("mlflow models serve", mlflow_serve_command(model, port), port,
-                                  tmp_path / f"mlflow-{name}.log")
+                                  tmp_path / f"mlflow-{name}.log",
+                                  env=mlflow_serve_environment(name))
             try:
                 _mlflow_answer_cache[name] = send_all(server.url, model)
             finally:

@@ -306,6 +306,36 @@ def onnx_model(path: Path) -> None:
     ])
 
 
+def keras_model(path: Path) -> None:
+    """A small Keras 3 network on the JAX CPU backend (PyPI's torch and tensorflow wheels are
+    far larger). Keras picks its backend when imported, from KERAS_BACKEND."""
+    import os
+
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    keras.utils.set_random_seed(0)
+    X, y = _iris()
+    data = X.to_numpy(dtype=np.float32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(data, y.to_numpy(), epochs=2, verbose=0)
+    example = data[[0, 60, 120]]
+    path.mkdir(parents=True)  # mlflow.keras writes the input example before it makes the directory
+    mlflow.keras.save_model(model, str(path), signature=infer_signature(example, model.predict(example, verbose=0)),
+                            input_example=example)
+    rows = example.tolist()
+    _write(path, [
+        _request("inputs", {"inputs": rows}),
+        _request("instances", {"instances": rows}),
+        _request("bad: wrong width", {"inputs": [[1.0, 2.0]]}),
+        *_bad_requests({"inputs": rows}),
+    ])
+
+
 MODELS: dict[str, Callable[..., None]] = {
     "pyfunc_plain": pyfunc_plain,
     "pyfunc_artifacts_code": pyfunc_artifacts_code,
@@ -320,6 +350,7 @@ MODELS: dict[str, Callable[..., None]] = {
     "lightgbm": lightgbm_model,
     "statsmodels": statsmodels_model,
     "onnx": onnx_model,
+    "keras": keras_model,
 }
 
 

@@ -34,10 +34,7 @@ from compat_servers import (
 # The first test of a requirement set builds its environment (uv, from the registry).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-# The models of make_models.MODELS this suite runs. make_models also saves sklearn_skops,
-# sklearn_pipeline_columns, xgboost, lightgbm, statsmodels and onnx (benchmarks/
-# flavor_cold_start.py serves them); each joins this list once its tests have been seen to
-# pass here.
+# The models of make_models.MODELS this suite runs (all of them).
 MODEL_NAMES = [
     "pyfunc_plain",
     "pyfunc_artifacts_code",
@@ -46,6 +43,13 @@ MODEL_NAMES = [
     "pyfunc_no_signature",
     "sklearn_pickle",
     "sklearn_cloudpickle",
+    "sklearn_skops",
+    "sklearn_pipeline_columns",
+    "xgboost",
+    "lightgbm",
+    "statsmodels",
+    "onnx",
+    "keras",
 ]
 
 

@@ -39,3 +39,20 @@ def test_standard_library_fallback_reads_the_same(monkeypatch: pytest.MonkeyPatc
     assert _json.loads(body) == fast
     with pytest.raises(InvalidInput, match="not valid JSON"):
         _json.loads(b"{")
+
+
+@pytest.mark.parametrize("predictions", [
+    pd.Series([0.5, -1.25]),  # statsmodels' OLS results: an unnamed Series
+    pd.Series([1, 2], name="y"),
+    pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]}),
+    np.array([[1.0, 2.0], [3.0, 4.0]]),
+])
+def test_predictions_are_shaped_as_mlflow_shapes_them(predictions: Any) -> None:
+    """A Series has a dtype and an ndim like an array, but MLflow answers it as records."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    theirs = io.StringIO()
+    predictions_to_json(predictions, theirs)
+    assert _json.loads(_json.predictions_body(predictions)) == _json.loads(theirs.getvalue().encode())
