@@ -222,6 +222,14 @@ def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log
                             log=log, log_file=log_file, extra_tags=extra_tags, no_cache=no_cache)
 
 
+def _built_elsewhere(client: Any, model_digest: str, tag: str) -> str | None:
+    """A reference to an image of this content tag in another repository (the same model built
+    for another target), so every target serves the very same image."""
+    with translated("looking for images of this model"):
+        found = client.images.list(filters={"label": f"{LABEL_PREFIX}model-digest={model_digest}"})
+    return next((t for image in found for t in image.tags if t.endswith(f":{tag}")), None)
+
+
 def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
                  extra_tags: Iterable[str], no_cache: bool) -> BuiltImage:
     started = time.monotonic()
@@ -230,8 +238,15 @@ def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Pa
     tag, requirements_hash, labels = plan_tag(spec, base_id, platform)
     reference = f"{repository}:{tag}"
     extras = tuple(f"{repository}:{t}" for t in extra_tags if t and t != tag)
-    if image_exists(client, reference):
+    present = image_exists(client, reference)
+    if present:
         log(f"image {reference} already built (same model, requirements, server and base); build skipped")
+    elif (elsewhere := _built_elsewhere(client, spec.model_digest, tag)) is not None:
+        with translated(f"tagging {elsewhere} as {reference}"):
+            client.images.get(elsewhere).tag(repository, tag)
+        log(f"{elsewhere} is this image (another target or name built it); tagged as {reference}, build skipped")
+        present = True
+    if present:
         image_id = _tag_extras(client, reference, extras)
         return BuiltImage(reference, image_id, tag, labels, True, True, True, extras,
                           round(time.monotonic() - started, 3))

@@ -87,5 +87,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 from scoring._errors import ModelLoadError
 
-__all__ = ["ModelLoadError", "SERVER_REQUIREMENTS", "__version__", "create_app", "flavor_environment",
-           "loads_after_fork", "serving_imports"]  # noqa: RUF022 - sorted()
+__all__ = [
+    "SERVER_REQUIREMENTS",
+    "ModelLoadError",
+    "__version__",
+    "create_app",
+    "flavor_environment",
+    "loads_after_fork",
+    "serving_imports",
+]

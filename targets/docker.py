@@ -8,8 +8,9 @@ shares the port from the moment it has loaded its model, passes its health check
 then does cleanup stop the old one (which drains its requests). A new server that fails its
 check is removed and the old one serves alone, as before.
 
-Resources recorded: `image` (build), `pushed_image` (push, when a registry is configured),
-`pod` and `container` (create_endpoint). Every deployment records the pod it uses; the pod
+Resources recorded: `image` (build) and `pushed_image` (push, when a registry is configured)
+by the image stages every container target shares (targets/_container.py), `pod` and
+`container` (create_endpoint). Every deployment records the pod it uses; the pod
 goes with the last record of it, so delete removes it and a redeploy keeps it.
 """
 
@@ -33,13 +34,11 @@ from orchestrator.target_contract import (
     ResourceState,
     ResourceView,
     StageContext,
-    Target,
     invoke_scoring_server,
     validated_model,
 )
+from targets._container import IMAGE, ContainerImageTarget
 
-IMAGE = "image"
-PUSHED_IMAGE = "pushed_image"
 POD = "pod"
 CONTAINER = "container"
 
@@ -52,7 +51,7 @@ _POD_COMMAND = ["python3", "-c", ("import signal, sys; signal.signal(signal.SIGT
                                   "signal.pause()")]
 
 
-class DockerTarget(Target):
+class DockerTarget(ContainerImageTarget):
     name = "docker"
     description = "the scoring container on this machine's Docker engine, published on a host port"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
@@ -96,54 +95,17 @@ class DockerTarget(Target):
         connect()  # no engine: say so now, with how to start one
         return outputs
 
-    def build(self, ctx: StageContext) -> Outputs:
-        client = connect()
-        spec = images.ImageSpec(
-            model_dir=Path(ctx.outputs["model_dir"]),
-            model_digest=ctx.deployment.model_digest,
-            requirements=tuple(images.image_requirements(ctx.outputs["requirements"],
-                                                         ctx.config.get("pip_requirements_override"),
-                                                         log=ctx.log, home=ctx.home)),
-            base_image=str(ctx.config.get("base_image") or images.default_base_image(ctx.outputs["python_version"])),
-            loader_module=str(ctx.outputs.get("loader_module") or "mlflow.pyfunc"),
-            user=str(ctx.config.get("user") or "orchestrate"),
-        )
-        repository = _repository(ctx.config, ctx.deployment.endpoint_name)
-        base_id, platform = images.probe_base(client, spec.base_image, ctx.home / "cache" / "platforms", ctx.log)
-        tag, _requirements_hash, _labels = images.plan_tag(spec, base_id, platform)
-        resource = ctx.plan(IMAGE, f"{repository}:{tag}")
-        built = images.build(client, spec, repository, cache_dir=ctx.home / "cache", log=ctx.log,
-                             log_file=ctx.log_file)
-        state = ResourceState.ADOPTED if built.skipped else ResourceState.CREATED
-        if resource.state != state or resource.external_id != built.image_id:
-            ctx.mark(resource, state, external_id=built.image_id)
-        return {
-            "image": built.reference, "image_id": built.image_id, "build_skipped": built.skipped,
-            "requirements_reused": built.requirements_reused, "offline_install": built.offline,
-            "labels": built.labels, "build_s": built.seconds,
-        }
+    def image_repository(self, ctx: StageContext) -> str:
+        return _repository(ctx.config, ctx.deployment.endpoint_name)
 
-    def push(self, ctx: StageContext) -> Outputs:
-        if not ctx.config.get("registry"):
-            return {"pushed": False, "note": "no registry configured: the image stays on this engine"}
-        client = connect()
-        reference = str(ctx.outputs["image"])
-        credentials = self.registry_credentials(ctx, images.registry_of(images.split_reference(reference)[0]))
-        resource = ctx.plan(PUSHED_IMAGE, reference)
-        pushed = images.push(client, reference, credentials=credentials, log=ctx.log)
-        ctx.mark(resource, ResourceState.ADOPTED if pushed.skipped else ResourceState.CREATED,
-                 external_id=pushed.pinned)
-        return {"pushed": True, "pushed_image": pushed.pinned, "digest": pushed.digest,
-                "push_skipped": pushed.skipped, "bytes_pushed": pushed.bytes_pushed, "push_s": pushed.seconds}
+    def push_repository(self, ctx: StageContext) -> str | None:
+        return _repository(ctx.config, ctx.deployment.endpoint_name) if ctx.config.get("registry") else None
 
     def registry_credentials(self, ctx: StageContext, registry: str) -> images.Credentials | None:
-        """The login for `registry`. Cloud targets override this hook with token logins (ECR, ACR)."""
-        credentials = images.credentials_from_environment(
+        """-C registry_username with the password in the environment, or the engine's `docker login`."""
+        return images.credentials_from_environment(
             str(ctx.config.get("registry_username") or ""), registry,
             str(ctx.config.get("registry_password_env") or images.PASSWORD_VARIABLE))
-        if credentials is not None:
-            secrets.remember(credentials.password)  # scrubbed from the push log and errors
-        return credentials
 
     def create_endpoint(self, ctx: StageContext) -> Outputs:
         client = connect()
@@ -202,6 +164,8 @@ class DockerTarget(Target):
                                        hint="deploy the model again: `orchestrate deploy ...` rebuilds it")
         ctx.log(f"image {image} is gone from this engine; pulling {pinned}")
         credentials = self.registry_credentials(ctx, images.registry_of(images.split_reference(image)[0]))
+        if credentials is not None:
+            secrets.remember(credentials.password)  # scrubbed from the pull log and errors
         with translated(f"pulling {pinned}"):
             pulled = client.images.pull(pinned, auth_config=credentials.auth_config() if credentials else None)
             repository, tag = images.split_reference(image)

@@ -1,6 +1,8 @@
 """The `sagemaker` target: an Amazon SageMaker real-time (or serverless, or async) endpoint.
 
-push: ECR repository ensured, image pushed by content tag (skipped when ECR has it).
+build and push: the image stages every container target shares (targets/_container.py); this
+target's hooks name the ECR repository (created when missing), log in with an ECR token, and
+ask ECR whether it has the tag already (then the push is skipped without a login).
 create_endpoint: model → endpoint config → endpoint created or updated, each named from the
 endpoint and deployment id, recorded planned before and created after, adopted when a rerun
 finds it (describe before create); then waits on EndpointStatus. A failed update leaves
@@ -16,7 +18,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchestrator import mlmodel
 from orchestrator.target_contract import (
@@ -29,17 +31,20 @@ from orchestrator.target_contract import (
     ResourceView,
     RetryableTargetError,
     StageContext,
-    Target,
     TargetError,
     validated_model,
 )
+from targets._container import PUSHED_IMAGE, ContainerImageTarget
+
+if TYPE_CHECKING:
+    from orchestrator.images import Credentials
 
 MODEL = "sagemaker_model"
 ENDPOINT_CONFIG = "endpoint_config"
 ENDPOINT = "endpoint"
 ENDPOINT_UPDATE = "endpoint_update"
 ECR_REPOSITORY = "ecr_repository"
-ECR_IMAGE = "ecr_image"
+ECR_IMAGE = "ecr_image"  # what the push stage recorded before the shared image stage (now PUSHED_IMAGE)
 
 MAX_NAME = 63
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
@@ -155,7 +160,7 @@ _MLFLOW_JSON_KEYS = {
 }
 
 
-class SageMakerTarget(Target):
+class SageMakerTarget(ContainerImageTarget):
     name = "sagemaker"
     description = "an Amazon SageMaker endpoint (real-time, serverless or async), image pushed to ECR"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
@@ -332,62 +337,51 @@ class SageMakerTarget(Target):
             "docs/sagemaker.md)",
         )
 
+    # -- the image (the stages themselves: targets/_container.py) --------------------------
+
+    def image_repository(self, ctx: StageContext) -> str:
+        return str(ctx.config["ecr_repository"])
+
     def build(self, ctx: StageContext) -> Outputs:
-        """The shared scoring image (orchestrator.images), or the local image given with -C image."""
-        from orchestrator import docker_engine, images
-
-        client = docker_engine.connect()
+        """The shared scoring image, or the local image given with -C image."""
         given = str(ctx.config.get("image") or "")
-        if given:
-            with docker_engine.translated(f"looking up image {given}", hint="build or pull it, or leave -C image out"):
-                local = client.images.get(given)
-            tag = "img-" + str(local.id).split(":", 1)[-1][:20]
-            ctx.log(f"using local image {given} ({str(local.id)[:19]}) as tag {tag}")
-            return {"local_image": str(local.id), "image_tag": tag}
-        spec = images.ImageSpec(
-            Path(ctx.outputs["model_dir"]), ctx.deployment.model_digest,
-            tuple(images.image_requirements(ctx.outputs["requirements"],
-                                            ctx.config.get("pip_requirements_override") or None,
-                                            log=ctx.log, home=ctx.home)),
-            str(ctx.config.get("base_image") or "") or images.default_base_image(ctx.outputs.get("python_version")),
-        )
-        built = images.build(client, spec, str(ctx.config["ecr_repository"]), cache_dir=ctx.home / "cache",
-                             log=ctx.log, log_file=ctx.log_file)
-        return {"local_image": built.image_id, "image_tag": built.tag, "image": built.reference,
-                "build_skipped": built.skipped, "requirements_reused": built.requirements_reused}
+        if not given:
+            return super().build(ctx)
+        from orchestrator import docker_engine
 
-    def push(self, ctx: StageContext) -> Outputs:
+        with docker_engine.translated(f"looking up image {given}", hint="build or pull it, or leave -C image out"):
+            local = docker_engine.connect().images.get(given)
+        tag = "img-" + str(local.id).split(":", 1)[-1][:20]
+        ctx.log(f"using local image {given} ({str(local.id)[:19]}) as tag {tag}")
+        return {"image": given, "image_id": str(local.id), "image_tag": tag}
+
+    def push_repository(self, ctx: StageContext) -> str:
+        """The ECR repository's URI, the repository created (and recorded) when missing."""
         aws = self._ctx_aws(ctx)
         repository = str(ctx.config["ecr_repository"])
-        tags = _tag_list(_as_dict("tags", ctx.config.get("tags")))
         try:
             repo = aws.call("ecr", "describe_repositories", repositoryNames=[repository])["repositories"][0]
         except TargetError as exc:
             if not _aws_code(exc, "RepositoryNotFoundException"):
                 raise
             record = ctx.plan(ECR_REPOSITORY, repository)
+            tags = _tag_list(_as_dict("tags", ctx.config.get("tags")))
             repo = aws.call("ecr", "create_repository", repositoryName=repository,
-                            **({"tags": [{"Key": t["Key"], "Value": t["Value"]} for t in tags]} if tags else {}))[
-                "repository"]
+                            **({"tags": tags} if tags else {}))["repository"]
             ctx.mark(record, ResourceState.CREATED, external_id=repo["repositoryArn"])
             ctx.log(f"created ECR repository {repo['repositoryUri']}")
-        uri = str(repo["repositoryUri"])
-        tag = str(ctx.outputs["image_tag"])
-        digest = self._ecr_digest(aws, repository, tag)
-        pushed = False
-        if digest is None:
-            record = ctx.find(ECR_IMAGE, f"{repository}:{tag}") or ctx.plan(ECR_IMAGE, f"{repository}:{tag}",
-                                                                           {"repository": repository, "tag": tag})
-            token = aws.call("ecr", "get_authorization_token")["authorizationData"][0]
-            user, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
-            digest = _push(ctx, str(ctx.outputs["local_image"]), uri, tag,
-                           user, password, str(token.get("proxyEndpoint", "")))
-            ctx.mark(record, ResourceState.CREATED, external_id=f"{uri}@{digest}")
-            pushed = True
-        else:
-            ctx.log(f"ECR already has {uri}:{tag} ({digest[:19]}); push skipped")
-        return {"repository": repository, "repository_uri": uri, "image_digest": digest,
-                "image_uri": f"{uri}@{digest}", "pushed": pushed}
+        return str(repo["repositoryUri"])
+
+    def registry_digest(self, ctx: StageContext, repository: str, tag: str) -> str | None:
+        # ECR's API answers without the token login a push through the engine needs.
+        return self._ecr_digest(self._ctx_aws(ctx), str(ctx.config["ecr_repository"]), tag)
+
+    def registry_credentials(self, ctx: StageContext, registry: str) -> Credentials:
+        from orchestrator import images
+
+        token = self._ctx_aws(ctx).call("ecr", "get_authorization_token")["authorizationData"][0]
+        user, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
+        return images.Credentials(user, password, registry)
 
     @staticmethod
     def _ecr_digest(aws: Any, repository: str, tag: str) -> str | None:
@@ -533,7 +527,7 @@ class SageMakerTarget(Target):
         request: dict[str, Any] = {
             "ModelName": name,
             "ExecutionRoleArn": ctx.outputs["role_arn"],
-            "PrimaryContainer": {"Image": ctx.outputs["image_uri"], "Mode": "SingleModel",
+            "PrimaryContainer": {"Image": _pushed_image(ctx.outputs), "Mode": "SingleModel",
                                  "Environment": _as_dict("env", config.get("env"))},
             "Tags": tags,
         }
@@ -758,10 +752,11 @@ class SageMakerTarget(Target):
         """With delete_images, the endpoint's pushed images go with it (other endpoints that reuse
         one of them by content tag would have to push it again)."""
         for image in ctx.endpoint_resources():
-            if image.kind != ECR_IMAGE:
+            # Only what this endpoint pushed: an image ECR already had belongs to whoever pushed it.
+            if image.kind not in (PUSHED_IMAGE, ECR_IMAGE) or image.state != ResourceState.CREATED:
                 continue
             try:
-                aws.call("ecr", "batch_delete_image", repositoryName=image.data["repository"],
+                aws.call("ecr", "batch_delete_image", repositoryName=_ecr_repository_name(image.data["repository"]),
                          imageIds=[{"imageTag": image.data["tag"]}])
             except TargetError as exc:
                 if not _aws_missing(exc):
@@ -878,13 +873,14 @@ def _variant_summary(described: Mapping[str, Any]) -> list[dict[str, Any]]:
             for v in described.get("ProductionVariants", [])]
 
 
-def _push(ctx: StageContext, local_image: str, uri: str, tag: str, user: str, password: str,
-          registry: str) -> str:
-    """Tag the local image as uri:tag and push it with the ECR token; returns the pushed digest."""
-    from orchestrator import docker_engine, images
+def _pushed_image(outputs: Mapping[str, Any]) -> str:
+    # Deployments recorded before the shared image stage named it image_uri (a rollback reuses them).
+    return str(outputs.get("pushed_image") or outputs["image_uri"])
 
-    client = docker_engine.connect()
-    with docker_engine.translated(f"tagging {local_image} as {uri}:{tag}"):
-        client.images.get(local_image).tag(uri, tag)
-    credentials = images.Credentials(user, password, registry.split("://", 1)[-1])
-    return images.push(client, f"{uri}:{tag}", credentials=credentials, log=ctx.log).digest
+
+def _ecr_repository_name(repository: str) -> str:
+    """`ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME` → NAME (records before the shared image stage
+    kept NAME alone)."""
+    from orchestrator import images
+
+    return repository.partition("/")[2] if images.registry_of(repository) != "docker.io" else repository

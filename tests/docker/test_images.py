@@ -143,7 +143,8 @@ def test_image_has_byte_code_for_every_module_serving_imports(docker_client: Any
 def test_model_only_change_adds_only_the_model_layer(docker_client: Any, cli: Any, built_v1: dict[str, Any],
                                                      registry: str, example_model_v2: Path) -> None:
     v2 = cli.build(example_model_v2, f"{registry}/{REPOSITORY}")
-    assert v2["skipped"] is False and v2["requirements_reused"] is True
+    # Built here, or tagged from the image another test built of it (same content tag).
+    assert v2["requirements_reused"] is True
     assert v2["image"] != built_v1["image"]
     old = images.layers(docker_client, built_v1["image"])
     new = images.layers(docker_client, v2["image"])
