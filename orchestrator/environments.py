@@ -233,14 +233,13 @@ def check_imports(python: Path | str, modules: Sequence[str], *, model_dir: Path
     """Import `modules` in the interpreter `python` (a built env, in a subprocess; the model's
     `code/` directory on its path, as when serving). Raises PermanentTargetError naming the
     first module that does not import, with the `--pip-requirements-override` fix."""
-    import scoring
 
     if not modules:
         return
     code_paths = [str(p) for p in code_paths_of(model_dir)] if model_dir else []
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     if model_dir:  # as the server sets them before loading the model (e.g. Keras' backend)
-        environment = {**scoring.flavor_environment(_pyfunc_conf(model_dir).get("_flavors") or {}), **environment}
+        environment = {**flavor_environment(model_dir), **environment}
     if code_paths:
         environment["PYTHONPATH"] = os.pathsep.join(code_paths)
     try:
@@ -297,6 +296,13 @@ def code_paths_of(model_dir: Path) -> list[Path]:
     conf = _pyfunc_conf(model_dir)
     code = conf.get("code") if conf else None
     return [model_dir / str(code)] if code else []
+
+
+def flavor_environment(model_dir: Path) -> dict[str, str]:
+    """The variables the server sets before loading the model in `model_dir` (`scoring.flavor_environment`)."""
+    import scoring
+
+    return scoring.flavor_environment(_pyfunc_conf(model_dir).get("_flavors") or {})
 
 
 def _pyfunc_conf(model_dir: Path) -> dict[str, Any]:

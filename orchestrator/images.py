@@ -285,7 +285,8 @@ def check_image_imports(client: Any, image_id: str, spec: ImageSpec, *, log: Log
     with translated(f"checking the imports of image {image_id[:19]}"):
         output = client.containers.run(image_id, environments.import_check_command(python, modules), entrypoint=[],
                                        network_mode="none", remove=True, working_dir=dockerfile.MODEL_DIR,
-                                       environment={"PYTHONPATH": ":".join(code)} if code else None,
+                                       environment={**environments.flavor_environment(spec.model_dir),
+                                                    **({"PYTHONPATH": ":".join(code)} if code else {})},
                                        stdout=True, stderr=False)
     try:
         environments.raise_for_import_failures(output.decode(errors="replace"), "", "the image", log_file)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
+from scoring._flavors import flavor_environment, loads_after_fork
 from scoring._version import __version__
 
 #: What the server itself needs installed next to a model (the model brings the rest).
@@ -48,27 +49,6 @@ def serving_imports(loader_module: str) -> tuple[str, ...]:
     if loader_module == "mlflow.sklearn":
         return (*_SERVING_IMPORTS, "skops.io", "cloudpickle", "sklearn")
     return (*_SERVING_IMPORTS, "mlflow.pyfunc", *([loader_module] if loader_module else []))
-
-
-def flavor_environment(flavors: Mapping[str, Any]) -> dict[str, str]:
-    """Environment variables the model's flavor module reads when imported, from ``MLmodel``'s
-    ``flavors``. Keras 3 picks its backend when imported, from ``KERAS_BACKEND`` (default
-    tensorflow): MLflow records the backend a model was saved with but leaves setting it to the
-    user, and a server started with a minimal environment would import the wrong one."""
-    keras = flavors.get("keras")
-    backend = keras.get("keras_backend") if isinstance(keras, Mapping) else None
-    return {"KERAS_BACKEND": str(backend)} if backend else {}
-
-
-#: Flavors whose libraries start threads when a model loads (JAX's and TensorFlow's pools): a
-#: process forked after that can deadlock (its first prediction never returns), so the server
-#: loads these models in each worker, after the fork, as `mlflow models serve` does.
-_FORK_UNSAFE_FLAVORS = frozenset({"keras", "tensorflow"})
-
-
-def loads_after_fork(flavors: Mapping[str, Any]) -> bool:
-    """Whether a model of ``MLmodel``'s ``flavors`` must be loaded in each worker, not before forking."""
-    return not _FORK_UNSAFE_FLAVORS.isdisjoint(flavors)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

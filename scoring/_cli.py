@@ -94,8 +94,8 @@ def serve(options: dict[str, Any]) -> int:
         level=cfg.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
     )
-    from scoring import loads_after_fork
     from scoring._app import create_app
+    from scoring._flavors import loads_after_fork
     from scoring._gunicorn import ScoringServer
     from scoring._metrics import Metrics
     from scoring._model import read_mlmodel

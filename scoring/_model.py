@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scoring import flavor_environment
 from scoring._errors import ModelLoadError
+from scoring._flavors import flavor_environment
 from scoring._schema import Enforcer, Signature, parse_signature
 
 # Import names whose pip distribution is named differently.
