@@ -21,10 +21,10 @@ MODEL_DIR="$REPO_ROOT/.quickstart/model"
 choose_python
 command -v curl >/dev/null || apt_install ca-certificates curl
 
-# [fast] brings uv (fast model virtualenvs); [test] brings mlflow and scikit-learn, which
-# only the example's training needs.
+# [fast] brings uv (fast model virtualenvs); [example] brings mlflow and scikit-learn, which
+# only the example's training needs (the test extra's flavors, JAX among them, are not needed).
 log "installing orchestrate with $PYTHON"
-PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[fast,test]'
+PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[fast,example]'
 ORCHESTRATE="$(python_scripts_dir)/orchestrate"
 [ -x "$ORCHESTRATE" ] || die "orchestrate was not installed at $ORCHESTRATE"
 
