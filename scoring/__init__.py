@@ -67,9 +67,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 from scoring._errors import ModelLoadError
 
-__all__ = [
-    "SERVER_REQUIREMENTS",
+__all__ = [  # noqa: RUF022 -- plain sorted(), as tests/core/test_imports.py checks
     "ModelLoadError",
+    "SERVER_REQUIREMENTS",
     "__version__",
     "create_app",
     "flavor_environment",

@@ -28,9 +28,11 @@ def test_a_server_is_found_by_a_word_of_its_command_line_and_its_workers_are_not
     # A master that starts a worker with the same command line, as gunicorn does.
     code = ("import subprocess, sys, time; "
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]]); "
-            "time.sleep(60)")
-    master = subprocess.Popen([sys.executable, "-c", code, marker])
+            "print('ready', flush=True); time.sleep(60)")
+    master = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE, text=True)
     try:
+        # Until the child has exec'd, its command line is still pytest's.
+        assert master.stdout is not None and master.stdout.readline().strip() == "ready"
         assert started_with(master.pid, marker)
         assert not started_with(master.pid, marker + "x") and not started_with(master.pid, "")
         assert find_started_with(marker) == master.pid
@@ -40,4 +42,6 @@ def test_a_server_is_found_by_a_word_of_its_command_line_and_its_workers_are_not
             worker.kill()
         master.kill()
         master.wait()
+        if master.stdout is not None:
+            master.stdout.close()
     assert find_started_with(marker) is None
