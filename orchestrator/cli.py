@@ -422,6 +422,29 @@ install_mlflow_option = click.option(
     "--install-mlflow", is_flag=True,
     help="Install MLflow (mlflow-skinny) into the model's environment too (as `mlflow models` does).")
 no_conda_option = click.option("--no-conda", is_flag=True, help="MLflow's old spelling of --env-manager local.")
+_OPTED_IN = "orchestrate.requirements_opt_in"
+
+
+def _remember_opt_in(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta.setdefault(_OPTED_IN, set()).add(param.name)
+
+
+def requirements_trust_options(command: Any) -> Any:
+    """The opt-ins for requirements that are refused by default (deploy's -C keys of the same names)."""
+    for key, what in (("allow_direct_references", "local paths, file: and VCS/URL requirements (their setup code "
+                                                   "runs here)"),
+                      ("allow_index_options", "-i/--index-url/--extra-index-url/--find-links lines")):
+        command = click.option(f"--{key.replace('_', '-')}", key, is_flag=True, expose_value=False,
+                               callback=_remember_opt_in,
+                               help=f"Trust the model's requirements with {what}.")(command)
+    return command
+
+
+def _requirements_policy() -> Any:
+    from .requirements import Policy
+
+    return Policy.from_config(dict.fromkeys(click.get_current_context().meta.get(_OPTED_IN, ()), True))
 
 
 def _overrides(pip_override: str | None, install_mlflow: bool) -> str | None:
@@ -461,6 +484,7 @@ def _check_output_path(path: Path) -> None:
 @override_option
 @install_mlflow_option
 @no_conda_option
+@requirements_trust_options
 @click.pass_context
 def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_path: str, content_type: str | None,
             output_path: str | None, env_manager: str, pip_override: str | None, install_mlflow: bool,
@@ -527,6 +551,7 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
 @override_option
 @install_mlflow_option
 @no_conda_option
+@requirements_trust_options
 def serve(model: str | None, model_uri: str | None, port: int, host: str, workers: int, timeout: int,
           env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
     """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
@@ -551,7 +576,7 @@ def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_overrid
 
     command, env = scoring_command(model, arguments, env_manager=env_manager,
                                    overrides=parse_overrides(pip_override),
-                                   log=lambda line: click.echo(line, err=True))
+                                   log=lambda line: click.echo(line, err=True), policy=_requirements_policy())
     if replace_process:  # the server owns the terminal: Ctrl-C reaches gunicorn directly
         os.execve(command[0], command, env)
     result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
@@ -642,6 +667,7 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
 @click.option("--user", default="orchestrate", show_default=True,
               help="User the container runs as; 'root' for platforms that need it.")
 @click.option("--no-cache", is_flag=True, help="Build every step again, ignoring the Docker builder's cache.")
+@requirements_trust_options
 @click.option("--username", envvar="ORCHESTRATE_REGISTRY_USERNAME",
               help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
                    "(default: `docker login` credentials).")
@@ -657,7 +683,7 @@ def build(model: str | None, model_uri: str | None, image: str, base_image: str 
     result = images.build_command(
         model, image, home=orchestrate_home(), base_image=base_image, push_image=push_image, overrides=overrides,
         user=user, credentials=images.credentials_from_environment(username), log=lambda line: click.echo(line, err=True),
-        no_cache=no_cache,
+        no_cache=no_cache, policy=_requirements_policy(),
     )
     if as_json:
         _print_json(result)
@@ -676,6 +702,7 @@ def build(model: str | None, model_uri: str | None, image: str, base_image: str 
 @click.option("--pip-requirements-override", "overrides", metavar="REQS",
               help="Comma-separated requirements that replace or add to the model's.")
 @click.option("--user", default="orchestrate", show_default=True, help="User the container runs as.")
+@requirements_trust_options
 def generate_dockerfile(model: str | None, model_uri: str | None, directory: str, base_image: str | None,
                         overrides: str | None, user: str) -> None:
     """Write the Dockerfile and build context of MODEL's image (a directory or URI), for
@@ -685,7 +712,8 @@ def generate_dockerfile(model: str | None, model_uri: str | None, directory: str
     from .store import orchestrate_home
 
     path = images.generate_command(model, Path(directory), home=orchestrate_home(), base_image=base_image,
-                                   overrides=overrides, user=user, log=lambda line: click.echo(line, err=True))
+                                   overrides=overrides, user=user, log=lambda line: click.echo(line, err=True),
+                                   policy=_requirements_policy())
     click.echo(path)
 
 

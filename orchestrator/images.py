@@ -600,7 +600,7 @@ def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None
     from . import model_uri as model_uris
 
     info = model_uris.local_model(model_uri, snapshot_dir)  # a models:/… URI is downloaded here
-    requirements.check_policy(info.requirements, policy)
+    requirements.check_policy(info.requirements, policy, how_to_allow="{flag}")
     snapshot = mlmodel.snapshot(info, snapshot_dir)
     return ImageSpec(snapshot, info.digest, tuple(image_requirements(info.requirements, overrides, log=log)),
                      base_image or default_base_image(info.python_version), info.loader_module, user)
@@ -608,14 +608,15 @@ def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None
 
 def build_command(model_uri: str, image: str, *, home: Path, base_image: str | None, push_image: bool,
                   overrides: str | None, user: str, credentials: Credentials | None, log: Log,
-                  no_cache: bool = False) -> dict[str, Any]:
+                  no_cache: bool = False,
+                  policy: requirements.Policy = requirements.Policy()) -> dict[str, Any]:  # noqa: B008 - frozen
     """`orchestrate build`: build (and push) one model's image; returns what happened."""
     from .docker_engine import connect
 
     repository, tag = split_reference(image)
     check_repository(repository)
     spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user, log=log)
+                          user=user, log=log, policy=policy)
     log_file = _build_log(home)
     client = connect()
     built = build(client, spec, repository, cache_dir=home / "cache", log=log, log_file=log_file,
@@ -634,14 +635,15 @@ def build_command(model_uri: str, image: str, *, home: Path, base_image: str | N
 
 
 def generate_command(model_uri: str, directory: Path, *, home: Path, base_image: str | None,
-                     overrides: str | None, user: str, log: Log) -> Path:
+                     overrides: str | None, user: str, log: Log,
+                     policy: requirements.Policy = requirements.Policy()) -> Path:  # noqa: B008 - frozen
     """`orchestrate generate-dockerfile`: the build directory of a model's image."""
     import platform as host
 
     from .errors import TargetError
 
     spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user, log=log)
+                          user=user, log=log, policy=policy)
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty", hint="choose a new or empty directory with -d")
     try:

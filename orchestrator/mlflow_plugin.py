@@ -32,7 +32,8 @@ DEFAULT_TARGET = "local"
 FLAVOR = "python_function"
 # Body keys MLflow's scoring protocol knows; a dict input with other keys is sent as `inputs`.
 _REQUEST_KEYS = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params"})
-_RUN_LOCAL_KEYS = ("host", "port", "workers", "env_manager", "pip_requirements_override")
+_RUN_LOCAL_KEYS = ("host", "port", "workers", "env_manager", "pip_requirements_override", "allow_index_options",
+                   "allow_direct_references")
 
 
 class OrchestrateMlflowError(MlflowException, click.ClickException):
@@ -355,8 +356,11 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: Mapping[str, Any] | None = None) -> None:
     """Serve the model in the foreground on this machine until interrupted, like `orchestrate
     serve` (whatever the target; nothing is recorded). Config: host, port (default 5000),
-    workers, env_manager (`virtualenv` or `local`) and pip_requirements_override."""
+    workers, env_manager (`virtualenv` or `local`), pip_requirements_override and the
+    requirements opt-ins allow_index_options and allow_direct_references."""
+    from .config import ENGINE_KEYS
     from .environments import parse_overrides
+    from .requirements import Policy
     from .serving import scoring_command
 
     _check_flavor(flavor)
@@ -376,6 +380,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
              "--workers", str(values.get("workers", 1))],
             env_manager=str(values.get("env_manager", "virtualenv")),
             overrides=parse_overrides(values.get("pip_requirements_override")), log=log,
+            policy=Policy.from_config({key: ENGINE_KEYS[key].parse(key, values[key], "run-local config")
+                                       for key in ("allow_index_options", "allow_direct_references") if key in values}),
         )
     log(f"serving {model_uri} as {name} in the foreground; Ctrl-C stops it")
     server = subprocess.Popen(command, env=env)

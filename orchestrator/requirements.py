@@ -203,7 +203,8 @@ class Policy:
 
 def check_policy(lines: Sequence[str], policy: Policy, *, where: str = "the model's requirements",
                  how_to_allow: str = "-C {key}=true") -> None:
-    """Raise ConfigError for the first line the policy refuses, with the reason and the opt-in."""
+    """Raise ConfigError for the first line the policy refuses, with the reason and the opt-in
+    (`how_to_allow` names it with {key}, the config key, or {flag}, the command-line flag)."""
     for line in lines:
         if line.startswith("-") and not line.startswith(("-e", "--editable")):
             option = re.split(r"[\s=]", line, maxsplit=1)[0]
@@ -212,15 +213,19 @@ def check_policy(lines: Sequence[str], policy: Policy, *, where: str = "the mode
                     f"{where}: {line!r} chooses where packages are downloaded from; a model may not pick "
                     "the package index of the machine that builds it",
                     hint="remove the line and configure the index on the host (pip.conf, UV_INDEX_URL), or, if "
-                         f"you trust this model, allow it with {how_to_allow.format(key=ALLOW_INDEX_OPTIONS)}",
+                         f"you trust this model, allow it with {_opt_in(how_to_allow, ALLOW_INDEX_OPTIONS)}",
                 )
         elif _is_direct_reference(line) and not policy.direct_references:
             raise ConfigError(
                 f"{where}: {line!r} installs from a local path or URL rather than the package index; "
                 "building it can run its setup code on this machine",
                 hint="publish the package to your index and require it by name==version, or, if you trust this "
-                     f"model, allow it with {how_to_allow.format(key=ALLOW_DIRECT_REFERENCES)}",
+                     f"model, allow it with {_opt_in(how_to_allow, ALLOW_DIRECT_REFERENCES)}",
             )
+
+
+def _opt_in(how_to_allow: str, key: str) -> str:
+    return how_to_allow.format(key=key, flag="--" + key.replace("_", "-"))
 
 
 # -- overrides -----------------------------------------------------------------------------------

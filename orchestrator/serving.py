@@ -36,7 +36,7 @@ def scoring_command(
         raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
     info = model_uris.local_model(model_uri, orchestrate_home() / "models")  # models:/… is downloaded
     requirements.check_policy(info.requirements, policy,
-                              how_to_allow="-C {key}=true on `orchestrate deploy` (serve and predict never allow it)")
+                              how_to_allow="{flag}")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     if env_manager == "local":
         python = sys.executable
@@ -61,6 +61,7 @@ def predict(
     env_manager: str = "virtualenv",
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = lambda _line: None,
+    policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - a frozen value
 ) -> bytes:
     """Score one request body (`json` or `csv`) offline with the model, as POST /invocations
     would, in the environment `scoring_command` picks; the answer's body. ConfigError for bad
@@ -75,7 +76,7 @@ def predict(
         input_path.write_bytes(body)
         command, env = scoring_command(
             model_uri, ["predict", "-i", str(input_path), "-t", content_type, "-o", str(output_path)],
-            env_manager=env_manager, overrides=overrides, log=log)
+            env_manager=env_manager, overrides=overrides, log=log, policy=policy)
         result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 check=False)
         if result.returncode != 0:

@@ -7,7 +7,7 @@ password-protected PEP 503 package index served on 127.0.0.1 by the test (one ti
 
 | finding | what was wrong on 1407a72 | tests |
 |---|---|---|
-| S8 | a model's `-i URL` was honoured; local paths, `pkg @ file://…`, `git+https://…` were installed, a local `setup.py` ran on the host during `build` | test_unsafe_requirement_is_refused_before_anything_runs (10 kinds), test_opt_in_key_allows_it |
+| S8 | a model's `-i URL` was honoured; local paths, `pkg @ file://…`, `git+https://…` were installed, a local `setup.py` ran on the host during `build` | test_unsafe_requirement_is_refused_before_anything_runs (10 kinds), test_opt_in_key_allows_it, test_commands_without_a_deployment_refuse_with_their_own_flag, test_the_flag_lets_predict_past_the_refusal |
 | S4 | a credential in requirements.txt (`--extra-index-url http://user:PW@…`) was written to the store and the build log | test_credential_in_requirements_reaches_only_the_installer |
 | B-argv | `--index-url URL` lines were passed to the installer as one argv token, so every such build failed | test_index_option_reaches_the_installer_as_pip_parses_it |
 | K-lock | failed builds left `envs/*.lock` files | test_failed_build_leaves_no_lock_file, test_credential_in_requirements_reaches_only_the_installer |
@@ -213,6 +213,35 @@ def test_opt_in_key_allows_it(tmp_path: Path, local_package: tuple[Path, Path]) 
                            "-C", "allow_direct_references=true")
     assert allowed.returncode == 0, allowed.stderr
     assert len(_deployments()) == 1
+
+
+@pytest.mark.parametrize("command", [["serve"], ["predict", "-i", "{input}"], ["build", "-t", "team/careless"],
+                                     ["generate-dockerfile", "-d", "{context}"]])
+def test_commands_without_a_deployment_refuse_with_their_own_flag(command: list[str], tmp_path: Path) -> None:
+    model = _model(tmp_path / "model", "-i http://127.0.0.1:9/simple\nscikit-learn\n")
+    (tmp_path / "in.json").write_text('{"inputs": [[1]]}')
+    argv = [command[0], str(model), *(part.format(input=tmp_path / "in.json", context=tmp_path / "ctx")
+                                      for part in command[1:])]
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "chooses where packages are downloaded from" in result.stderr
+    assert "allow it with --allow-index-options" in result.stderr, result.stderr
+    assert not (tmp_path / "ctx").exists()
+
+
+def test_the_flag_lets_predict_past_the_refusal(tmp_path: Path, local_package: tuple[Path, Path]) -> None:
+    package, marker = local_package
+    model = _model(tmp_path / "model", f"-i http://127.0.0.1:9/simple\nlocalpkg @ file://{package}\n")
+    (tmp_path / "in.json").write_text('{"inputs": [[1]]}')
+    predict = ["predict", str(model), "-i", str(tmp_path / "in.json"), "--env-manager", "local"]
+    refused = _orchestrate(*predict, "--allow-index-options")
+    assert refused.returncode == 2 and "--allow-direct-references" in refused.stderr, refused.stderr
+    # Both trusted: the policy passes and the model itself is tried (it has no model.pkl, so it fails
+    # to load); with --env-manager local nothing is installed, so the package's setup.py never runs.
+    allowed = _orchestrate(*predict, "--allow-index-options", "--allow-direct-references")
+    assert "chooses where packages" not in allowed.stderr and "installs from a local path" not in allowed.stderr
+    assert allowed.returncode == 1 and "model.pkl" in allowed.stderr, allowed.stderr
+    assert not marker.exists()
 
 
 # -- what reaches the installer -----------------------------------------------------------------
