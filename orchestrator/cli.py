@@ -432,8 +432,7 @@ def _remember_opt_in(ctx: click.Context, param: click.Parameter, value: bool) ->
 
 def requirements_trust_options(command: Any) -> Any:
     """The opt-ins for requirements that are refused by default (deploy's -C keys of the same names)."""
-    for key, what in (("allow_direct_references", "local paths, file: and VCS/URL requirements (their setup code "
-                                                   "runs here)"),
+    for key, what in (("allow_direct_references", "local paths, file: and VCS/URL requirements (setup code runs)"),
                       ("allow_index_options", "-i/--index-url/--extra-index-url/--find-links lines")):
         command = click.option(f"--{key.replace('_', '-')}", key, is_flag=True, expose_value=False,
                                callback=_remember_opt_in,
