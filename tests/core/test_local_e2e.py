@@ -216,3 +216,26 @@ def test_broken_model_over_live_one_rolls_back(orch: Any, example_model: Path, b
     assert post_invocations(url, example.read_bytes()) == (200, {"predictions": V1_PREDICTIONS})
     kinds = [e["kind"] for e in orch.json("history", "2")]
     assert "deployment_rolling_back" in kinds and kinds[-1] == "deployment_rolled_back"
+
+
+def test_keep_failed_keeps_a_broken_first_deployments_server_until_cancel(orch: Any, broken_model: Path) -> None:
+    """--keep-failed on the local target (issue 11 B1): what the failed deployment made stays recorded
+    as created (the broken server exits by itself; its log stays), and cancel releases it. Without
+    the flag, the same failure releases at once."""
+    kept = orch.run("deploy", str(broken_model), "--name", "kept", "--keep-failed")
+    assert kept.returncode == 1, orch.describe(kept)
+    assert "what it created is kept (keep_failed): `orchestrate cancel 1` releases it" in kept.stderr
+    record = orch.deployment(1)
+    assert record["status"] == "failed"
+    (process,) = [r for r in record["resources"] if r["kind"] == "process"]
+    assert process["state"] == "created"
+    assert "by design" in orch.ok("status", "1").stdout
+
+    orch.ok("cancel", "1")
+    assert [r["state"] for r in orch.deployment(1)["resources"] if r["kind"] == "process"] == ["deleted"]
+    assert orch.servers("kept") == []
+
+    plain = orch.run("deploy", str(broken_model), "--name", "plain")
+    assert plain.returncode == 1 and "keep_failed" not in plain.stderr, orch.describe(plain)
+    assert [r["state"] for r in orch.deployment(2)["resources"] if r["kind"] == "process"] == ["deleted"]
+    assert orch.servers("plain") == []

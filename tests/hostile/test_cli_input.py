@@ -11,7 +11,7 @@ exit matters. Files are real: FIFOs (os.mkfifo), /dev/zero, anchor bombs, 20 MB 
 | C3 | numeric arguments: `²`, 20-digit ids and limits, `1e309s`, `nans`, `99999999999d` | test_numeric_argument_is_refused, test_event_since_is_bounded, test_gc_older_than_is_bounded |
 | C4 | accepted, then crash or hang: port=99999, sleep_s=inf/nan, python=/etc/passwd, startup_timeout=nan/1e309, --lease-ttl inf | test_config_number_out_of_range_is_refused, test_python_that_is_not_an_interpreter_is_refused, test_worker_seconds_are_finite |
 | C8 | `predict -o nodir/x/o.json` crashed after predicting | test_predict_output_in_a_missing_directory_is_refused_before_predicting, test_predict_name_bad_input_exits_2 |
-| B1 | `deploy --keep-failed` (documented) refused on local, noop, docker | test_keep_failed_keeps_what_a_failed_deployment_made |
+| B1 | `deploy --keep-failed` (documented) refused on local, noop, docker | test_keep_failed_keeps_what_a_failed_deployment_made, tests/core/test_local_e2e.py::test_keep_failed_keeps_a_broken_first_deployments_server_until_cancel, tests/sagemaker/test_sagemaker_e2e.py::test_keep_failed_keeps_resources_for_resume |
 | B3 | an invalid host reported as "port in use" | test_invalid_host_is_not_reported_as_port_in_use |
 | B3 | `serve` with a bad host or busy port: gunicorn's "Can't connect" after 7 s | test_serve_checks_host_and_port_first |
 | B4 | bad input found only in a stage (unset env:X, missing file:) recorded as a failed deployment; `file:/dev/zero` or a FIFO hung the stage | test_unresolvable_secret_reference_is_refused_before_recording, test_secret_file_that_is_no_file_is_refused_without_reading_it |
