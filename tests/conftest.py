@@ -18,7 +18,8 @@ Fixtures to ask for:
 - ``fresh_pg_url``: a new empty PostgreSQL database for one test, dropped afterwards.
 - ``db_url``: parametrized ``sqlite`` / ``postgres``: a fresh state-store URL of each kind.
 - ``example_model``, ``example_model_v2``, ``broken_model``: MLflow model directories made
-  by ``examples/train_model.py`` once per session. Treat them as read-only; copy one
+  by ``examples/train_model.py`` once per session. ``noop_model``: an MLmodel and
+  requirements only, for the noop target (nothing trained). Treat them as read-only; copy one
   (``shutil.copytree(example_model, tmp_path / "model")``) to modify it.
 
 Tests that use ``pg_url`` (directly or through the other PostgreSQL fixtures) are marked
@@ -240,6 +241,18 @@ def example_model_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Valid on disk, same requirements as the good model; its loader raises at serve time."""
     return _train(tmp_path_factory.mktemp("models") / "iris-broken", "--broken")
+
+
+@pytest.fixture(scope="session")
+def noop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough of an MLflow model for `deploy` to accept; the noop target never serves it."""
+    path = tmp_path_factory.mktemp("models") / "noop-model"
+    path.mkdir()
+    (path / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n    python_version: 3.11.7\n"
+    )
+    (path / "requirements.txt").write_text("scikit-learn\n")
+    return path
 
 
 # --- leak check ----------------------------------------------------------------------------

@@ -13,21 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from sqlalchemy import event
 
 # (statements, commits) of one forced redeploy of a live endpoint; BEGIN is a statement on SQLite,
 # PostgreSQL has 15 BEGINs that are not (psycopg sends them with the first statement).
 BUDGETS = {"sqlite": (77, 15), "postgresql": (62, 15)}  # measured 2026-12-02
-
-
-@pytest.fixture
-def noop_model(tmp_path: Path) -> Path:
-    path = tmp_path / "noop-model"
-    path.mkdir()
-    (path / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n")
-    (path / "requirements.txt").write_text("scikit-learn\n")
-    return path
 
 
 @contextmanager

@@ -17,18 +17,6 @@ import pytest
 from _cluster import Cluster
 
 
-@pytest.fixture(scope="session")
-def noop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough of an MLflow model for `deploy` to accept; the noop target never serves it."""
-    path = tmp_path_factory.mktemp("models") / "noop-model"
-    path.mkdir()
-    (path / "MLmodel").write_text(
-        "flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n    python_version: 3.11.7\n"
-    )
-    (path / "requirements.txt").write_text("scikit-learn\n")
-    return path
-
-
 @pytest.fixture
 def cluster(orchestrate_home: Path) -> Iterator[Cluster]:
     helper = Cluster(home=orchestrate_home)
