@@ -599,7 +599,7 @@ def logs(ctx: click.Context, name: str, tail: int) -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """Installed targets and the config keys each accepts."""
-    from .config import ENGINE_KEYS
+    from .config import ENGINE_KEYS, config_schema
     from .target_contract import available_targets, load_target
 
     rows: list[dict[str, Any]] = []
@@ -611,6 +611,7 @@ def targets(as_json: bool) -> None:
             "skips": sorted(stage.value for stage in plugin.not_applicable),
             "config": {key: {"type": spec.type.__name__, "default": spec.default, "help": spec.help}
                        for key, spec in plugin.config_keys.items()},
+            "schema": config_schema(name, plugin.config_keys),
         })
     if as_json:
         _print_json(rows)

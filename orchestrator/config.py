@@ -48,6 +48,39 @@ class ConfigKey:
                                   hint=f"{key}: {self.help}")
         return value
 
+    def json_schema(self) -> dict[str, Any]:
+        """This key as JSON Schema (draft 2020-12): what `-C`, --config files and
+        `orchestrate targets --json` agree on. Text keys also take env:/file: references."""
+        kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object",
+                list: "array"}[self.type]
+        schema: dict[str, Any] = {"type": kind, "description": self.help}
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.choices is not None:
+            schema["enum"] = list(self.choices)
+        if self.type in (int, float):
+            schema["minimum"] = self.minimum if self.minimum is not None else -_NUMBER_MAXIMUM[self.type]
+            schema["maximum"] = self.maximum if self.maximum is not None else _NUMBER_MAXIMUM[self.type]
+        if self.type is dict:  # a YAML mapping, or k=v,k2=v2 on the command line
+            schema = {"type": ["object", "string"], "additionalProperties": {"type": "string"},
+                      "description": self.help}
+        if self.type is list:  # a YAML list, or comma-separated text on the command line
+            schema = {"type": ["array", "string"], "items": {"type": "string"}, "description": self.help}
+        return schema
+
+
+def config_schema(target_name: str, target_keys: Mapping[str, ConfigKey]) -> dict[str, Any]:
+    """JSON Schema of a target's whole config (the engine's keys included), flat dotted keys as
+    `-C` takes them; unknown keys are refused, as `resolve` refuses them."""
+    keys = {**ENGINE_KEYS, **target_keys}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"orchestrate {target_name} target config",
+        "type": "object",
+        "properties": {key: keys[key].json_schema() for key in sorted(keys)},
+        "additionalProperties": False,
+    }
+
 
 _INVALID = object()
 _TRUE = {"1", "true", "yes", "on"}
