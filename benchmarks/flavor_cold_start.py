@@ -63,8 +63,8 @@ def measure(command: list[str], env: dict[str, str], port: int, request: dict[st
             try:
                 if requests.get(url + "/ping", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or listening while the worker still loads the model
             if time.perf_counter() - started > 300:
                 raise SystemExit(f"{command[:4]} not ready in 300 s")
             time.sleep(0.01)
