@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from . import leases, mlmodel, queue, requirements, secrets
 from . import model_uri as model_uri_module
 from .engine import Echo, Engine
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
+from .faults import Faults
 from .model_uri import ModelSource
 from .states import (
     ACTIVE_STATUSES,
@@ -26,7 +27,7 @@ from .states import (
 )
 from .store import Store, describe_failure, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
-from .target_contract import DeploymentView, ResourceView, StageContext, load_target, merged_outputs
+from .target_contract import DeploymentView, ResourceView, StageContext, Target, load_target, merged_outputs
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Client:
     actor: str | None = None
     lease_ttl_s: float = leases.DEFAULT_TTL_S
     runner: leases.Runner = field(default_factory=leases.Runner.current)
+    # How a target name becomes a target: entry points, or what a test hands in.
+    targets: Callable[[str], Target] = load_target
     # False for commands that only read: a --db-url naming no store is an error, not a new store.
     create_store: bool = True
     # Whether the last deploy() found the model and config already live and did nothing.
@@ -47,7 +50,8 @@ class Client:
         self.home = orchestrate_home()
         self.store = Store(self.db_url, actor=self.actor or self.runner.owner.split("/")[0],
                            create=self.create_store)
-        self.engine = Engine(self.store, self.runner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s)
+        self.engine = Engine(self.store, self.runner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s,
+                             targets=self.targets, faults=Faults.from_env())
 
     def close(self) -> None:
         self.store.dispose()
@@ -79,7 +83,7 @@ class Client:
         comes. Raises ConfigError for bad input or a model URI that cannot be resolved (nothing
         recorded), EndpointBusy when the endpoint is busy and neither was asked."""
         mlmodel.check_endpoint_name(name)
-        plugin = load_target(target)
+        plugin = self.targets(target)
         file_values = plugin.normalize_config(
             config_module.load_config_file(config_file) if config_file else {}, "config file")
         current = self._live(name, target)
@@ -271,7 +275,7 @@ class Client:
             view = DeploymentView.of(session.get_one(Deployment, deployment_id), name)
         try:
             with leases.Heartbeat(self.store, fence):
-                return self.engine.abort(view, fence, load_target(view.target), DeploymentStatus.CANCELLED,
+                return self.engine.abort(view, fence, self.targets(view.target), DeploymentStatus.CANCELLED,
                                          "cancelled by request")
         finally:
             leases.release(self.store, fence)
@@ -329,7 +333,7 @@ class Client:
             live = session.get_one(Deployment, endpoint.live_deployment_id)
             target, model_uri, digest = live.target, live.model_uri, live.model_digest
             model_source = live.model_source
-        plugin = load_target(target)
+        plugin = self.targets(target)
         current = self._live(name, target)
         resolved, config_sources = _layered_config(target, plugin.config_keys, current.config, {},
                                                    plugin.normalize_config(config, "-C"))
@@ -352,7 +356,7 @@ class Client:
                 ).order_by(Resource.id)
             ).all()
             target, live_id = endpoint.target, endpoint.live_deployment_id
-        disposable = load_target(target).disposable_kinds
+        disposable = self.targets(target).disposable_kinds
         return {"endpoint": name, "target": target, "live_deployment_id": live_id,
                 "releases": [f"{kind} {resource}" for kind, resource in resources if kind in disposable]}
 
@@ -370,7 +374,7 @@ class Client:
                 return []
             fence = leases.take(tx.session, endpoint, anchor, self.runner, self.lease_ttl_s)
             view = DeploymentView.of(tx.session.get_one(Deployment, anchor), name)
-        plugin = load_target(view.target)
+        plugin = self.targets(view.target)
         released: list[str] = []
         try:
             ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
@@ -452,7 +456,7 @@ class Client:
                 record["resources"] = [_resource_dict(r) for r in resources]
         record["url"] = outputs.get("url")
         if describe:
-                record["runtime"] = load_target(record["target"]).describe(outputs)
+                record["runtime"] = self.targets(record["target"]).describe(outputs)
         return record
 
     def endpoint_status(self, name: str) -> dict[str, Any]:
@@ -578,7 +582,7 @@ class Client:
                                   hint=f"deploy one: `orchestrate deploy MODEL --name {name}`")
             outputs = merged_outputs(session, endpoint.live_deployment_id)
             target = endpoint.target
-        return load_target(target), outputs
+        return self.targets(target), outputs
 
 
 @dataclass(frozen=True)

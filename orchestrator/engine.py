@@ -143,13 +143,20 @@ class Engine:
     """Runs deployments; one Engine per process, one lease per running deployment."""
 
     def __init__(self, store: Store, runner: leases.Runner, home: Path, *, echo: Echo | None = None,
-                 lease_ttl_s: float = leases.DEFAULT_TTL_S, stop: threading.Event | None = None) -> None:
+                 lease_ttl_s: float = leases.DEFAULT_TTL_S, stop: threading.Event | None = None,
+                 targets: Callable[[str], Target] = load_target, faults: Faults | None = None,
+                 sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
+                 ) -> None:
         self.store = store
         self.runner = runner
         self.home = home
         self.echo: Echo = echo or (lambda _line: None)
         self.lease_ttl_s = lease_ttl_s
-        self.faults = Faults.from_env()
+        # Given, not found: tests hand in a recording target, a fake clock and their own faults.
+        self.targets = targets
+        self.faults = faults or Faults("")
+        self.sleep = sleep
+        self.monotonic = monotonic
         # Set by a worker told to stop: finish the current stage, release, leave it resumable.
         self.stop = stop or threading.Event()
 
@@ -159,7 +166,7 @@ class Engine:
         """Drive the deployment to an end and release the lease; returns its final status,
         or RUNNING when `stop` was set and the deployment was left for another runner."""
         state = self._load(deployment_id)
-        target = load_target(state.view.target)
+        target = self.targets(state.view.target)
         self._forget_vanished_outputs(state, target)
         heartbeat = leases.Heartbeat(self.store, fence)
         try:
@@ -251,7 +258,7 @@ class Engine:
             wait=wait_exponential_jitter(multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s),
             retry=retry_if_exception_type(RetryableTargetError),
             reraise=True,
-            sleep=time.sleep,
+            sleep=self.sleep,
         )
         for attempt in retrying:
             with attempt:
@@ -267,10 +274,10 @@ class Engine:
             outputs=state.merged_outputs(), log_file=self.attempt_log(view.id, stage, number),
             live_outputs=state.live_outputs, echo=self.echo,
         )
-        started = time.monotonic()
+        started = self.monotonic()
         try:
             self.faults.on_stage_start(stage)
-            result = getattr(target, stage.value)(ctx) or {}
+            result = target.run_stage(stage, ctx) or {}
         except LeaseLost:
             raise  # no longer ours to record
         except BaseException as exc:
@@ -278,7 +285,7 @@ class Engine:
             with self.store.write(fence) as tx:
                 self._write_end(tx, view, attempt_id, stage, number, AttemptStatus.FAILED, error=exc, kind=kind)
             raise
-        result["duration_s"] = round(time.monotonic() - started, 3)
+        result["duration_s"] = round(self.monotonic() - started, 3)
         finished_at = utcnow()
         redone = state.restart_stage == stage
         state.pending.append(lambda tx: self._write_end(tx, view, attempt_id, stage, number,

@@ -303,6 +303,15 @@ class Target(ABC):
                 released.append(resource.name)
         return {"released": released}
 
+    def run_stage(self, stage: Stage, ctx: StageContext) -> Outputs:
+        """The runner's one way into a target: the stage's method, chosen by a typed table."""
+        methods: dict[Stage, Callable[[StageContext], Outputs]] = {
+            Stage.VALIDATE: self.validate, Stage.BUILD: self.build, Stage.PUSH: self.push,
+            Stage.CREATE_ENDPOINT: self.create_endpoint, Stage.HEALTH_CHECK: self.health_check,
+            Stage.SHIFT_TRAFFIC: self.shift_traffic, Stage.CLEANUP: self.cleanup,
+        }
+        return methods[stage](ctx)
+
     @abstractmethod
     def release(self, ctx: StageContext, resource: ResourceView) -> None:
         """Delete one external resource; one already gone is not an error."""

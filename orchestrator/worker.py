@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from . import leases, queue
 from .engine import Engine
 from .errors import LeaseLost, OrchestrateError
+from .faults import Faults
 from .states import DeploymentStatus
 from .store import Fence, Store, orchestrate_home
 from .tables import Deployment, Endpoint, utcnow
@@ -89,7 +90,8 @@ class Worker:
         base = leases.Runner.current(self.name)
         runner = leases.Runner(owner=f"{base.owner}/t{index}", host=base.host, pid=base.pid)
         engine = Engine(self.store, runner, self.home, lease_ttl_s=self.lease_ttl_s, stop=self.stop_event,
-                        echo=lambda line: self.log("stage_log", runner=runner.owner, message=line))
+                        echo=lambda line: self.log("stage_log", runner=runner.owner, message=line),
+                        faults=Faults.from_env())
         idle_rounds = 0
         while not self.stop_event.is_set():
             try:
