@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
+from . import claims, leases, mlmodel, requirements, secret_values
 from . import config as config_module
-from . import leases, mlmodel, queue, requirements, secrets
 from . import model_uri as model_uri_module
-from .engine import Echo, Engine
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
 from .faults import Faults
 from .model_uri import ModelSource
+from .runner import DeploymentRunner, Echo
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -32,13 +32,13 @@ from .target_contract import DeploymentView, ResourceView, StageContext, Target,
 
 @dataclass
 class Client:
-    """One handle on the state store and the engine; the CLI makes one per command."""
+    """One handle on the state store and the deployment runner; the CLI makes one per command."""
 
     db_url: str | None = None
     echo: Echo | None = None
     actor: str | None = None
     lease_ttl_s: float = leases.DEFAULT_TTL_S
-    runner: leases.Runner = field(default_factory=leases.Runner.current)
+    owner: leases.LeaseOwner = field(default_factory=leases.LeaseOwner.current)
     # How a target name becomes a target: entry points, or what a test hands in.
     targets: Callable[[str], Target] = load_target
     # False for commands that only read: a --db-url naming no store is an error, not a new store.
@@ -48,9 +48,9 @@ class Client:
 
     def __post_init__(self) -> None:
         self.home = orchestrate_home()
-        self.store = Store(self.db_url, actor=self.actor or self.runner.owner.split("/")[0],
+        self.store = Store(self.db_url, actor=self.actor or self.owner.owner.split("/")[0],
                            create=self.create_store)
-        self.engine = Engine(self.store, self.runner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s,
+        self.runner = DeploymentRunner(self.store, self.owner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s,
                              targets=self.targets, faults=Faults.from_env())
 
     def close(self) -> None:
@@ -90,18 +90,18 @@ class Client:
         live = None if reset_config or current.config is None else current.config
         resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values,
                                                    plugin.normalize_config(config or {}, "-C"))
-        model = model_uri_module.resolve(model_uri, self.home / "models", log=self.engine.echo)
+        model = model_uri_module.resolve(model_uri, self.home / "models", log=self.runner.echo)
         info = model.info
         self.unchanged = False
         if live is not None and not force and live.digest == info.digest and live.config == resolved:
             self.unchanged = True
-            self.engine.echo(f"endpoint {name} already serves {model.source.summary()} ({info.digest[:12]}) "
+            self.runner.echo(f"endpoint {name} already serves {model.source.summary()} ({info.digest[:12]}) "
                              f"with this config as deployment {live.id}; nothing to do (--force deploys it again)")
             return live.id
         requirements.check_policy(info.requirements, requirements.Policy.from_config(resolved))
         plugin.preflight(resolved, current.outputs)
         if not detach:  # an unset env:NAME or unreadable file:PATH fails now, with nothing recorded
-            secrets.resolve_config(resolved)  # (a worker resolves them in its own environment)
+            secret_values.resolve_config(resolved)  # (a worker resolves them in its own environment)
         queued = detach or wait_in_queue
         deployment_id, fence = self._create(name, target, model.source.uri, info.digest, resolved, None, queued,
                                             model_source=model.source.as_dict(), config_sources=config_sources)
@@ -118,7 +118,7 @@ class Client:
         from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
         try:
-            self.engine.run(deployment_id, fence)
+            self.runner.run(deployment_id, fence)
         except (OperationalError, InterfaceError, DisconnectionError) as exc:
             reason, hint = describe_failure(exc, self.store.sqlite_path)
             raise StoreUnavailable(
@@ -130,7 +130,7 @@ class Client:
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
         announced = False
         while True:
-            claim = queue.claim_queued(self.store, self.runner, self.lease_ttl_s, deployment_id=deployment_id)
+            claim = claims.claim_queued(self.store, self.owner, self.lease_ttl_s, deployment_id=deployment_id)
             if claim is not None:
                 return claim.fence
             with self.store.read() as session:
@@ -139,8 +139,8 @@ class Client:
                 raise StateError(f"deployment {deployment_id} left the queue as {status} while waiting",
                                  hint=f"see `orchestrate status {deployment_id}`")
             if not announced:
-                ahead = queue.queue_position(self.store, deployment_id)
-                self.engine.echo(f"deployment {deployment_id} queued behind the endpoint's current work"
+                ahead = claims.queue_position(self.store, deployment_id)
+                self.runner.echo(f"deployment {deployment_id} queued behind the endpoint's current work"
                                  f" ({ahead} queued ahead)")
                 announced = True
             time.sleep(poll_interval_s)
@@ -155,7 +155,7 @@ class Client:
                         select(Endpoint).where(Endpoint.name == name).with_for_update()
                     ).scalar_one_or_none()
                     if endpoint is None:
-                        endpoint = Endpoint(name=name, target=target, config=secrets.redact(resolved))
+                        endpoint = Endpoint(name=name, target=target, config=secret_values.redact(resolved))
                         tx.session.add(endpoint)
                         tx.session.flush()
                     elif endpoint.deleted_at is not None:
@@ -177,7 +177,7 @@ class Client:
                     )
                     tx.session.add(deployment)
                     tx.session.flush()
-                    fence = None if queued else leases.take(tx.session, endpoint, deployment.id, self.runner,
+                    fence = None if queued else leases.take(tx.session, endpoint, deployment.id, self.owner,
                                                            self.lease_ttl_s)
                     model = ModelSource.from_dict(model_source, model_uri).summary()
                     what = (f"rollback to deployment {source_id}" if source_id else "model") + f" {model} ({digest[:12]})"
@@ -223,7 +223,7 @@ class Client:
                     hint=f"deploy again, or roll back with `orchestrate rollback NAME --to {deployment_id}`",
                 )
             endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
-            fence = leases.take(tx.session, endpoint, deployment.id, self.runner, self.lease_ttl_s)
+            fence = leases.take(tx.session, endpoint, deployment.id, self.owner, self.lease_ttl_s)
             other = tx.session.execute(
                 select(Deployment.id).where(
                     Deployment.endpoint_id == endpoint.id, Deployment.id != deployment.id,
@@ -233,13 +233,13 @@ class Client:
             if other is not None:
                 raise EndpointBusy(f"endpoint {endpoint.name!r} has unfinished deployment {other}",
                                    hint=f"resume or cancel deployment {other} first")
-            abandoned = queue.abandon_running_attempts(tx.session, deployment.id)
+            abandoned = claims.abandon_running_attempts(tx.session, deployment.id)
             if status != DeploymentStatus.RUNNING:
                 deployment.status = DeploymentStatus.RUNNING.value
             deployment.error = None
             deployment.finished_at = None
             deployment.started_at = deployment.started_at or utcnow()
-            tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {self.runner.owner}"
+            tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {self.owner.owner}"
                      + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
                      endpoint_id=endpoint.id, deployment_id=deployment.id)
         self._run(deployment_id, fence)
@@ -266,8 +266,8 @@ class Client:
                          endpoint_id=endpoint.id, deployment_id=deployment_id)
                 fence = None
             else:
-                fence = leases.take(tx.session, endpoint, deployment.id, self.runner, self.lease_ttl_s)
-                queue.abandon_running_attempts(tx.session, deployment.id)
+                fence = leases.take(tx.session, endpoint, deployment.id, self.owner, self.lease_ttl_s)
+                claims.abandon_running_attempts(tx.session, deployment.id)
                 name = endpoint.name
         if fence is None:
             return self._wait_for_end(deployment_id, wait_s)
@@ -275,7 +275,7 @@ class Client:
             view = DeploymentView.of(session.get_one(Deployment, deployment_id), name)
         try:
             with leases.Heartbeat(self.store, fence):
-                return self.engine.abort(view, fence, self.targets(view.target), DeploymentStatus.CANCELLED,
+                return self.runner.abort(view, fence, self.targets(view.target), DeploymentStatus.CANCELLED,
                                          "cancelled by request")
         finally:
             leases.release(self.store, fence)
@@ -315,7 +315,7 @@ class Client:
             source_view = (source.target, source.model_uri, source.model_digest, dict(source.config))
             recorded = (source.model_source, source.config_sources)
         target, model_uri, digest, resolved = source_view
-        secrets.resolve_config(resolved)  # an env:NAME unset since then fails now, with nothing recorded
+        secret_values.resolve_config(resolved)  # an env:NAME unset since then fails now, with nothing recorded
         deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False,
                                             model_source=recorded[0], config_sources=recorded[1])
         self._run(deployment_id, fence)
@@ -372,14 +372,14 @@ class Client:
                 endpoint.deleted_at = utcnow()
                 tx.event("endpoint_deleted", f"endpoint {name} deleted", endpoint_id=endpoint.id)
                 return []
-            fence = leases.take(tx.session, endpoint, anchor, self.runner, self.lease_ttl_s)
+            fence = leases.take(tx.session, endpoint, anchor, self.owner, self.lease_ttl_s)
             view = DeploymentView.of(tx.session.get_one(Deployment, anchor), name)
         plugin = self.targets(view.target)
         released: list[str] = []
         try:
             ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
-                               outputs={}, log_file=self.engine.attempt_log(view.id, Stage.CLEANUP, 0),
-                               echo=self.engine.echo)
+                               outputs={}, log_file=self.runner.attempt_log(view.id, Stage.CLEANUP, 0),
+                               echo=self.runner.echo)
             for resource in ctx.endpoint_resources():
                 if resource.kind in plugin.disposable_kinds:
                     plugin.release_recorded(ctx, resource)
@@ -398,7 +398,7 @@ class Client:
                 source = ModelSource.from_dict(anchor_row.model_source, anchor_row.model_uri)
             warning = model_uri_module.untag_version(source, name)
             if warning:
-                self.engine.echo(f"warning: {warning}")
+                self.runner.echo(f"warning: {warning}")
         return released
 
     # -- reads ----------------------------------------------------------------------------
@@ -649,7 +649,7 @@ def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, An
         # What the URI resolved to when the deployment was created, and that as one line.
         "model_source": source.as_dict(),
         "model": source.summary(),
-        "config": secrets.redact(deployment.config),
+        "config": secret_values.redact(deployment.config),
         "config_sources": dict(deployment.config_sources or {}),
         "error": deployment.error,
         "source_deployment_id": deployment.source_deployment_id,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import secrets, untrusted
+from . import secret_values, untrusted
 from .errors import ConfigError
 from .states import STAGES
 
@@ -70,7 +70,7 @@ class ConfigKey:
 
 
 def config_schema(target_name: str, target_keys: Mapping[str, ConfigKey]) -> dict[str, Any]:
-    """JSON Schema of a target's whole config (the engine's keys included), flat dotted keys as
+    """JSON Schema of a target's whole config (the runner's keys included), flat dotted keys as
     `-C` takes them; unknown keys are refused, as `resolve` refuses them."""
     keys = {**ENGINE_KEYS, **target_keys}
     return {
@@ -125,7 +125,7 @@ def _coerce(kind: type, raw: Any) -> Any:
     return raw
 
 
-# Keys every target accepts: how the engine retries and waits.
+# Keys every target accepts: how the runner retries and waits.
 ENGINE_KEYS: dict[str, ConfigKey] = {
     "max_attempts": ConfigKey(int, 3, "attempts per stage before a transient fault fails it", minimum=1,
                               maximum=100),
@@ -204,7 +204,7 @@ def resolve(
                     f"unknown config key {key!r} for target {target_name!r} ({where})",
                     hint="valid keys: " + ", ".join(sorted(keys)),  # dotted ones too (vpc.subnets, ...)
                 )
-            if secrets.is_reference(raw):
+            if secret_values.is_reference(raw):
                 if keys[key].type is not str:
                     raise ConfigError(f"config key {key!r} ({where}) is a {keys[key].type.__name__}; "
                                       "only text keys take env:/file: references")
@@ -221,23 +221,23 @@ def resolve(
 def _refuse_plain_secret(key: str, raw: Any, where: str, *, entry: str | None = None) -> None:
     """A secret must come as env:NAME or file:PATH, whichever key (or `entry` of a mapping key)
     carries it; the message never repeats the value."""
-    if raw in (None, "") or secrets.is_reference(raw):
+    if raw in (None, "") or secret_values.is_reference(raw):
         return
     text = raw if isinstance(raw, str) else str(raw)
     name = f"{key}.{entry}" if entry else key
-    if secrets.is_variable_key(name):
-        if not secrets.VARIABLE_NAME.match(text):
+    if secret_values.is_variable_key(name):
+        if not secret_values.VARIABLE_NAME.match(text):
             raise ConfigError(
                 f"config key {name!r} ({where}) must name an environment variable, not hold the secret itself",
                 hint=f"export the secret as a variable and give its name, e.g. -C {key}=REGISTRY_PASSWORD",
             )
         return
     found: str | None
-    if secrets.is_secret_key(entry or key):
+    if secret_values.is_secret_key(entry or key):
         found = "a secret given as plain text"
     else:
-        credential = secrets.find_credential(text)
-        found = credential and f"{credential}: {secrets.mask_credentials(text)}"
+        credential = secret_values.find_credential(text)
+        found = credential and f"{credential}: {secret_values.mask_credentials(text)}"
     if found:
         variable = f"MY_{(entry or key).upper().replace('.', '_')}"
         example = f"-C {key}={entry}=env:{variable}" if entry else f"-C {key}=env:{variable}"

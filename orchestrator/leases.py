@@ -35,7 +35,7 @@ _BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at
 
 
 @dataclass(frozen=True)
-class Runner:
+class LeaseOwner:
     """Who holds a lease: a readable owner plus the host and pid used to spot a dead holder."""
 
     owner: str
@@ -43,7 +43,7 @@ class Runner:
     pid: int
 
     @classmethod
-    def current(cls, label: str | None = None) -> Runner:
+    def current(cls, label: str | None = None) -> LeaseOwner:
         host = socket.gethostname()
         pid = os.getpid()
         name = label or f"{getpass.getuser()}@{host}"
@@ -85,7 +85,7 @@ def busy_error(endpoint: Endpoint) -> EndpointBusy:
     )
 
 
-def take(session: Session, endpoint: Endpoint, deployment_id: int, runner: Runner, ttl_s: float) -> Fence:
+def take(session: Session, endpoint: Endpoint, deployment_id: int, runner: LeaseOwner, ttl_s: float) -> Fence:
     """Take the endpoint's lease inside the caller's transaction, or raise EndpointBusy."""
     if not holder_is_gone(endpoint) and endpoint.lease_owner != runner.owner:
         raise busy_error(endpoint)

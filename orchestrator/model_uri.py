@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from . import mlmodel, secrets
+from . import mlmodel, secret_values
 from .errors import ConfigError, PermanentTargetError
 
 MLFLOW_EXTRA_HINT = "install MLflow's client with `pip install 'orchestrate[mlflow]'` (brings mlflow-skinny)"
@@ -209,7 +209,7 @@ def _pin(uri: str) -> ModelSource:
     mlflow = _import_mlflow(uri)
     if scheme in ("http", "https"):
         return _pin_http(uri)
-    tracking_uri = secrets.mask_credentials(_tracking_uri())
+    tracking_uri = secret_values.mask_credentials(_tracking_uri())
     if scheme == "runs":
         run_id, _, path = parsed.path.lstrip("/").partition("/") if not parsed.netloc else (
             parsed.netloc, "", parsed.path.lstrip("/"))
@@ -221,7 +221,7 @@ def _pin(uri: str) -> ModelSource:
         return ModelSource(uri=uri, kind="runs", pinned_uri=uri, run_id=run_id, tracking_uri=tracking_uri)
     if scheme == "models":
         return _pin_registered(uri, mlflow, tracking_uri)
-    shown = secrets.mask_credentials(uri)
+    shown = secret_values.mask_credentials(uri)
     return ModelSource(uri=shown, kind="artifacts", pinned_uri=uri if uri == shown else None,
                        artifact_source=shown, tracking_uri=tracking_uri)
 
@@ -232,7 +232,7 @@ _ARTIFACT_ROUTE = "/mlflow-artifacts/artifacts"
 
 
 def _pin_http(uri: str) -> ModelSource:
-    shown = secrets.mask_credentials(uri)
+    shown = secret_values.mask_credentials(uri)
     if _ARTIFACT_ROUTE not in urlparse(uri).path:
         raise ConfigError(
             f"model URI {shown} is not a tracking server's artifact route: MLflow downloads http(s) models "
@@ -413,7 +413,7 @@ def _import_mlflow(uri: str) -> Any:
     # MLflow sends these to the server; no message of ours may repeat them.
     for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         if os.environ.get(name):
-            secrets.remember(os.environ[name])
+            secret_values.remember(os.environ[name])
     return mlflow
 
 
@@ -458,7 +458,7 @@ def _server_of(uri: str) -> str:
         server = str(mlflow.get_registry_uri())
     else:
         server = _tracking_uri()
-    return secrets.mask_credentials(server)
+    return secret_values.mask_credentials(server)
 
 
 def _who() -> str:
@@ -524,7 +524,7 @@ def _describe(exc: Exception, limit: int = 400) -> str:
     full = str(getattr(exc, "message", None) or exc)
     lines = [line.strip() for line in full.strip().splitlines() if line.strip() and not line.strip().startswith("#")]
     text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines or [""])[0]
-    text = secrets.scrub(text)
+    text = secret_values.scrub(text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 

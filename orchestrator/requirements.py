@@ -35,10 +35,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from . import secrets
+from . import secret_values
 from .errors import ConfigError
 from .model_reads import load_model_yaml, read_model_text
-from .secrets import REDACTED
+from .secret_values import REDACTED
 
 #: What `mlflow.pyfunc` imports unconditionally that mlflow-skinny does not install.
 PYFUNC_RUNTIME = ("numpy", "pandas")
@@ -56,9 +56,9 @@ _TOKEN_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<token
 
 
 def mask(text: str) -> str:
-    """`text` with every credential in it masked: the project's rule (`secrets.mask_credentials`:
+    """`text` with every credential in it masked: the project's rule (`secret_values.mask_credentials`:
     URL passwords, tokens), and a URL user-info that is a token (`https://TOKEN@host`)."""
-    return _TOKEN_USERINFO.sub(rf"\g<scheme>{REDACTED}@", secrets.mask_credentials(text))
+    return _TOKEN_USERINFO.sub(rf"\g<scheme>{REDACTED}@", secret_values.mask_credentials(text))
 
 
 def requirement_name(requirement: str) -> str:

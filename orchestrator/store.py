@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import migrate, secrets
+from . import migrate, secret_values
 from .errors import ConfigError, LeaseLost, NotFound
 from .tables import Endpoint, Event, utcnow
 
@@ -97,7 +97,7 @@ def _mask_url(db_url: str) -> str:
     try:
         return make_url(db_url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # unparsable: mask what looks like userinfo
-        return secrets.mask_credentials(db_url)
+        return secret_values.mask_credentials(db_url)
 
 
 def is_in_memory(url: URL) -> bool:
@@ -303,10 +303,10 @@ class Tx:
             time=utcnow(),
             actor=self.actor,
             kind=kind,
-            message=secrets.scrub(message),
+            message=secret_values.scrub(message),
             endpoint_id=endpoint_id,
             deployment_id=deployment_id,
-            data=secrets.scrub_data(data) if data else {},
+            data=secret_values.scrub_data(data) if data else {},
         ))
 
     @property

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import String, bindparam, func, insert, select, update
 
-from . import secrets
+from . import secret_values
 from .config import ConfigKey
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
 from .states import (
@@ -163,11 +163,11 @@ class StageContext:
     @property
     def config(self) -> dict[str, Any]:
         """The deployment's config with env:/file: references read now (never stored)."""
-        return secrets.resolve_config(self.deployment.config)
+        return secret_values.resolve_config(self.deployment.config)
 
     def log(self, message: str) -> None:
         """A line for the user and for this attempt's log file, secrets scrubbed."""
-        message = secrets.scrub(message)
+        message = secret_values.scrub(message)
         with open(self.log_file, "a", opener=private_opener) as handle:
             handle.write(message.rstrip("\n") + "\n")
         self.echo(message)

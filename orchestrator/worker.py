@@ -2,7 +2,7 @@
 
 Workers share nothing but the database. Each thread claims one deployment at a time (queued
 ones in order per endpoint, or a running one whose lease is free, expired or held by a dead
-process), runs it through the same engine as `orchestrate deploy`, and logs JSON lines."""
+process), runs it through the same runner as `orchestrate deploy`, and logs JSON lines."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from typing import Any, TextIO
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from . import leases, queue
-from .engine import Engine
+from . import claims, leases
 from .errors import LeaseLost, OrchestrateError
 from .faults import Faults
+from .runner import DeploymentRunner
 from .states import DeploymentStatus
 from .store import Fence, Store, orchestrate_home
 from .tables import Deployment, Endpoint, utcnow
@@ -87,15 +87,15 @@ class Worker:
         return 0
 
     def _thread_main(self, index: int) -> None:
-        base = leases.Runner.current(self.name)
-        runner = leases.Runner(owner=f"{base.owner}/t{index}", host=base.host, pid=base.pid)
-        engine = Engine(self.store, runner, self.home, lease_ttl_s=self.lease_ttl_s, stop=self.stop_event,
+        base = leases.LeaseOwner.current(self.name)
+        runner = leases.LeaseOwner(owner=f"{base.owner}/t{index}", host=base.host, pid=base.pid)
+        deployment_runner = DeploymentRunner(self.store, runner, self.home, lease_ttl_s=self.lease_ttl_s, stop=self.stop_event,
                         echo=lambda line: self.log("stage_log", runner=runner.owner, message=line),
                         faults=Faults.from_env())
         idle_rounds = 0
         while not self.stop_event.is_set():
             try:
-                claim = queue.claim(self.store, runner, self.lease_ttl_s, targets=self.targets)
+                claim = claims.claim(self.store, runner, self.lease_ttl_s, targets=self.targets)
             except SQLAlchemyError as exc:
                 self._wait_for_database(exc)
                 continue
@@ -107,13 +107,13 @@ class Worker:
                 continue
             idle_rounds = 0
             self.log("claimed", runner=runner.owner, deployment_id=claim.deployment_id, taken_over=claim.taken_over)
-            self._run_claim(engine, runner, claim)
+            self._run_claim(deployment_runner, runner, claim)
 
-    def _run_claim(self, engine: Engine, runner: leases.Runner, claim: queue.Claim) -> None:
+    def _run_claim(self, deployment_runner: DeploymentRunner, runner: leases.LeaseOwner, claim: claims.Claim) -> None:
         fence = claim.fence
         while True:
             try:
-                status = engine.run(claim.deployment_id, fence)
+                status = deployment_runner.run(claim.deployment_id, fence)
             except LeaseLost as exc:
                 self.log("lease_lost", deployment_id=claim.deployment_id, error=str(exc))
                 return
@@ -138,14 +138,14 @@ class Worker:
                      deployment_id=claim.deployment_id, status=status.value)
             return
 
-    def _retake(self, runner: leases.Runner, deployment_id: int, fence: Fence) -> Fence | None:
+    def _retake(self, runner: leases.LeaseOwner, deployment_id: int, fence: Fence) -> Fence | None:
         """After a database outage: take our own lease back if nobody took over meanwhile."""
         with self.store.write() as tx:
             endpoint = leases.lock_endpoint(tx.session, fence.endpoint_id)
             if endpoint.fencing_token != fence.token:
                 return None
             new_fence = leases.take(tx.session, endpoint, deployment_id, runner, self.lease_ttl_s)
-            queue.abandon_running_attempts(tx.session, deployment_id)
+            claims.abandon_running_attempts(tx.session, deployment_id)
             tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {runner.owner} after a "
                      "database outage", endpoint_id=endpoint.id, deployment_id=deployment_id)
             return new_fence

@@ -50,7 +50,7 @@ def error_body(error_code: str, message: str) -> bytes:
     return _json.dumps({"error_code": error_code, "message": message})
 
 
-class Runner:
+class WorkPool:
     """Runs a request's work on a per-process thread pool, so a request that overruns the
     timeout is answered 504 on time (the work itself cannot be interrupted; it finishes in
     the background while the pool's other threads keep serving)."""
@@ -317,7 +317,7 @@ _STATUS_LINES = {
 
 
 def make_invocations(
-    scorer: Scorer, runner: Runner, max_bytes: int
+    scorer: Scorer, runner: WorkPool, max_bytes: int
 ) -> Callable[[dict[str, Any]], tuple[int, list[tuple[str, str]], bytes]]:
     """``POST /invocations`` as a function of the WSGI environ: (status, headers, body)."""
     invoke = scorer.invocations
@@ -366,7 +366,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS: 405 in JSON, like any other
     app.json.sort_keys = False  # type: ignore[attr-defined]
     scorer = Scorer(model)
-    runner = Runner(cfg.timeout, max(cfg.threads, 1) * 2)
+    runner = WorkPool(cfg.timeout, max(cfg.threads, 1) * 2)
     app.extensions["scoring"] = {
         "config": cfg,
         "model": model,

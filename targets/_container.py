@@ -121,7 +121,7 @@ class ContainerImageTarget(Target):
         }
 
     def push(self, ctx: StageContext) -> Outputs:
-        from orchestrator import images, secrets
+        from orchestrator import images, secret_values
         from orchestrator.docker_engine import connect, translated
 
         repository = self.push_repository(ctx)
@@ -145,7 +145,7 @@ class ContainerImageTarget(Target):
                     client.images.get(str(ctx.outputs["image_id"])).tag(repository, tag)
             credentials = self.registry_credentials(ctx, registry)
             if credentials is not None:
-                secrets.remember(credentials.password)  # scrubbed from the push log and errors
+                secret_values.remember(credentials.password)  # scrubbed from the push log and errors
             pushed = images.push(client, reference, credentials=credentials, log=ctx.log)
         state = _recorded_state(resource, made=not pushed.skipped)
         if resource.state != state or resource.external_id != pushed.pinned:

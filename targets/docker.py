@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import health, images, secrets
+from orchestrator import health, images, secret_values
 from orchestrator.addresses import check_listen_address, free_port
 from orchestrator.docker_engine import connect, image_exists, translated
 from orchestrator.target_contract import (
@@ -165,7 +165,7 @@ class DockerTarget(ContainerImageTarget):
         ctx.log(f"image {image} is gone from this engine; pulling {pinned}")
         credentials = self.registry_credentials(ctx, images.registry_of(images.split_reference(image)[0]))
         if credentials is not None:
-            secrets.remember(credentials.password)  # scrubbed from the pull log and errors
+            secret_values.remember(credentials.password)  # scrubbed from the pull log and errors
         with translated(f"pulling {pinned}"):
             pulled = client.images.pull(pinned, auth_config=credentials.auth_config() if credentials else None)
             repository, tag = images.split_reference(image)

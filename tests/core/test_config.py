@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.config import ENGINE_KEYS, load_config_file, parse_assignments, resolve
 from orchestrator.errors import ConfigError
-from orchestrator.secrets import redact
+from orchestrator.secret_values import redact
 from targets.local import LocalTarget
 
 

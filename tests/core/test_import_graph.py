@@ -19,7 +19,7 @@ import targets.base
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("orchestrator", "targets", "scoring")
 # The runner, the store and the commands: a target reaches them only through its StageContext.
-INTERNAL = frozenset({"api", "cli", "engine", "leases", "migrate", "queue", "store", "tables", "worker",
+INTERNAL = frozenset({"api", "cli", "runner", "leases", "migrate", "claims", "store", "tables", "worker",
                       "registry_feedback", "mlflow_plugin", "progress", "faults", "arguments"})
 
 

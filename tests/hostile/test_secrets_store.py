@@ -276,12 +276,12 @@ def test_mapping_secret_given_as_reference_is_stored_as_reference(orchestrate_ho
 
 
 def test_event_messages_and_data_are_scrubbed(tmp_path: Path) -> None:
-    from orchestrator import secrets
+    from orchestrator import secret_values
     from orchestrator.store import Store
 
     database = tmp_path / "events.db"
     store = Store(f"sqlite:///{database}", actor="test")
-    secrets.remember(PASSWORD + "-resolved")
+    secret_values.remember(PASSWORD + "-resolved")
     try:
         with store.write() as tx:
             tx.event("drill", f"pushing to https://ci:{PASSWORD}@registry.example/x",

@@ -132,7 +132,7 @@ def db_url(tmp_path: Path) -> str:
 def make_client(db_url: str, target: RecordingTarget, sleeps: list[float] | None = None) -> Client:
     client = Client(db_url=db_url, targets=lambda _name: target)
     if sleeps is not None:
-        client.engine.sleep = sleeps.append
+        client.runner.sleep = sleeps.append
     return client
 
 

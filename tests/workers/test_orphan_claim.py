@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator import leases, queue
+from orchestrator import claims, leases
 from orchestrator.api import Client
 from orchestrator.store import Store
 
@@ -27,8 +27,8 @@ def test_orphan_that_ended_after_the_unlocked_read_is_not_adopted(fresh_pg_url: 
     store = Store(fresh_pg_url, actor="test")
     try:
         deployment_id = client.deploy(str(noop_model), name="orphan", target="noop", detach=True)
-        dead = leases.Runner(owner=f"dead/pid:{_dead_pid()}/x", host=socket.gethostname(), pid=_dead_pid())
-        claimed = queue.claim_queued(store, dead, 30.0)
+        dead = leases.LeaseOwner(owner=f"dead/pid:{_dead_pid()}/x", host=socket.gethostname(), pid=_dead_pid())
+        claimed = claims.claim_queued(store, dead, 30.0)
         assert claimed is not None and claimed.deployment_id == deployment_id  # running, holder dead
 
         real_holder_is_gone = leases.holder_is_gone
@@ -43,8 +43,8 @@ def test_orphan_that_ended_after_the_unlocked_read_is_not_adopted(fresh_pg_url: 
             return real_holder_is_gone(endpoint)
 
         monkeypatch.setattr(leases, "holder_is_gone", cancel_in_between)
-        rescuer = leases.Runner.current("rescuer")
-        taken = queue.claim_orphaned(store, rescuer, 30.0)
+        rescuer = leases.LeaseOwner.current("rescuer")
+        taken = claims.claim_orphaned(store, rescuer, 30.0)
         assert interleaved
         assert taken is None, f"adopted deployment {taken.deployment_id}, which had been cancelled"
         record = client.deployment_record(deployment_id, with_attempts=False)

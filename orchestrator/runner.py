@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from . import leases, secrets
+from . import leases, secret_values
 from .errors import LeaseLost, OrchestrateError, RetryableTargetError
 from .faults import Faults
 from .registry_feedback import update_registry_tags
@@ -139,16 +139,16 @@ class _CancelRequested(Exception):
     """Found at a stage boundary: the user asked to cancel."""
 
 
-class Engine:
-    """Runs deployments; one Engine per process, one lease per running deployment."""
+class DeploymentRunner:
+    """Runs deployments; one per process (or worker thread), one lease per running deployment."""
 
-    def __init__(self, store: Store, runner: leases.Runner, home: Path, *, echo: Echo | None = None,
+    def __init__(self, store: Store, owner: leases.LeaseOwner, home: Path, *, echo: Echo | None = None,
                  lease_ttl_s: float = leases.DEFAULT_TTL_S, stop: threading.Event | None = None,
                  targets: Callable[[str], Target] = load_target, faults: Faults | None = None,
                  sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
                  ) -> None:
         self.store = store
-        self.runner = runner
+        self.owner = owner
         self.home = home
         self.echo: Echo = echo or (lambda _line: None)
         self.lease_ttl_s = lease_ttl_s
@@ -312,7 +312,7 @@ class Engine:
             if moved.rowcount == 1:
                 attempt_id = tx.connection.execute(_INSERT_ATTEMPT, {
                     "deployment_id": view.id, "stage": stage.value, "attempt": number,
-                    "status": AttemptStatus.RUNNING.value, "runner": self.runner.owner, "started_at": utcnow(),
+                    "status": AttemptStatus.RUNNING.value, "runner": self.owner.owner, "started_at": utcnow(),
                     "finished_at": None, "outputs": {},
                 }).scalar_one()
                 tx.event("stage_started", f"{stage.value} attempt {number} started",
@@ -362,7 +362,7 @@ class Engine:
                                   "kind": None, "error": None, "message": None}
         message = None
         if error is not None:
-            message = secrets.scrub(str(error) or type(error).__name__)
+            message = secret_values.scrub(str(error) or type(error).__name__)
             values.update(kind=kind.value if kind else None, error=type(error).__name__, message=message)
         tx.connection.execute(_END_ATTEMPT, values)
         if redone:
@@ -397,7 +397,7 @@ class Engine:
         def write(tx: Tx) -> None:
             tx.connection.execute(_INSERT_ATTEMPT, {
                 "deployment_id": view.id, "stage": stage.value, "attempt": number,
-                "status": AttemptStatus.SKIPPED.value, "runner": self.runner.owner, "started_at": now,
+                "status": AttemptStatus.SKIPPED.value, "runner": self.owner.owner, "started_at": now,
                 "finished_at": now, "outputs": recorded,
             })
             tx.event("stage_skipped", f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
@@ -493,7 +493,7 @@ class Engine:
                 check_transition(view.id, current, status)
             deployment.status = status.value
             if status != DeploymentStatus.ROLLING_BACK:
-                deployment.error = secrets.scrub(message)
+                deployment.error = secret_values.scrub(message)
                 deployment.finished_at = utcnow()
             tx.event(f"deployment_{status.value}", f"deployment {view.id} {status.value}: {message}",
                      endpoint_id=view.endpoint_id, deployment_id=view.id)

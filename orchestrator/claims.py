@@ -91,7 +91,7 @@ _STILL_RUNNING = select(Deployment.id).where(Deployment.id == bindparam("deploym
                                              Deployment.status == DeploymentStatus.RUNNING.value)
 
 
-def claim(store: Store, runner: leases.Runner, ttl_s: float, *,
+def claim(store: Store, runner: leases.LeaseOwner, ttl_s: float, *,
           targets: frozenset[str] | None = None) -> Claim | None:
     """A worker's look for work, in one transaction: an orphaned deployment first, else the
     oldest runnable queued one."""
@@ -99,21 +99,21 @@ def claim(store: Store, runner: leases.Runner, ttl_s: float, *,
         return _take_orphaned(tx, runner, ttl_s, targets) or _take_queued(tx, runner, ttl_s, targets, None)
 
 
-def claim_queued(store: Store, runner: leases.Runner, ttl_s: float, *, targets: frozenset[str] | None = None,
+def claim_queued(store: Store, runner: leases.LeaseOwner, ttl_s: float, *, targets: frozenset[str] | None = None,
                  deployment_id: int | None = None) -> Claim | None:
     """Take the oldest runnable queued deployment (or only `deployment_id`) and its lease."""
     with store.write() as tx:
         return _take_queued(tx, runner, ttl_s, targets, deployment_id)
 
 
-def claim_orphaned(store: Store, runner: leases.Runner, ttl_s: float, *,
+def claim_orphaned(store: Store, runner: leases.LeaseOwner, ttl_s: float, *,
                    targets: frozenset[str] | None = None) -> Claim | None:
     """Take over a running deployment whose runner stopped, died, or let its lease expire."""
     with store.write() as tx:
         return _take_orphaned(tx, runner, ttl_s, targets)
 
 
-def _take_queued(tx: Tx, runner: leases.Runner, ttl_s: float, targets: frozenset[str] | None,
+def _take_queued(tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: frozenset[str] | None,
                  deployment_id: int | None) -> Claim | None:
     query = _queued_candidates(bool(targets), deployment_id is not None)
     params = {"targets": sorted(targets or ()), "deployment": deployment_id}
@@ -132,7 +132,7 @@ def _take_queued(tx: Tx, runner: leases.Runner, ttl_s: float, targets: frozenset
     return None
 
 
-def _take_orphaned(tx: Tx, runner: leases.Runner, ttl_s: float,
+def _take_orphaned(tx: Tx, runner: leases.LeaseOwner, ttl_s: float,
                    targets: frozenset[str] | None) -> Claim | None:
     # Candidates are read without locks: on a busy host most are endpoints that other live
     # workers hold, and locking those would stall their fenced writes until this commits.
