@@ -23,6 +23,7 @@ from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     DeploymentStatus,
+    EventKind,
     Stage,
 )
 from .store import Store, describe_failure, orchestrate_home
@@ -181,7 +182,7 @@ class Client:
                                                            self.lease_ttl_s)
                     model = ModelSource.from_dict(model_source, model_uri).summary()
                     what = (f"rollback to deployment {source_id}" if source_id else "model") + f" {model} ({digest[:12]})"
-                    tx.event("deployment_created", f"deployment {deployment.id} of {what} on {name} ({target})",
+                    tx.event(EventKind.DEPLOYMENT_CREATED, f"deployment {deployment.id} of {what} on {name} ({target})",
                              endpoint_id=endpoint.id, deployment_id=deployment.id,
                              data={"model_uri": model_uri, "queued": queued, "model": model})
                     return deployment.id, fence
@@ -239,7 +240,7 @@ class Client:
             deployment.error = None
             deployment.finished_at = None
             deployment.started_at = deployment.started_at or utcnow()
-            tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {self.owner.owner}"
+            tx.event(EventKind.DEPLOYMENT_RESUMED, f"deployment {deployment_id} resumed by {self.owner.owner}"
                      + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
                      endpoint_id=endpoint.id, deployment_id=deployment.id)
         self._run(deployment_id, fence)
@@ -255,14 +256,14 @@ class Client:
             if status == DeploymentStatus.QUEUED:  # nothing made yet, no lease to take
                 deployment.status = DeploymentStatus.CANCELLED.value
                 deployment.finished_at = utcnow()
-                tx.event("deployment_cancelled", f"deployment {deployment_id} cancelled while queued",
+                tx.event(EventKind.DEPLOYMENT_CANCELLED, f"deployment {deployment_id} cancelled while queued",
                          endpoint_id=deployment.endpoint_id, deployment_id=deployment_id)
                 return DeploymentStatus.CANCELLED
             endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
             runner_alive = endpoint.lease_deployment_id == deployment.id and not leases.holder_is_gone(endpoint)
             if runner_alive:
                 deployment.cancel_requested = True
-                tx.event("cancel_requested", f"cancel of deployment {deployment_id} requested",
+                tx.event(EventKind.CANCEL_REQUESTED, f"cancel of deployment {deployment_id} requested",
                          endpoint_id=endpoint.id, deployment_id=deployment_id)
                 fence = None
             else:
@@ -370,7 +371,7 @@ class Client:
             ).scalar()
             if anchor is None:
                 endpoint.deleted_at = utcnow()
-                tx.event("endpoint_deleted", f"endpoint {name} deleted", endpoint_id=endpoint.id)
+                tx.event(EventKind.ENDPOINT_DELETED, f"endpoint {name} deleted", endpoint_id=endpoint.id)
                 return []
             fence = leases.take(tx.session, endpoint, anchor, self.owner, self.lease_ttl_s)
             view = DeploymentView.of(tx.session.get_one(Deployment, anchor), name)
@@ -388,7 +389,7 @@ class Client:
                 endpoint = tx.session.get_one(Endpoint, view.endpoint_id)
                 endpoint.live_deployment_id = None
                 endpoint.deleted_at = utcnow()
-                tx.event("endpoint_deleted", f"endpoint {name} deleted; released {len(released)} resource(s)",
+                tx.event(EventKind.ENDPOINT_DELETED, f"endpoint {name} deleted; released {len(released)} resource(s)",
                          endpoint_id=endpoint.id, data={"released": released})
         finally:
             leases.release(self.store, fence)
@@ -566,7 +567,7 @@ class Client:
                     tx.session.execute(delete(Resource).where(
                         Resource.deployment_id.in_(chunk), Resource.state == "deleted"))
             if not dry_run:
-                tx.event("gc", f"pruned {counts['attempts']} attempts, {counts['events']} events, "
+                tx.event(EventKind.GC, f"pruned {counts['attempts']} attempts, {counts['events']} events, "
                          f"{counts['resources']} deleted resources of {counts['deployments']} deployments "
                          f"that ended before {cutoff.isoformat()}", data=counts)
             else:

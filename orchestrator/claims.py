@@ -15,7 +15,7 @@ from sqlalchemy.orm import aliased
 
 from . import leases
 from .errors import EndpointBusy
-from .states import AttemptStatus, DeploymentStatus, ErrorKind
+from .states import AttemptStatus, DeploymentStatus, ErrorKind, EventKind
 from .store import Fence, Store, Tx
 from .tables import Deployment, Endpoint, StageAttempt, utcnow
 
@@ -126,7 +126,7 @@ def _take_queued(tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: froze
             continue
         deployment.status = DeploymentStatus.RUNNING.value
         deployment.started_at = utcnow()
-        tx.event("deployment_claimed", f"deployment {deployment.id} claimed by {runner.owner}",
+        tx.event(EventKind.DEPLOYMENT_CLAIMED, f"deployment {deployment.id} claimed by {runner.owner}",
                  endpoint_id=endpoint.id, deployment_id=deployment.id)
         return Claim(deployment.id, fence, taken_over=False)
     return None
@@ -151,7 +151,7 @@ def _take_orphaned(tx: Tx, runner: leases.LeaseOwner, ttl_s: float,
             continue
         fence = leases.take(tx.session, endpoint, candidate.id, runner, ttl_s)
         abandoned = abandon_running_attempts(tx.session, candidate.id)
-        tx.event("deployment_taken_over",
+        tx.event(EventKind.DEPLOYMENT_TAKEN_OVER,
                  f"deployment {candidate.id} taken over by {runner.owner} ({abandoned} attempt(s) abandoned)",
                  endpoint_id=endpoint.id, deployment_id=candidate.id)
         return Claim(candidate.id, fence, taken_over=True)

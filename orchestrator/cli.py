@@ -13,6 +13,7 @@ import click
 
 from .arguments import COUNT, DEPLOYMENT_ID, DURATION, Seconds, WholeNumber
 from .errors import OrchestrateError
+from .states import EventKind
 
 
 class OrchestrateGroup(click.Group):
@@ -60,7 +61,7 @@ _settled = False
 
 def _settle_on_success(event: Any) -> None:
     global _settled
-    if event.kind == "deployment_succeeded":
+    if event.kind == EventKind.DEPLOYMENT_SUCCEEDED:
         _settled = True
 
 

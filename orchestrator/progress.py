@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from .states import LIFECYCLE_EVENTS, STAGE_EVENTS, EventKind
 from .store import EventRecord
 
 _SYMBOLS = {"started": "…", "succeeded": "✓", "failed": "✗", "skipped": "–"}
@@ -31,11 +32,11 @@ class Progress:
 
     def on_event(self, event: EventRecord) -> None:
         if not self.tty:
-            if event.kind.startswith(("stage_", "deployment_")) or event.kind in ("traffic_shifted", "cancel_requested"):
+            if event.kind in STAGE_EVENTS or event.kind in LIFECYCLE_EVENTS:
                 self._write(f"deployment {event.deployment_id}: {event.message}")
             return
-        if event.kind.startswith("stage_"):
-            state = event.kind.removeprefix("stage_")
+        if event.kind in STAGE_EVENTS:
+            state = STAGE_EVENTS[EventKind(event.kind)]
             stage = str(event.data.get("stage", "?"))
             took = event.data.get("duration_s")
             timing = f"  {took:.2f}s" if isinstance(took, (int, float)) else ""
@@ -50,5 +51,5 @@ class Progress:
             self._write(line)
             if state == "failed":
                 self.detail(event.message)
-        elif event.kind.startswith("deployment_") or event.kind in ("traffic_shifted", "cancel_requested"):
+        elif event.kind in LIFECYCLE_EVENTS:
             self._write(f"  {event.message}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import model_uri
+from .states import EventKind
 from .store import Store
 from .tables import Deployment, Endpoint
 from .target_contract import merged_outputs
@@ -34,4 +35,4 @@ def update_registry_tags(store: Store, deployment_id: int, echo: Callable[[str],
         echo(f"warning: {warning}")
         # Kept in the history too: a worker's output is a log nobody may read.
         with store.write() as tx:
-            tx.event("registry_tag_failed", warning, endpoint_id=endpoint_id, deployment_id=deployment_id)
+            tx.event(EventKind.REGISTRY_TAG_FAILED, warning, endpoint_id=endpoint_id, deployment_id=deployment_id)

@@ -24,6 +24,7 @@ from .states import (
     AttemptStatus,
     DeploymentStatus,
     ErrorKind,
+    EventKind,
     ResourceState,
     Stage,
     check_transition,
@@ -315,7 +316,7 @@ class DeploymentRunner:
                     "status": AttemptStatus.RUNNING.value, "runner": self.owner.owner, "started_at": utcnow(),
                     "finished_at": None, "outputs": {},
                 }).scalar_one()
-                tx.event("stage_started", f"{stage.value} attempt {number} started",
+                tx.event(EventKind.STAGE_STARTED, f"{stage.value} attempt {number} started",
                          endpoint_id=view.endpoint_id, deployment_id=view.id,
                          data={"stage": stage.value, "attempt": number})
         state.pending.clear()
@@ -370,7 +371,7 @@ class DeploymentRunner:
         if status == AttemptStatus.SUCCEEDED and stage == Stage.SHIFT_TRAFFIC:
             self._make_live(tx, view)
         tx.event(
-            f"stage_{status.value}",
+            EventKind.of_attempt(status),
             f"{stage.value} attempt {number} {status.value}" + (f" ({kind.value}): {message}" if kind else ""),
             endpoint_id=view.endpoint_id, deployment_id=view.id,
             data={"stage": stage.value, "attempt": number, "duration_s": (outputs or {}).get("duration_s")},
@@ -384,7 +385,7 @@ class DeploymentRunner:
             previous_live_id = row.live_deployment_id
             tx.connection.execute(_SET_PREVIOUS_LIVE, {"deployment": view.id, "previous": previous_live_id})
             tx.connection.execute(_SET_LIVE, {"endpoint": view.endpoint_id, "live": view.id})
-        tx.event("traffic_shifted", f"deployment {view.id} is live on {row.name}",
+        tx.event(EventKind.TRAFFIC_SHIFTED, f"deployment {view.id} is live on {row.name}",
                  endpoint_id=view.endpoint_id, deployment_id=view.id,
                  data={"previous_live_id": previous_live_id})
 
@@ -400,7 +401,7 @@ class DeploymentRunner:
                 "status": AttemptStatus.SKIPPED.value, "runner": self.owner.owner, "started_at": now,
                 "finished_at": now, "outputs": recorded,
             })
-            tx.event("stage_skipped", f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
+            tx.event(EventKind.STAGE_SKIPPED, f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
                      deployment_id=view.id, data={"stage": stage.value})
 
         state.pending.append(write)
@@ -418,7 +419,7 @@ class DeploymentRunner:
             if done.rowcount != 1:
                 current = tx.connection.execute(_STATUS, {"deployment": view.id}).scalar_one()
                 check_transition(view.id, DeploymentStatus(current), DeploymentStatus.SUCCEEDED)
-            tx.event("deployment_succeeded", f"deployment {view.id} succeeded",
+            tx.event(EventKind.DEPLOYMENT_SUCCEEDED, f"deployment {view.id} succeeded",
                      endpoint_id=view.endpoint_id, deployment_id=view.id)
         state.pending.clear()
         state.released = True
@@ -495,7 +496,7 @@ class DeploymentRunner:
             if status != DeploymentStatus.ROLLING_BACK:
                 deployment.error = secret_values.scrub(message)
                 deployment.finished_at = utcnow()
-            tx.event(f"deployment_{status.value}", f"deployment {view.id} {status.value}: {message}",
+            tx.event(EventKind.of_deployment(status), f"deployment {view.id} {status.value}: {message}",
                      endpoint_id=view.endpoint_id, deployment_id=view.id)
 
 

@@ -89,3 +89,56 @@ class ResourceState(str, enum.Enum):
 
 
 LIVE_RESOURCE_STATES = frozenset({ResourceState.CREATED, ResourceState.ADOPTED})
+
+
+class EventKind(str, enum.Enum):
+    """Every kind of event the store records: the audit log's closed vocabulary."""
+
+    DEPLOYMENT_CREATED = "deployment_created"
+    DEPLOYMENT_CLAIMED = "deployment_claimed"
+    DEPLOYMENT_TAKEN_OVER = "deployment_taken_over"
+    DEPLOYMENT_RESUMED = "deployment_resumed"
+    DEPLOYMENT_SUCCEEDED = "deployment_succeeded"
+    DEPLOYMENT_FAILED = "deployment_failed"
+    DEPLOYMENT_CANCELLED = "deployment_cancelled"
+    DEPLOYMENT_ROLLING_BACK = "deployment_rolling_back"
+    DEPLOYMENT_ROLLED_BACK = "deployment_rolled_back"
+    CANCEL_REQUESTED = "cancel_requested"
+    STAGE_STARTED = "stage_started"
+    STAGE_SUCCEEDED = "stage_succeeded"
+    STAGE_FAILED = "stage_failed"
+    STAGE_SKIPPED = "stage_skipped"
+    STAGE_ABANDONED = "stage_abandoned"
+    TRAFFIC_SHIFTED = "traffic_shifted"
+    RESOURCE_PLANNED = "resource_planned"
+    RESOURCE_CREATED = "resource_created"
+    RESOURCE_ADOPTED = "resource_adopted"
+    RESOURCE_DELETED = "resource_deleted"
+    ENDPOINT_DELETED = "endpoint_deleted"
+    REGISTRY_TAG_FAILED = "registry_tag_failed"
+    GC = "gc"
+
+    @classmethod
+    def of_deployment(cls, status: DeploymentStatus) -> EventKind:
+        """The event of a deployment entering `status` (queued has its own: created)."""
+        return cls(f"deployment_{status.value}")
+
+    @classmethod
+    def of_attempt(cls, status: AttemptStatus) -> EventKind:
+        return cls(f"stage_{status.value}")
+
+    @classmethod
+    def of_resource(cls, state: ResourceState) -> EventKind:
+        return cls(f"resource_{state.value}")
+
+
+# The attempt status a stage event reports, for the progress display.
+STAGE_EVENTS: dict[EventKind, str] = {
+    EventKind.STAGE_STARTED: "started",
+    **{EventKind.of_attempt(status): status.value for status in AttemptStatus if status != AttemptStatus.RUNNING},
+}
+# Events that say where a deployment stands: what a piped deploy prints and a worker logs.
+LIFECYCLE_EVENTS = frozenset(
+    {kind for kind in EventKind if kind.value.startswith("deployment_")}
+    | {EventKind.TRAFFIC_SHIFTED, EventKind.CANCEL_REQUESTED}
+)

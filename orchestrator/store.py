@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrate, secret_values
 from .errors import ConfigError, LeaseLost, NotFound
+from .states import EventKind
 from .tables import Endpoint, Event, utcnow
 
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -292,7 +293,7 @@ class Tx:
 
     def event(
         self,
-        kind: str,
+        kind: EventKind,
         message: str,
         *,
         endpoint_id: int | None = None,
@@ -302,7 +303,7 @@ class Tx:
         self.events.append(EventRecord(
             time=utcnow(),
             actor=self.actor,
-            kind=kind,
+            kind=kind.value,
             message=secret_values.scrub(message),
             endpoint_id=endpoint_id,
             deployment_id=deployment_id,

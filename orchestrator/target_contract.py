@@ -27,6 +27,7 @@ from .states import (
     STAGES,
     AttemptStatus,
     DeploymentStatus,
+    EventKind,
     ResourceState,
     Stage,
 )
@@ -193,7 +194,7 @@ class StageContext:
                 "external_id": None, "state": ResourceState.PLANNED.value, "data": data or {},
                 "created_at": now, "updated_at": now,
             }).one()
-            tx.event("resource_planned", f"{kind} {name} planned", endpoint_id=self.deployment.endpoint_id,
+            tx.event(EventKind.RESOURCE_PLANNED, f"{kind} {name} planned", endpoint_id=self.deployment.endpoint_id,
                      deployment_id=self.deployment.id, data={"resource_id": row.id})
             return _resource_view(row)
 
@@ -213,7 +214,7 @@ class StageContext:
                 recorded = tx.connection.execute(_DATA, {"resource": resource.id}).scalar_one()
                 values["new_data"] = {**recorded, **data}
             row = tx.connection.execute(_MARK_WITH_DATA if data else _MARK, values).one()
-            tx.event(f"resource_{state.value}", f"{row.kind} {row.name} {state.value}"
+            tx.event(EventKind.of_resource(state), f"{row.kind} {row.name} {state.value}"
                      + (f" ({row.external_id})" if row.external_id else ""),
                      endpoint_id=row.endpoint_id, deployment_id=self.deployment.id,
                      data={"resource_id": row.id})

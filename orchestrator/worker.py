@@ -23,7 +23,7 @@ from . import claims, leases
 from .errors import LeaseLost, OrchestrateError
 from .faults import Faults
 from .runner import DeploymentRunner
-from .states import DeploymentStatus
+from .states import LIFECYCLE_EVENTS, STAGE_EVENTS, DeploymentStatus, EventKind
 from .store import Fence, Store, orchestrate_home
 from .tables import Deployment, Endpoint, utcnow
 
@@ -146,7 +146,7 @@ class Worker:
                 return None
             new_fence = leases.take(tx.session, endpoint, deployment_id, runner, self.lease_ttl_s)
             claims.abandon_running_attempts(tx.session, deployment_id)
-            tx.event("deployment_resumed", f"deployment {deployment_id} resumed by {runner.owner} after a "
+            tx.event(EventKind.DEPLOYMENT_RESUMED, f"deployment {deployment_id} resumed by {runner.owner} after a "
                      "database outage", endpoint_id=endpoint.id, deployment_id=deployment_id)
             return new_fence
 
@@ -171,9 +171,9 @@ class Worker:
                 deployment.error = message
                 deployment.finished_at = utcnow()
                 endpoint = tx.session.get_one(Endpoint, deployment.endpoint_id)
-                tx.event("deployment_failed", message, endpoint_id=endpoint.id, deployment_id=deployment_id)
+                tx.event(EventKind.DEPLOYMENT_FAILED, message, endpoint_id=endpoint.id, deployment_id=deployment_id)
 
     def _on_event(self, event: Any) -> None:
-        if event.kind.startswith(("stage_", "deployment_", "traffic_")):
+        if event.kind in STAGE_EVENTS or event.kind in LIFECYCLE_EVENTS:
             self.log(event.kind, deployment_id=event.deployment_id, message=event.message)
 

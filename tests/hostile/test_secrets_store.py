@@ -277,6 +277,7 @@ def test_mapping_secret_given_as_reference_is_stored_as_reference(orchestrate_ho
 
 def test_event_messages_and_data_are_scrubbed(tmp_path: Path) -> None:
     from orchestrator import secret_values
+    from orchestrator.states import EventKind
     from orchestrator.store import Store
 
     database = tmp_path / "events.db"
@@ -284,7 +285,7 @@ def test_event_messages_and_data_are_scrubbed(tmp_path: Path) -> None:
     secret_values.remember(PASSWORD + "-resolved")
     try:
         with store.write() as tx:
-            tx.event("drill", f"pushing to https://ci:{PASSWORD}@registry.example/x",
+            tx.event(EventKind.STAGE_FAILED, f"pushing to https://ci:{PASSWORD}@registry.example/x",
                      data={"source": f"https://ci:{PASSWORD}@registry.example/x",
                            "nested": [{"note": f"token {PASSWORD}-resolved used"}]})
     finally:

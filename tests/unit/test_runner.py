@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.api import Client
 from orchestrator.errors import PermanentTargetError, RetryableTargetError
+from orchestrator.states import EventKind
 from orchestrator.target_contract import Outputs, ResourceState, ResourceView, StageContext, Target
 
 SERVER = "server"
@@ -162,6 +163,13 @@ def test_a_deployment_calls_each_stage_once_in_order_and_records_each(
     record = client.deployment_record(deployment)
     assert (record["status"], record["live"]) == ("succeeded", True)
     assert target.world == {f"churn-{deployment}": 1}
+    kinds = [EventKind(event["kind"]) for event in client.events()]
+    per_stage = {"create_endpoint": [EventKind.RESOURCE_PLANNED, EventKind.RESOURCE_CREATED],
+                 "shift_traffic": [EventKind.TRAFFIC_SHIFTED]}
+    assert kinds == [EventKind.DEPLOYMENT_CREATED,
+                     *(kind for stage in STAGES
+                       for kind in (EventKind.STAGE_STARTED, *per_stage.get(stage, []), EventKind.STAGE_SUCCEEDED)),
+                     EventKind.DEPLOYMENT_SUCCEEDED]
 
 
 def test_a_transient_fault_is_retried_after_the_policy_wait(
