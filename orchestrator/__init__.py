@@ -33,9 +33,17 @@ def _call(method: str, *args: Any, db_url: str | None = None, **kwargs: Any) -> 
         client.close()
 
 
-def deploy(model_uri: str, *, name: str, target: str = "local", config: dict[str, Any] | None = None,
-           db_url: str | None = None, detach: bool = False, reset_config: bool = False,
-           force: bool = False) -> dict[str, Any]:
+def deploy(
+    model_uri: str,
+    *,
+    name: str,
+    target: str = "local",
+    config: dict[str, Any] | None = None,
+    db_url: str | None = None,
+    detach: bool = False,
+    reset_config: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
     """Deploy a model (a directory, or a URI: runs:/, models:/NAME/VERSION, models:/NAME@ALIAS,
     s3://, ...) to endpoint `name`; returns the deployment record (`unchanged` is True when the
     live deployment already served this model with this config, and nothing was done).
@@ -46,15 +54,22 @@ def deploy(model_uri: str, *, name: str, target: str = "local", config: dict[str
 
     client = Client(db_url=db_url)
     try:
-        deployment_id = client.deploy(model_uri, name=name, target=target, config=config, detach=detach,
-                                      reset_config=reset_config, force=force)
+        deployment_id = client.deploy(
+            model_uri, name=name, target=target, config=config, detach=detach, reset_config=reset_config, force=force
+        )
         return {**client.deployment_record(deployment_id), "unchanged": client.unchanged}
     finally:
         client.close()
 
 
-def predict(model_uri: str, input_data: Any, *, content_type: str | None = None,
-            env_manager: str = "virtualenv", pip_requirements_override: list[str] | None = None) -> Any:
+def predict(
+    model_uri: str,
+    input_data: Any,
+    *,
+    content_type: str | None = None,
+    env_manager: str = "virtualenv",
+    pip_requirements_override: list[str] | None = None,
+) -> Any:
     """Score `input_data` offline with a model, like `mlflow.models.predict`: no server, nothing
     recorded. `input_data` is a pandas DataFrame, a dict or list (sent as JSON: a dict with
     `dataframe_split`, `dataframe_records`, `instances` or `inputs` as is, anything else as
@@ -76,16 +91,26 @@ def predict(model_uri: str, input_data: Any, *, content_type: str | None = None,
         document = input_data if isinstance(input_data, dict) and protocol & set(input_data) else {"inputs": input_data}
         kind, body = "json", json.dumps(document).encode()
     else:
-        raise ConfigError(f"input_data of type {type(input_data).__name__} cannot be scored",
-                          hint="give a pandas DataFrame, a dict, a list or the path of a .json or .csv file")
-    answer = json.loads(score(model_uri, body, kind, env_manager=env_manager,
-                              overrides=tuple(pip_requirements_override or ())))
+        raise ConfigError(
+            f"input_data of type {type(input_data).__name__} cannot be scored",
+            hint="give a pandas DataFrame, a dict, a list or the path of a .json or .csv file",
+        )
+    answer = json.loads(
+        score(model_uri, body, kind, env_manager=env_manager, overrides=tuple(pip_requirements_override or ()))
+    )
     return answer["predictions"] if isinstance(answer, dict) and "predictions" in answer else answer
 
 
-def build_image(model_uri: str, image: str, *, base_image: str | None = None, push: bool = False,
-                pip_requirements_override: list[str] | None = None, user: str = "orchestrate",
-                no_cache: bool = False) -> dict[str, Any]:
+def build_image(
+    model_uri: str,
+    image: str,
+    *,
+    base_image: str | None = None,
+    push: bool = False,
+    pip_requirements_override: list[str] | None = None,
+    user: str = "orchestrate",
+    no_cache: bool = False,
+) -> dict[str, Any]:
     """Build a model's scoring image with the local Docker engine (and push it), like
     `mlflow models build-docker`; `image` is NAME[:TAG] (with the registry to push to).
     Returns the image reference, id, tags and, with `push`, what was pushed."""
@@ -93,9 +118,17 @@ def build_image(model_uri: str, image: str, *, base_image: str | None = None, pu
     from .store import orchestrate_home
 
     return images.build_command(
-        model_uri, image, home=orchestrate_home(), base_image=base_image, push_image=push,
-        overrides=",".join(pip_requirements_override) if pip_requirements_override else None, user=user,
-        credentials=images.credentials_from_environment(None), log=lambda _line: None, no_cache=no_cache)
+        model_uri,
+        image,
+        home=orchestrate_home(),
+        base_image=base_image,
+        push_image=push,
+        overrides=",".join(pip_requirements_override) if pip_requirements_override else None,
+        user=user,
+        credentials=images.credentials_from_environment(None),
+        log=lambda _line: None,
+        no_cache=no_cache,
+    )
 
 
 def status(ref: str | int, *, db_url: str | None = None) -> dict[str, Any]:

@@ -49,10 +49,16 @@ class Client:
 
     def __post_init__(self) -> None:
         self.home = orchestrate_home()
-        self.store = Store(self.db_url, actor=self.actor or self.owner.owner.split("/")[0],
-                           create=self.create_store)
-        self.runner = DeploymentRunner(self.store, self.owner, self.home, echo=self.echo, lease_ttl_s=self.lease_ttl_s,
-                             targets=self.targets, faults=Faults.from_env())
+        self.store = Store(self.db_url, actor=self.actor or self.owner.owner.split("/")[0], create=self.create_store)
+        self.runner = DeploymentRunner(
+            self.store,
+            self.owner,
+            self.home,
+            echo=self.echo,
+            lease_ttl_s=self.lease_ttl_s,
+            targets=self.targets,
+            faults=Faults.from_env(),
+        )
 
     def close(self) -> None:
         self.store.dispose()
@@ -86,26 +92,39 @@ class Client:
         mlmodel.check_endpoint_name(name)
         plugin = self.targets(target)
         file_values = plugin.normalize_config(
-            config_module.load_config_file(config_file) if config_file else {}, "config file")
+            config_module.load_config_file(config_file) if config_file else {}, "config file"
+        )
         current = self._live(name, target)
         live = None if reset_config or current.config is None else current.config
-        resolved, config_sources = _layered_config(target, plugin.config_keys, live, file_values,
-                                                   plugin.normalize_config(config or {}, "-C"))
+        resolved, config_sources = _layered_config(
+            target, plugin.config_keys, live, file_values, plugin.normalize_config(config or {}, "-C")
+        )
         model = model_uri_module.resolve(model_uri, self.home / "models", log=self.runner.echo)
         info = model.info
         self.unchanged = False
         if live is not None and not force and live.digest == info.digest and live.config == resolved:
             self.unchanged = True
-            self.runner.echo(f"endpoint {name} already serves {model.source.summary()} ({info.digest[:12]}) "
-                             f"with this config as deployment {live.id}; nothing to do (--force deploys it again)")
+            self.runner.echo(
+                f"endpoint {name} already serves {model.source.summary()} ({info.digest[:12]}) "
+                f"with this config as deployment {live.id}; nothing to do (--force deploys it again)"
+            )
             return live.id
         requirements.check_policy(info.requirements, requirements.Policy.from_config(resolved))
         plugin.preflight(resolved, current.outputs)
         if not detach:  # an unset env:NAME or unreadable file:PATH fails now, with nothing recorded
             secret_values.resolve_config(resolved)  # (a worker resolves them in its own environment)
         queued = detach or wait_in_queue
-        deployment_id, fence = self._create(name, target, model.source.uri, info.digest, resolved, None, queued,
-                                            model_source=model.source.as_dict(), config_sources=config_sources)
+        deployment_id, fence = self._create(
+            name,
+            target,
+            model.source.uri,
+            info.digest,
+            resolved,
+            None,
+            queued,
+            model_source=model.source.as_dict(),
+            config_sources=config_sources,
+        )
         if detach:
             return deployment_id
         if fence is None:
@@ -125,7 +144,7 @@ class Client:
             raise StoreUnavailable(
                 f"the state store {self.store.display_url} stopped answering during deployment {deployment_id}: {reason}",
                 hint=f"{hint}; what was recorded is kept, and `orchestrate resume {deployment_id}` continues "
-                     "where it stopped",
+                "where it stopped",
             ) from exc
 
     def _wait_for_turn(self, deployment_id: int, poll_interval_s: float) -> Any:
@@ -137,18 +156,31 @@ class Client:
             with self.store.read() as session:
                 status = session.get_one(Deployment, deployment_id).status
             if status != DeploymentStatus.QUEUED.value:  # a worker took it, or it was cancelled
-                raise StateError(f"deployment {deployment_id} left the queue as {status} while waiting",
-                                 hint=f"see `orchestrate status {deployment_id}`")
+                raise StateError(
+                    f"deployment {deployment_id} left the queue as {status} while waiting",
+                    hint=f"see `orchestrate status {deployment_id}`",
+                )
             if not announced:
                 ahead = claims.queue_position(self.store, deployment_id)
-                self.runner.echo(f"deployment {deployment_id} queued behind the endpoint's current work"
-                                 f" ({ahead} queued ahead)")
+                self.runner.echo(
+                    f"deployment {deployment_id} queued behind the endpoint's current work ({ahead} queued ahead)"
+                )
                 announced = True
             time.sleep(poll_interval_s)
 
-    def _create(self, name: str, target: str, model_uri: str, digest: str, resolved: dict[str, Any],
-                source_id: int | None, queued: bool, *, model_source: dict[str, Any] | None = None,
-                config_sources: dict[str, Any] | None = None) -> tuple[int, Any]:
+    def _create(
+        self,
+        name: str,
+        target: str,
+        model_uri: str,
+        digest: str,
+        resolved: dict[str, Any],
+        source_id: int | None,
+        queued: bool,
+        *,
+        model_source: dict[str, Any] | None = None,
+        config_sources: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
         for _ in range(3):  # a concurrent first deploy may insert the endpoint under us
             try:
                 with self.store.write() as tx:
@@ -170,21 +202,37 @@ class Client:
                     if not queued:
                         self._check_idle(tx.session, endpoint)
                     deployment = Deployment(
-                        endpoint_id=endpoint.id, target=target, model_uri=model_uri, model_digest=digest,
-                        model_source=model_source, config_sources=config_sources,
-                        config=resolved, status=DeploymentStatus.QUEUED.value if queued else DeploymentStatus.RUNNING.value,
-                        source_deployment_id=source_id, previous_live_id=endpoint.live_deployment_id,
-                        actor=self.store.actor, started_at=None if queued else utcnow(),
+                        endpoint_id=endpoint.id,
+                        target=target,
+                        model_uri=model_uri,
+                        model_digest=digest,
+                        model_source=model_source,
+                        config_sources=config_sources,
+                        config=resolved,
+                        status=DeploymentStatus.QUEUED.value if queued else DeploymentStatus.RUNNING.value,
+                        source_deployment_id=source_id,
+                        previous_live_id=endpoint.live_deployment_id,
+                        actor=self.store.actor,
+                        started_at=None if queued else utcnow(),
                     )
                     tx.session.add(deployment)
                     tx.session.flush()
-                    fence = None if queued else leases.take(tx.session, endpoint, deployment.id, self.owner,
-                                                           self.lease_ttl_s)
+                    fence = (
+                        None
+                        if queued
+                        else leases.take(tx.session, endpoint, deployment.id, self.owner, self.lease_ttl_s)
+                    )
                     model = ModelSource.from_dict(model_source, model_uri).summary()
-                    what = (f"rollback to deployment {source_id}" if source_id else "model") + f" {model} ({digest[:12]})"
-                    tx.event(EventKind.DEPLOYMENT_CREATED, f"deployment {deployment.id} of {what} on {name} ({target})",
-                             endpoint_id=endpoint.id, deployment_id=deployment.id,
-                             data={"model_uri": model_uri, "queued": queued, "model": model})
+                    what = (
+                        f"rollback to deployment {source_id}" if source_id else "model"
+                    ) + f" {model} ({digest[:12]})"
+                    tx.event(
+                        EventKind.DEPLOYMENT_CREATED,
+                        f"deployment {deployment.id} of {what} on {name} ({target})",
+                        endpoint_id=endpoint.id,
+                        deployment_id=deployment.id,
+                        data={"model_uri": model_uri, "queued": queued, "model": model},
+                    )
                     return deployment.id, fence
             except IntegrityError:
                 continue
@@ -192,12 +240,18 @@ class Client:
 
     @staticmethod
     def _check_idle(session: Any, endpoint: Endpoint) -> None:
-        active = session.execute(
-            select(Deployment).where(
-                Deployment.endpoint_id == endpoint.id,
-                Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
-            ).order_by(Deployment.id)
-        ).scalars().first()
+        active = (
+            session.execute(
+                select(Deployment)
+                .where(
+                    Deployment.endpoint_id == endpoint.id,
+                    Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
+                )
+                .order_by(Deployment.id)
+            )
+            .scalars()
+            .first()
+        )
         if not leases.holder_is_gone(endpoint):
             raise leases.busy_error(endpoint)
         if active is not None and active.status == DeploymentStatus.QUEUED.value:
@@ -225,24 +279,35 @@ class Client:
                 )
             endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
             fence = leases.take(tx.session, endpoint, deployment.id, self.owner, self.lease_ttl_s)
-            other = tx.session.execute(
-                select(Deployment.id).where(
-                    Deployment.endpoint_id == endpoint.id, Deployment.id != deployment.id,
-                    Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
+            other = (
+                tx.session.execute(
+                    select(Deployment.id).where(
+                        Deployment.endpoint_id == endpoint.id,
+                        Deployment.id != deployment.id,
+                        Deployment.status.in_([s.value for s in ACTIVE_STATUSES]),
+                    )
                 )
-            ).scalars().first()
+                .scalars()
+                .first()
+            )
             if other is not None:
-                raise EndpointBusy(f"endpoint {endpoint.name!r} has unfinished deployment {other}",
-                                   hint=f"resume or cancel deployment {other} first")
+                raise EndpointBusy(
+                    f"endpoint {endpoint.name!r} has unfinished deployment {other}",
+                    hint=f"resume or cancel deployment {other} first",
+                )
             abandoned = claims.abandon_running_attempts(tx.session, deployment.id)
             if status != DeploymentStatus.RUNNING:
                 deployment.status = DeploymentStatus.RUNNING.value
             deployment.error = None
             deployment.finished_at = None
             deployment.started_at = deployment.started_at or utcnow()
-            tx.event(EventKind.DEPLOYMENT_RESUMED, f"deployment {deployment_id} resumed by {self.owner.owner}"
-                     + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
-                     endpoint_id=endpoint.id, deployment_id=deployment.id)
+            tx.event(
+                EventKind.DEPLOYMENT_RESUMED,
+                f"deployment {deployment_id} resumed by {self.owner.owner}"
+                + (f" ({abandoned} abandoned attempt(s) marked)" if abandoned else ""),
+                endpoint_id=endpoint.id,
+                deployment_id=deployment.id,
+            )
         self._run(deployment_id, fence)
         return deployment_id
 
@@ -256,15 +321,23 @@ class Client:
             if status == DeploymentStatus.QUEUED:  # nothing made yet, no lease to take
                 deployment.status = DeploymentStatus.CANCELLED.value
                 deployment.finished_at = utcnow()
-                tx.event(EventKind.DEPLOYMENT_CANCELLED, f"deployment {deployment_id} cancelled while queued",
-                         endpoint_id=deployment.endpoint_id, deployment_id=deployment_id)
+                tx.event(
+                    EventKind.DEPLOYMENT_CANCELLED,
+                    f"deployment {deployment_id} cancelled while queued",
+                    endpoint_id=deployment.endpoint_id,
+                    deployment_id=deployment_id,
+                )
                 return DeploymentStatus.CANCELLED
             endpoint = leases.lock_endpoint(tx.session, deployment.endpoint_id)
             runner_alive = endpoint.lease_deployment_id == deployment.id and not leases.holder_is_gone(endpoint)
             if runner_alive:
                 deployment.cancel_requested = True
-                tx.event(EventKind.CANCEL_REQUESTED, f"cancel of deployment {deployment_id} requested",
-                         endpoint_id=endpoint.id, deployment_id=deployment_id)
+                tx.event(
+                    EventKind.CANCEL_REQUESTED,
+                    f"cancel of deployment {deployment_id} requested",
+                    endpoint_id=endpoint.id,
+                    deployment_id=deployment_id,
+                )
                 fence = None
             else:
                 fence = leases.take(tx.session, endpoint, deployment.id, self.owner, self.lease_ttl_s)
@@ -276,8 +349,9 @@ class Client:
             view = DeploymentView.of(session.get_one(Deployment, deployment_id), name)
         try:
             with leases.Heartbeat(self.store, fence):
-                return self.runner.abort(view, fence, self.targets(view.target), DeploymentStatus.CANCELLED,
-                                         "cancelled by request")
+                return self.runner.abort(
+                    view, fence, self.targets(view.target), DeploymentStatus.CANCELLED, "cancelled by request"
+                )
         finally:
             leases.release(self.store, fence)
 
@@ -295,20 +369,28 @@ class Client:
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             if to is None:
-                to = session.execute(
-                    select(Deployment.id).where(
-                        Deployment.endpoint_id == endpoint.id,
-                        Deployment.status == DeploymentStatus.SUCCEEDED.value,
-                        Deployment.id != (endpoint.live_deployment_id or -1),
-                        Deployment.id < (endpoint.live_deployment_id or 1 << 62),
-                    ).order_by(Deployment.id.desc())
-                ).scalars().first()
+                to = (
+                    session.execute(
+                        select(Deployment.id)
+                        .where(
+                            Deployment.endpoint_id == endpoint.id,
+                            Deployment.status == DeploymentStatus.SUCCEEDED.value,
+                            Deployment.id != (endpoint.live_deployment_id or -1),
+                            Deployment.id < (endpoint.live_deployment_id or 1 << 62),
+                        )
+                        .order_by(Deployment.id.desc())
+                    )
+                    .scalars()
+                    .first()
+                )
                 if to is None:
                     raise ConfigError(f"endpoint {name!r} has no earlier successful deployment to roll back to")
             source = session.get(Deployment, to)
             if source is None or source.endpoint_id != endpoint.id:
-                raise NotFound(f"deployment {to} is not a deployment of endpoint {name!r}",
-                               hint=f"see `orchestrate history {name}`")
+                raise NotFound(
+                    f"deployment {to} is not a deployment of endpoint {name!r}",
+                    hint=f"see `orchestrate history {name}`",
+                )
             if source.status != DeploymentStatus.SUCCEEDED.value:
                 raise ConfigError(f"deployment {to} {source.status}; only a succeeded deployment can be restored")
             if source.id == endpoint.live_deployment_id:
@@ -317,8 +399,17 @@ class Client:
             recorded = (source.model_source, source.config_sources)
         target, model_uri, digest, resolved = source_view
         secret_values.resolve_config(resolved)  # an env:NAME unset since then fails now, with nothing recorded
-        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, to, queued=False,
-                                            model_source=recorded[0], config_sources=recorded[1])
+        deployment_id, fence = self._create(
+            name,
+            target,
+            model_uri,
+            digest,
+            resolved,
+            to,
+            queued=False,
+            model_source=recorded[0],
+            config_sources=recorded[1],
+        )
         self._run(deployment_id, fence)
         return deployment_id
 
@@ -329,18 +420,30 @@ class Client:
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             if endpoint.live_deployment_id is None:
-                raise ConfigError(f"endpoint {name!r} has no live deployment to reconfigure",
-                                  hint=f"deploy a model first: `orchestrate deploy MODEL --name {name}`")
+                raise ConfigError(
+                    f"endpoint {name!r} has no live deployment to reconfigure",
+                    hint=f"deploy a model first: `orchestrate deploy MODEL --name {name}`",
+                )
             live = session.get_one(Deployment, endpoint.live_deployment_id)
             target, model_uri, digest = live.target, live.model_uri, live.model_digest
             model_source = live.model_source
         plugin = self.targets(target)
         current = self._live(name, target)
-        resolved, config_sources = _layered_config(target, plugin.config_keys, current.config, {},
-                                                   plugin.normalize_config(config, "-C"))
+        resolved, config_sources = _layered_config(
+            target, plugin.config_keys, current.config, {}, plugin.normalize_config(config, "-C")
+        )
         plugin.preflight(resolved, current.outputs)
-        deployment_id, fence = self._create(name, target, model_uri, digest, resolved, None, queued=False,
-                                            model_source=model_source, config_sources=config_sources)
+        deployment_id, fence = self._create(
+            name,
+            target,
+            model_uri,
+            digest,
+            resolved,
+            None,
+            queued=False,
+            model_source=model_source,
+            config_sources=config_sources,
+        )
         self._run(deployment_id, fence)
         return deployment_id
 
@@ -351,24 +454,33 @@ class Client:
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             resources = session.execute(
-                select(Resource.kind, Resource.name).where(
+                select(Resource.kind, Resource.name)
+                .where(
                     Resource.endpoint_id == endpoint.id,
                     Resource.state.in_([s.value for s in LIVE_RESOURCE_STATES]),
-                ).order_by(Resource.id)
+                )
+                .order_by(Resource.id)
             ).all()
             target, live_id = endpoint.target, endpoint.live_deployment_id
         disposable = self.targets(target).disposable_kinds
-        return {"endpoint": name, "target": target, "live_deployment_id": live_id,
-                "releases": [f"{kind} {resource}" for kind, resource in resources if kind in disposable]}
+        return {
+            "endpoint": name,
+            "target": target,
+            "live_deployment_id": live_id,
+            "releases": [f"{kind} {resource}" for kind, resource in resources if kind in disposable],
+        }
 
     def delete(self, name: str) -> list[str]:
         """Stop everything the endpoint serves with and mark it deleted; returns what was released."""
         with self.store.write() as tx:
             endpoint = self._endpoint(tx.session, name, lock=True)
             self._check_idle(tx.session, endpoint)
-            anchor = endpoint.live_deployment_id or tx.session.execute(
-                select(func.max(Deployment.id)).where(Deployment.endpoint_id == endpoint.id)
-            ).scalar()
+            anchor = (
+                endpoint.live_deployment_id
+                or tx.session.execute(
+                    select(func.max(Deployment.id)).where(Deployment.endpoint_id == endpoint.id)
+                ).scalar()
+            )
             if anchor is None:
                 endpoint.deleted_at = utcnow()
                 tx.event(EventKind.ENDPOINT_DELETED, f"endpoint {name} deleted", endpoint_id=endpoint.id)
@@ -378,9 +490,16 @@ class Client:
         plugin = self.targets(view.target)
         released: list[str] = []
         try:
-            ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
-                               outputs={}, log_file=self.runner.attempt_log(view.id, Stage.CLEANUP, 0),
-                               echo=self.runner.echo)
+            ctx = StageContext(
+                store=self.store,
+                fence=fence,
+                deployment=view,
+                stage=Stage.CLEANUP,
+                home=self.home,
+                outputs={},
+                log_file=self.runner.attempt_log(view.id, Stage.CLEANUP, 0),
+                echo=self.runner.echo,
+            )
             for resource in ctx.endpoint_resources():
                 if resource.kind in plugin.disposable_kinds:
                     plugin.release_recorded(ctx, resource)
@@ -389,8 +508,12 @@ class Client:
                 endpoint = tx.session.get_one(Endpoint, view.endpoint_id)
                 endpoint.live_deployment_id = None
                 endpoint.deleted_at = utcnow()
-                tx.event(EventKind.ENDPOINT_DELETED, f"endpoint {name} deleted; released {len(released)} resource(s)",
-                         endpoint_id=endpoint.id, data={"released": released})
+                tx.event(
+                    EventKind.ENDPOINT_DELETED,
+                    f"endpoint {name} deleted; released {len(released)} resource(s)",
+                    endpoint_id=endpoint.id,
+                    data={"released": released},
+                )
         finally:
             leases.release(self.store, fence)
         if view.config.get("registry_tags"):  # the version no longer serves here: say so in the registry
@@ -424,13 +547,17 @@ class Client:
         `target` starts from; None on another target) and its outputs (for the preflight)."""
         with self.store.read() as session:
             row = session.execute(
-                select(Deployment).join(Endpoint, Endpoint.live_deployment_id == Deployment.id)
+                select(Deployment)
+                .join(Endpoint, Endpoint.live_deployment_id == Deployment.id)
                 .where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
             ).scalar_one_or_none()
             if row is None:
                 return _Live(None, None)
-            config = (_LiveConfig(row.id, row.model_digest, dict(row.config), dict(row.config_sources or {}))
-                      if row.target == target else None)
+            config = (
+                _LiveConfig(row.id, row.model_digest, dict(row.config), dict(row.config_sources or {}))
+                if row.target == target
+                else None
+            )
             return _Live(config, merged_outputs(session, row.id))
 
     def resolve_ref(self, ref: str) -> tuple[int | None, str | None]:
@@ -440,46 +567,68 @@ class Client:
         deployment_id = deployment_id_of(ref)
         return (deployment_id, None) if deployment_id is not None else (None, ref)
 
-    def deployment_record(self, deployment_id: int, *, with_attempts: bool = True, describe: bool = False) -> dict[str, Any]:
+    def deployment_record(
+        self, deployment_id: int, *, with_attempts: bool = True, describe: bool = False
+    ) -> dict[str, Any]:
         with self.store.read() as session:
             deployment = self._get(session, deployment_id)
             endpoint = session.get_one(Endpoint, deployment.endpoint_id)
             record = _deployment_dict(deployment, endpoint)
             outputs = merged_outputs(session, deployment.id)
             if with_attempts:
-                attempts = session.execute(
-                    select(StageAttempt).where(StageAttempt.deployment_id == deployment.id).order_by(StageAttempt.id)
-                ).scalars().all()
+                attempts = (
+                    session.execute(
+                        select(StageAttempt)
+                        .where(StageAttempt.deployment_id == deployment.id)
+                        .order_by(StageAttempt.id)
+                    )
+                    .scalars()
+                    .all()
+                )
                 record["attempts"] = [_attempt_dict(a) for a in attempts]
-                resources = session.execute(
-                    select(Resource).where(Resource.deployment_id == deployment.id).order_by(Resource.id)
-                ).scalars().all()
+                resources = (
+                    session.execute(
+                        select(Resource).where(Resource.deployment_id == deployment.id).order_by(Resource.id)
+                    )
+                    .scalars()
+                    .all()
+                )
                 record["resources"] = [_resource_dict(r) for r in resources]
         record["url"] = outputs.get("url")
         if describe:
-                record["runtime"] = self.targets(record["target"]).describe(outputs)
+            record["runtime"] = self.targets(record["target"]).describe(outputs)
         return record
 
     def endpoint_status(self, name: str) -> dict[str, Any]:
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
-            latest = session.execute(
-                select(Deployment.id).where(Deployment.endpoint_id == endpoint.id).order_by(Deployment.id.desc())
-            ).scalars().first()
+            latest = (
+                session.execute(
+                    select(Deployment.id).where(Deployment.endpoint_id == endpoint.id).order_by(Deployment.id.desc())
+                )
+                .scalars()
+                .first()
+            )
             live_id = endpoint.live_deployment_id
             lease = None
             if endpoint.lease_owner is not None:
-                lease = {"owner": endpoint.lease_owner, "deployment_id": endpoint.lease_deployment_id,
-                         "acquired_at": _iso(endpoint.lease_acquired_at),
-                         "expires_at": _iso(endpoint.lease_expires_at),
-                         "holder_gone": leases.holder_is_gone(endpoint)}
-            summary: dict[str, Any] = {"endpoint": endpoint.name, "target": endpoint.target, "live_deployment_id": live_id,
-                       "latest_deployment_id": latest, "lease": lease}
+                lease = {
+                    "owner": endpoint.lease_owner,
+                    "deployment_id": endpoint.lease_deployment_id,
+                    "acquired_at": _iso(endpoint.lease_acquired_at),
+                    "expires_at": _iso(endpoint.lease_expires_at),
+                    "holder_gone": leases.holder_is_gone(endpoint),
+                }
+            summary: dict[str, Any] = {
+                "endpoint": endpoint.name,
+                "target": endpoint.target,
+                "live_deployment_id": live_id,
+                "latest_deployment_id": latest,
+                "lease": lease,
+            }
         summary["live"] = self.deployment_record(live_id, with_attempts=False, describe=True) if live_id else None
         summary["url"] = summary["live"]["url"] if summary["live"] else None
-        summary["latest"] = (
-            self.deployment_record(latest) if latest is not None and latest != live_id else None
-        )
+        summary["latest"] = self.deployment_record(latest) if latest is not None and latest != live_id else None
         return summary
 
     def list_deployments(self, *, limit: int = 50, endpoint: str | None = None) -> list[dict[str, Any]]:
@@ -499,8 +648,13 @@ class Client:
                 .order_by(Endpoint.name)
             ).all()
             return [
-                {"endpoint": e.name, "target": e.target, "live_deployment_id": e.live_deployment_id,
-                 "model_digest": d.model_digest if d else None, "busy": not leases.holder_is_gone(e)}
+                {
+                    "endpoint": e.name,
+                    "target": e.target,
+                    "live_deployment_id": e.live_deployment_id,
+                    "model_digest": d.model_digest if d else None,
+                    "busy": not leases.holder_is_gone(e),
+                }
                 for e, d in rows
             ]
 
@@ -519,8 +673,9 @@ class Client:
             rows = session.execute(query.order_by(Event.id.desc()).limit(limit)).scalars().all()
             return [_event_dict(e) for e in reversed(rows)]
 
-    def events(self, *, after_id: int = 0, since: dt.datetime | None = None, endpoint: str | None = None,
-               limit: int = 1000) -> list[dict[str, Any]]:
+    def events(
+        self, *, after_id: int = 0, since: dt.datetime | None = None, endpoint: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         """Events after an event id and/or a time, oldest first, for streaming to CI logs."""
         with self.store.read() as session:
             query = select(Event).where(Event.id > after_id)
@@ -537,39 +692,54 @@ class Client:
         cutoff = utcnow() - older_than
         with self.store.write() as tx:
             kept = set()
-            for live_id, in tx.session.execute(select(Endpoint.live_deployment_id).where(
-                    Endpoint.live_deployment_id.is_not(None))).all():
+            for (live_id,) in tx.session.execute(
+                select(Endpoint.live_deployment_id).where(Endpoint.live_deployment_id.is_not(None))
+            ).all():
                 kept.add(live_id)
                 previous = tx.session.get_one(Deployment, live_id).previous_live_id
                 if previous is not None:
                     kept.add(previous)
             ended = [s.value for s in TERMINAL_STATUSES] + [DeploymentStatus.FAILED.value]
-            has_history = (exists().where(StageAttempt.deployment_id == Deployment.id)
-                           | exists().where(Event.deployment_id == Deployment.id))
+            has_history = exists().where(StageAttempt.deployment_id == Deployment.id) | exists().where(
+                Event.deployment_id == Deployment.id
+            )
             old = [
-                row for row, in tx.session.execute(select(Deployment.id).where(
-                    Deployment.status.in_(ended), Deployment.finished_at < cutoff, has_history)).all()
+                row
+                for (row,) in tx.session.execute(
+                    select(Deployment.id).where(
+                        Deployment.status.in_(ended), Deployment.finished_at < cutoff, has_history
+                    )
+                ).all()
                 if row not in kept
             ]
             counts = {"deployments": len(old), "attempts": 0, "events": 0, "resources": 0}
-            for chunk in (old[i:i + 500] for i in range(0, len(old), 500)):
+            for chunk in (old[i : i + 500] for i in range(0, len(old), 500)):
                 for table, key in ((StageAttempt, "attempts"), (Event, "events")):
                     query = delete(table).where(table.deployment_id.in_(chunk))
                     if not dry_run:
                         counts[key] += tx.session.execute(query).rowcount  # type: ignore[attr-defined]
                     else:
-                        counts[key] += tx.session.execute(select(func.count()).select_from(table).where(
-                            table.deployment_id.in_(chunk))).scalar_one()
-                resources = select(func.count()).select_from(Resource).where(
-                    Resource.deployment_id.in_(chunk), Resource.state == "deleted")
+                        counts[key] += tx.session.execute(
+                            select(func.count()).select_from(table).where(table.deployment_id.in_(chunk))
+                        ).scalar_one()
+                resources = (
+                    select(func.count())
+                    .select_from(Resource)
+                    .where(Resource.deployment_id.in_(chunk), Resource.state == "deleted")
+                )
                 counts["resources"] += tx.session.execute(resources).scalar_one()
                 if not dry_run:
-                    tx.session.execute(delete(Resource).where(
-                        Resource.deployment_id.in_(chunk), Resource.state == "deleted"))
+                    tx.session.execute(
+                        delete(Resource).where(Resource.deployment_id.in_(chunk), Resource.state == "deleted")
+                    )
             if not dry_run:
-                tx.event(EventKind.GC, f"pruned {counts['attempts']} attempts, {counts['events']} events, "
-                         f"{counts['resources']} deleted resources of {counts['deployments']} deployments "
-                         f"that ended before {cutoff.isoformat()}", data=counts)
+                tx.event(
+                    EventKind.GC,
+                    f"pruned {counts['attempts']} attempts, {counts['events']} events, "
+                    f"{counts['resources']} deleted resources of {counts['deployments']} deployments "
+                    f"that ended before {cutoff.isoformat()}",
+                    data=counts,
+                )
             else:
                 tx.session.rollback()
         return counts
@@ -579,8 +749,10 @@ class Client:
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
             if endpoint.live_deployment_id is None:
-                raise ConfigError(f"endpoint {name!r} has no live deployment",
-                                  hint=f"deploy one: `orchestrate deploy MODEL --name {name}`")
+                raise ConfigError(
+                    f"endpoint {name!r} has no live deployment",
+                    hint=f"deploy one: `orchestrate deploy MODEL --name {name}`",
+                )
             outputs = merged_outputs(session, endpoint.live_deployment_id)
             target = endpoint.target
         return self.targets(target), outputs
@@ -603,8 +775,13 @@ class _Live:
 DEFAULT_SOURCE = "default"
 
 
-def _layered_config(target: str, keys: Mapping[str, config_module.ConfigKey], live: _LiveConfig | None,
-                    file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def _layered_config(
+    target: str,
+    keys: Mapping[str, config_module.ConfigKey],
+    live: _LiveConfig | None,
+    file_values: Mapping[str, Any],
+    cli_values: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The config of a new deployment and where each key came from: defaults, then the keys the
     live deployment's user chose (not its defaults, so a default changed since follows), then the
     config file, then -C (as `mlflow deployments update` patches)."""
@@ -664,19 +841,38 @@ def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, An
 
 def _attempt_dict(attempt: StageAttempt) -> dict[str, Any]:
     return {
-        "stage": attempt.stage, "attempt": attempt.attempt, "status": attempt.status, "runner": attempt.runner,
-        "started_at": _iso(attempt.started_at), "finished_at": _iso(attempt.finished_at),
-        "error_kind": attempt.error_kind, "error_class": attempt.error_class,
-        "error_message": attempt.error_message, "outputs": attempt.outputs,
+        "stage": attempt.stage,
+        "attempt": attempt.attempt,
+        "status": attempt.status,
+        "runner": attempt.runner,
+        "started_at": _iso(attempt.started_at),
+        "finished_at": _iso(attempt.finished_at),
+        "error_kind": attempt.error_kind,
+        "error_class": attempt.error_class,
+        "error_message": attempt.error_message,
+        "outputs": attempt.outputs,
     }
 
 
 def _resource_dict(resource: Resource) -> dict[str, Any]:
     view = ResourceView.of(resource)
-    return {"kind": view.kind, "name": view.name, "external_id": view.external_id, "state": view.state.value,
-            "stage": view.stage, "data": view.data}
+    return {
+        "kind": view.kind,
+        "name": view.name,
+        "external_id": view.external_id,
+        "state": view.state.value,
+        "stage": view.stage,
+        "data": view.data,
+    }
 
 
 def _event_dict(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "time": _iso(event.time), "actor": event.actor, "kind": event.kind,
-            "deployment_id": event.deployment_id, "message": event.message, "data": event.data}
+    return {
+        "id": event.id,
+        "time": _iso(event.time),
+        "actor": event.actor,
+        "kind": event.kind,
+        "deployment_id": event.deployment_id,
+        "message": event.message,
+        "data": event.data,
+    }

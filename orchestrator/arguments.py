@@ -28,12 +28,15 @@ def deployment_id_of(ref: str) -> int | None:
 
     if _DIGITS.fullmatch(ref) is None:
         if ref.isdigit():  # '١', '²': digits to Unicode, but neither an id nor a valid endpoint name
-            raise ConfigError(f"{ref!r} is not a deployment id: ids are written with the digits 0-9",
-                              hint="see `orchestrate list` for the ids there are")
+            raise ConfigError(
+                f"{ref!r} is not a deployment id: ids are written with the digits 0-9",
+                hint="see `orchestrate list` for the ids there are",
+            )
         return None
     if len(ref) > 10 or int(ref) > MAX_ID:
-        raise ConfigError(f"{ref} is not a deployment id (ids go up to {MAX_ID})",
-                          hint="see `orchestrate list` for the ids there are")
+        raise ConfigError(
+            f"{ref} is not a deployment id (ids go up to {MAX_ID})", hint="see `orchestrate list` for the ids there are"
+        )
     return int(ref)
 
 

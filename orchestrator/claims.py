@@ -58,8 +58,7 @@ def _queued_candidates(by_target: bool, by_id: bool) -> Select[Any]:
         query = query.where(Deployment.target.in_(bindparam("targets", expanding=True)))
     if by_id:
         query = query.where(Deployment.id == bindparam("deployment"))
-    return query.order_by(Deployment.id).limit(_CANDIDATES).with_for_update(skip_locked=True,
-                                                                             of=[Deployment, Endpoint])
+    return query.order_by(Deployment.id).limit(_CANDIDATES).with_for_update(skip_locked=True, of=[Deployment, Endpoint])
 
 
 @functools.cache
@@ -67,8 +66,14 @@ def _orphan_candidates(by_target: bool) -> Select[Unpack[tuple[Any, ...]]]:
     """Running deployments whose lease is free, expired, or held by another runner on this host
     (which `holder_is_gone` then checks), read without locks."""
     query = (
-        select(Deployment.id, Endpoint.id.label("endpoint_id"), Endpoint.lease_owner, Endpoint.lease_host,
-               Endpoint.lease_pid, Endpoint.lease_expires_at)
+        select(
+            Deployment.id,
+            Endpoint.id.label("endpoint_id"),
+            Endpoint.lease_owner,
+            Endpoint.lease_host,
+            Endpoint.lease_pid,
+            Endpoint.lease_expires_at,
+        )
         .join(Endpoint, Endpoint.id == Deployment.endpoint_id)
         .where(
             Deployment.status == DeploymentStatus.RUNNING.value,
@@ -87,34 +92,44 @@ def _orphan_candidates(by_target: bool) -> Select[Unpack[tuple[Any, ...]]]:
 
 
 _LOCK_ENDPOINT = select(Endpoint).where(Endpoint.id == bindparam("endpoint")).with_for_update(skip_locked=True)
-_STILL_RUNNING = select(Deployment.id).where(Deployment.id == bindparam("deployment"),
-                                             Deployment.status == DeploymentStatus.RUNNING.value)
+_STILL_RUNNING = select(Deployment.id).where(
+    Deployment.id == bindparam("deployment"), Deployment.status == DeploymentStatus.RUNNING.value
+)
 
 
-def claim(store: Store, runner: leases.LeaseOwner, ttl_s: float, *,
-          targets: frozenset[str] | None = None) -> Claim | None:
+def claim(
+    store: Store, runner: leases.LeaseOwner, ttl_s: float, *, targets: frozenset[str] | None = None
+) -> Claim | None:
     """A worker's look for work, in one transaction: an orphaned deployment first, else the
     oldest runnable queued one."""
     with store.write() as tx:
         return _take_orphaned(tx, runner, ttl_s, targets) or _take_queued(tx, runner, ttl_s, targets, None)
 
 
-def claim_queued(store: Store, runner: leases.LeaseOwner, ttl_s: float, *, targets: frozenset[str] | None = None,
-                 deployment_id: int | None = None) -> Claim | None:
+def claim_queued(
+    store: Store,
+    runner: leases.LeaseOwner,
+    ttl_s: float,
+    *,
+    targets: frozenset[str] | None = None,
+    deployment_id: int | None = None,
+) -> Claim | None:
     """Take the oldest runnable queued deployment (or only `deployment_id`) and its lease."""
     with store.write() as tx:
         return _take_queued(tx, runner, ttl_s, targets, deployment_id)
 
 
-def claim_orphaned(store: Store, runner: leases.LeaseOwner, ttl_s: float, *,
-                   targets: frozenset[str] | None = None) -> Claim | None:
+def claim_orphaned(
+    store: Store, runner: leases.LeaseOwner, ttl_s: float, *, targets: frozenset[str] | None = None
+) -> Claim | None:
     """Take over a running deployment whose runner stopped, died, or let its lease expire."""
     with store.write() as tx:
         return _take_orphaned(tx, runner, ttl_s, targets)
 
 
-def _take_queued(tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: frozenset[str] | None,
-                 deployment_id: int | None) -> Claim | None:
+def _take_queued(
+    tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: frozenset[str] | None, deployment_id: int | None
+) -> Claim | None:
     query = _queued_candidates(bool(targets), deployment_id is not None)
     params = {"targets": sorted(targets or ()), "deployment": deployment_id}
     for deployment, endpoint in tx.session.execute(query, params).all():
@@ -126,14 +141,17 @@ def _take_queued(tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: froze
             continue
         deployment.status = DeploymentStatus.RUNNING.value
         deployment.started_at = utcnow()
-        tx.event(EventKind.DEPLOYMENT_CLAIMED, f"deployment {deployment.id} claimed by {runner.owner}",
-                 endpoint_id=endpoint.id, deployment_id=deployment.id)
+        tx.event(
+            EventKind.DEPLOYMENT_CLAIMED,
+            f"deployment {deployment.id} claimed by {runner.owner}",
+            endpoint_id=endpoint.id,
+            deployment_id=deployment.id,
+        )
         return Claim(deployment.id, fence, taken_over=False)
     return None
 
 
-def _take_orphaned(tx: Tx, runner: leases.LeaseOwner, ttl_s: float,
-                   targets: frozenset[str] | None) -> Claim | None:
+def _take_orphaned(tx: Tx, runner: leases.LeaseOwner, ttl_s: float, targets: frozenset[str] | None) -> Claim | None:
     # Candidates are read without locks: on a busy host most are endpoints that other live
     # workers hold, and locking those would stall their fenced writes until this commits.
     # Only one whose holder is gone is locked, then checked again.
@@ -151,19 +169,27 @@ def _take_orphaned(tx: Tx, runner: leases.LeaseOwner, ttl_s: float,
             continue
         fence = leases.take(tx.session, endpoint, candidate.id, runner, ttl_s)
         abandoned = abandon_running_attempts(tx.session, candidate.id)
-        tx.event(EventKind.DEPLOYMENT_TAKEN_OVER,
-                 f"deployment {candidate.id} taken over by {runner.owner} ({abandoned} attempt(s) abandoned)",
-                 endpoint_id=endpoint.id, deployment_id=candidate.id)
+        tx.event(
+            EventKind.DEPLOYMENT_TAKEN_OVER,
+            f"deployment {candidate.id} taken over by {runner.owner} ({abandoned} attempt(s) abandoned)",
+            endpoint_id=endpoint.id,
+            deployment_id=candidate.id,
+        )
         return Claim(candidate.id, fence, taken_over=True)
     return None
 
 
 def abandon_running_attempts(session: object, deployment_id: int) -> int:
     """Mark attempts a dead runner left `running` as abandoned; returns how many."""
-    rows = session.execute(  # type: ignore[attr-defined]
-        select(StageAttempt).where(StageAttempt.deployment_id == deployment_id,
-                                   StageAttempt.status == AttemptStatus.RUNNING.value)
-    ).scalars().all()
+    rows = (
+        session.execute(  # type: ignore[attr-defined]
+            select(StageAttempt).where(
+                StageAttempt.deployment_id == deployment_id, StageAttempt.status == AttemptStatus.RUNNING.value
+            )
+        )
+        .scalars()
+        .all()
+    )
     for row in rows:
         row.status = AttemptStatus.ABANDONED.value
         row.finished_at = utcnow()
@@ -176,10 +202,12 @@ def queue_position(store: Store, deployment_id: int) -> int:
     """How many queued deployments of the same endpoint are ahead of this one."""
     with store.read() as session:
         deployment = session.get_one(Deployment, deployment_id)
-        return int(session.execute(
-            select(func.count()).where(
-                Deployment.endpoint_id == deployment.endpoint_id,
-                Deployment.status == DeploymentStatus.QUEUED.value,
-                Deployment.id < deployment_id,
-            )
-        ).scalar_one())
+        return int(
+            session.execute(
+                select(func.count()).where(
+                    Deployment.endpoint_id == deployment.endpoint_id,
+                    Deployment.status == DeploymentStatus.QUEUED.value,
+                    Deployment.id < deployment_id,
+                )
+            ).scalar_one()
+        )

@@ -45,8 +45,7 @@ def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = 
     from .progress import Progress
 
     reporter = Progress() if progress else None
-    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None,
-                    create_store=create_store)
+    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None, create_store=create_store)
     if reporter:
         client.store.listeners.append(_settle_on_success)  # before the line that shows it
         client.store.listeners.append(reporter.on_event)
@@ -70,7 +69,9 @@ def _print_json(value: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-yes_option = click.option("-y", "--yes", is_flag=True, help="Do it without asking (needed when stdin is not a terminal).")
+yes_option = click.option(
+    "-y", "--yes", is_flag=True, help="Do it without asking (needed when stdin is not a terminal)."
+)
 
 
 def _confirm(what: str, yes: bool, *, command: str) -> None:
@@ -82,8 +83,10 @@ def _confirm(what: str, yes: bool, *, command: str) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise ConfigError(f"`orchestrate {command}` asks before it destroys anything, and stdin is not a terminal",
-                          hint="pass --yes to go ahead without asking")
+        raise ConfigError(
+            f"`orchestrate {command}` asks before it destroys anything, and stdin is not a terminal",
+            hint="pass --yes to go ahead without asking",
+        )
     if not click.confirm("Go ahead?", default=False, err=True):
         raise OrchestrateError(f"`orchestrate {command}` stopped: nothing was changed")
 
@@ -103,15 +106,20 @@ def _model_argument(model: str | None, model_uri: str | None) -> str:
     if model and model_uri and model != model_uri:
         raise click.UsageError(f"two models given: {model!r} and -m {model_uri!r}; give one")
     if not (model or model_uri):
-        raise click.UsageError("give the model: a directory or URI (runs:/, models:/, s3://…), "
-                               "as the argument or as -m/--model-uri")
+        raise click.UsageError(
+            "give the model: a directory or URI (runs:/, models:/, s3://…), as the argument or as -m/--model-uri"
+        )
     return str(model or model_uri)
 
 
 model_uri_option = click.option(
-    "-m", "--model-uri", "model_uri", metavar="URI",
+    "-m",
+    "--model-uri",
+    "model_uri",
+    metavar="URI",
     help="The model, as MLflow names it (same as the MODEL argument): a path, file://, runs:/RUN/PATH, "
-         "models:/NAME/VERSION, models:/NAME@ALIAS, s3://BUCKET/PREFIX, mlflow-artifacts:/…")
+    "models:/NAME/VERSION, models:/NAME@ALIAS, s3://BUCKET/PREFIX, mlflow-artifacts:/…",
+)
 
 
 @cli.command()
@@ -123,16 +131,30 @@ model_uri_option = click.option(
 @click.option("-C", "assignments", multiple=True, metavar="KEY=VALUE", help="A config value; repeatable.")
 @click.option("--detach", is_flag=True, help="Queue the deployment for `orchestrate worker`; print its id.")
 @click.option("--queue", "wait_in_queue", is_flag=True, help="Wait behind a busy endpoint instead of failing.")
-@click.option("--keep-failed", is_flag=True,
-              help="Keep what a failed deployment created, for inspection and `resume` (-C keep_failed=true).")
-@click.option("--reset-config", is_flag=True,
-              help="Start from the defaults, not from the live deployment's config.")
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    help="Keep what a failed deployment created, for inspection and `resume` (-C keep_failed=true).",
+)
+@click.option("--reset-config", is_flag=True, help="Start from the defaults, not from the live deployment's config.")
 @click.option("--force", is_flag=True, help="Deploy even when this model and config are already live.")
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: str, target: str,
-           config_file: str | None, assignments: tuple[str, ...], detach: bool, wait_in_queue: bool,
-           keep_failed: bool, reset_config: bool, force: bool, as_json: bool) -> None:
+def deploy(
+    ctx: click.Context,
+    model: str | None,
+    model_uri: str | None,
+    name: str,
+    target: str,
+    config_file: str | None,
+    assignments: tuple[str, ...],
+    detach: bool,
+    wait_in_queue: bool,
+    keep_failed: bool,
+    reset_config: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Deploy MODEL to endpoint NAME on a target. MODEL is an MLflow model directory or URI
     (runs:/, models:/NAME/VERSION, models:/NAME@ALIAS, s3://, …), resolved once, now.
 
@@ -141,21 +163,33 @@ def deploy(ctx: click.Context, model: str | None, model_uri: str | None, name: s
     from .config import parse_assignments
 
     if detach and wait_in_queue:
-        raise click.UsageError("--detach and --queue exclude each other: --detach queues the deployment "
-                               "for `orchestrate worker` and returns; --queue waits here for its turn and runs it")
+        raise click.UsageError(
+            "--detach and --queue exclude each other: --detach queues the deployment "
+            "for `orchestrate worker` and returns; --queue waits here for its turn and runs it"
+        )
     values = parse_assignments(assignments)
     if keep_failed:
         values["keep_failed"] = "true"
     client = _client(ctx, progress=not detach, create_store=True)
-    deployment_id = client.deploy(_model_argument(model, model_uri), name=name, target=target, config=values,
-                                  config_file=config_file, detach=detach, wait_in_queue=wait_in_queue,
-                                  reset_config=reset_config, force=force)
+    deployment_id = client.deploy(
+        _model_argument(model, model_uri),
+        name=name,
+        target=target,
+        config=values,
+        config_file=config_file,
+        detach=detach,
+        wait_in_queue=wait_in_queue,
+        reset_config=reset_config,
+        force=force,
+    )
     if client.unchanged:
         if as_json:
             _print_json({**client.deployment_record(deployment_id, with_attempts=False), "unchanged": True})
         else:
-            click.echo(f"deployment {deployment_id} is already live on {name} with this model and config; "
-                       "nothing changed (--force deploys again)")
+            click.echo(
+                f"deployment {deployment_id} is already live on {name} with this model and config; "
+                "nothing changed (--force deploys again)"
+            )
         return
     _report_end(client, deployment_id, as_json, detach=detach)
 
@@ -176,8 +210,10 @@ def _report_end(client: Any, deployment_id: int, as_json: bool, *, detach: bool 
             hint=f"see `orchestrate status {deployment_id}`",
         )
     if not as_json:
-        click.echo(f"deployment {deployment_id} succeeded: {record['endpoint']} is live"
-                   + (f" at {record['url']}" if record.get("url") else ""))
+        click.echo(
+            f"deployment {deployment_id} succeeded: {record['endpoint']} is live"
+            + (f" at {record['url']}" if record.get("url") else "")
+        )
 
 
 @cli.command()
@@ -193,12 +229,17 @@ def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
             _print_json(rows)
             return
         for row in rows:
-            click.echo(f"{row['endpoint']:<24} {row['target']:<10} live={row['live_deployment_id']}"
-                       f"{'  busy' if row['busy'] else ''}")
+            click.echo(
+                f"{row['endpoint']:<24} {row['target']:<10} live={row['live_deployment_id']}"
+                f"{'  busy' if row['busy'] else ''}"
+            )
         return
     deployment_id, name = client.resolve_ref(ref)
-    record = (client.deployment_record(deployment_id, describe=True) if deployment_id is not None
-              else client.endpoint_status(name))
+    record = (
+        client.deployment_record(deployment_id, describe=True)
+        if deployment_id is not None
+        else client.endpoint_status(name)
+    )
     if as_json:
         _print_json(record)
         return
@@ -209,8 +250,9 @@ def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     if record["lease"]:
         lease = record["lease"]
         note = " — its runner is gone; resume or cancel it" if lease["holder_gone"] else ""
-        click.echo(f"  busy: deployment {lease['deployment_id']} held by {lease['owner']} since "
-                   f"{lease['acquired_at']}{note}")
+        click.echo(
+            f"  busy: deployment {lease['deployment_id']} held by {lease['owner']} since {lease['acquired_at']}{note}"
+        )
     if record["live"]:
         click.echo("live:")
         _echo_deployment(record["live"], indent="  ")
@@ -222,14 +264,18 @@ def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
 
 
 def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
-    click.echo(f"{indent}deployment {record['id']}: {record['status']}"
-               + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
-               + (" (live)" if record["live"] else ""))
+    click.echo(
+        f"{indent}deployment {record['id']}: {record['status']}"
+        + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
+        + (" (live)" if record["live"] else "")
+    )
     click.echo(f"{indent}  model {record.get('model') or record['model_uri']} ({record['model_digest'][:12]})")
     chosen = {key: origin for key, origin in (record.get("config_sources") or {}).items() if origin != "default"}
     if chosen:
-        click.echo(f"{indent}  config " + ", ".join(
-            f"{key}={record['config'].get(key)} ({origin})" for key, origin in sorted(chosen.items())))
+        click.echo(
+            f"{indent}  config "
+            + ", ".join(f"{key}={record['config'].get(key)} ({origin})" for key, origin in sorted(chosen.items()))
+        )
     if record.get("url"):
         click.echo(f"{indent}  url {record['url']}")
     runtime = record.get("runtime")
@@ -240,13 +286,20 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
         click.echo(f"{indent}  error: {record['error']}")
     for attempt in record.get("attempts", []):
         took = attempt["outputs"].get("duration_s")
-        click.echo(f"{indent}  {attempt['stage']:<16} #{attempt['attempt']} {attempt['status']:<10}"
-                   + (f" {took:.2f}s" if isinstance(took, (int, float)) else "")
-                   + (f"  {attempt['error_kind']}: {attempt['error_message'].splitlines()[0]}"
-                      if attempt["error_message"] else ""))
+        click.echo(
+            f"{indent}  {attempt['stage']:<16} #{attempt['attempt']} {attempt['status']:<10}"
+            + (f" {took:.2f}s" if isinstance(took, (int, float)) else "")
+            + (
+                f"  {attempt['error_kind']}: {attempt['error_message'].splitlines()[0]}"
+                if attempt["error_message"]
+                else ""
+            )
+        )
     for resource in record.get("resources", []):
-        click.echo(f"{indent}  resource {resource['kind']} {resource['name']} {resource['state']}"
-                   + (f" ({resource['external_id']})" if resource["external_id"] else ""))
+        click.echo(
+            f"{indent}  resource {resource['kind']} {resource['name']} {resource['state']}"
+            + (f" ({resource['external_id']})" if resource["external_id"] else "")
+        )
 
 
 @cli.command("list")
@@ -261,8 +314,10 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
         _print_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
-                   f"{'live' if row['live'] else '':<5} {row['created_at']}  {row['model']}")
+        click.echo(
+            f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
+            f"{'live' if row['live'] else '':<5} {row['created_at']}  {row['model']}"
+        )
 
 
 @cli.command()
@@ -319,8 +374,11 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
     while True:
         rows = client.events(after_id=after_id, since=moment, endpoint=endpoint)
         for row in rows:
-            click.echo(json.dumps(row, default=str) if as_json
-                       else f"{row['id']:>7} {row['time']}  {row['actor']:<28} {row['kind']:<22} {row['message']}")
+            click.echo(
+                json.dumps(row, default=str)
+                if as_json
+                else f"{row['id']:>7} {row['time']}  {row['actor']:<28} {row['kind']:<22} {row['message']}"
+            )
             after_id = row["id"]
         if not follow:
             return
@@ -340,15 +398,20 @@ def gc(ctx: click.Context, older_than: Any, dry_run: bool, yes: bool, as_json: b
     if not dry_run:
         planned = client.gc(older_than=older_than, dry_run=True)
         if planned["deployments"]:
-            _confirm(f"This permanently deletes {planned['attempts']} attempts, {planned['events']} events and "
-                     f"{planned['resources']} deleted-resource records of {planned['deployments']} deployments.",
-                     yes, command="gc")
+            _confirm(
+                f"This permanently deletes {planned['attempts']} attempts, {planned['events']} events and "
+                f"{planned['resources']} deleted-resource records of {planned['deployments']} deployments.",
+                yes,
+                command="gc",
+            )
     counts = client.gc(older_than=older_than, dry_run=dry_run)
     if as_json:
         _print_json(counts)
     else:
-        click.echo(("would prune" if dry_run else "pruned") + f" {counts['attempts']} attempts, {counts['events']} "
-                   f"events, {counts['resources']} deleted resources of {counts['deployments']} deployments")
+        click.echo(
+            ("would prune" if dry_run else "pruned") + f" {counts['attempts']} attempts, {counts['events']} "
+            f"events, {counts['resources']} deleted resources of {counts['deployments']} deployments"
+        )
 
 
 @cli.command()
@@ -393,9 +456,13 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
     client = _client(ctx, progress=True)
     plan = client.delete_plan(name)
     live = f"live deployment {plan['live_deployment_id']}" if plan["live_deployment_id"] else "no live deployment"
-    _confirm(f"This stops endpoint {name} ({plan['target']}, {live}) and marks it deleted; it releases "
-             + (", ".join(plan["releases"]) if plan["releases"] else "nothing it still runs")
-             + ". Its history stays.", yes, command="delete")
+    _confirm(
+        f"This stops endpoint {name} ({plan['target']}, {live}) and marks it deleted; it releases "
+        + (", ".join(plan["releases"]) if plan["releases"] else "nothing it still runs")
+        + ". Its history stays.",
+        yes,
+        command="delete",
+    )
     released = client.delete(name)
     click.echo(f"endpoint {name} deleted" + (f"; released {', '.join(released)}" if released else ""))
 
@@ -406,22 +473,34 @@ def _env_manager(_ctx: click.Context, _param: click.Parameter, value: str) -> st
     from .errors import ConfigError
 
     if value == "conda":
-        raise ConfigError("--env-manager conda is not supported: orchestrate builds virtualenvs from the model's "
-                          "python_env.yaml and requirements.txt",
-                          hint="use --env-manager virtualenv (or uv), or local for this Python")
+        raise ConfigError(
+            "--env-manager conda is not supported: orchestrate builds virtualenvs from the model's "
+            "python_env.yaml and requirements.txt",
+            hint="use --env-manager virtualenv (or uv), or local for this Python",
+        )
     return "virtualenv" if value == "uv" else value
 
 
 env_manager_option = click.option(
-    "--env-manager", type=click.Choice(["virtualenv", "uv", "local", "conda"]), default="virtualenv",
-    show_default=True, callback=_env_manager,
-    help="Run the model in its own cached virtualenv (virtualenv or uv: the same), or in this Python (local).")
+    "--env-manager",
+    type=click.Choice(["virtualenv", "uv", "local", "conda"]),
+    default="virtualenv",
+    show_default=True,
+    callback=_env_manager,
+    help="Run the model in its own cached virtualenv (virtualenv or uv: the same), or in this Python (local).",
+)
 override_option = click.option(
-    "-r", "--pip-requirements-override", "pip_override", metavar="'PKG==X,PKG2'",
-    help="Requirements that replace or add to the model's for this run (the model is unchanged).")
+    "-r",
+    "--pip-requirements-override",
+    "pip_override",
+    metavar="'PKG==X,PKG2'",
+    help="Requirements that replace or add to the model's for this run (the model is unchanged).",
+)
 install_mlflow_option = click.option(
-    "--install-mlflow", is_flag=True,
-    help="Install MLflow (mlflow-skinny) into the model's environment too (as `mlflow models` does).")
+    "--install-mlflow",
+    is_flag=True,
+    help="Install MLflow (mlflow-skinny) into the model's environment too (as `mlflow models` does).",
+)
 no_conda_option = click.option("--no-conda", is_flag=True, help="MLflow's old spelling of --env-manager local.")
 _OPTED_IN = "orchestrate.requirements_opt_in"
 
@@ -433,11 +512,18 @@ def _remember_opt_in(ctx: click.Context, param: click.Parameter, value: bool) ->
 
 def requirements_trust_options(command: Any) -> Any:
     """The opt-ins for requirements that are refused by default (deploy's -C keys of the same names)."""
-    for key, what in (("allow_direct_references", "local paths, file: and VCS/URL requirements (setup code runs)"),
-                      ("allow_index_options", "-i/--index-url/--extra-index-url/--find-links lines")):
-        command = click.option(f"--{key.replace('_', '-')}", key, is_flag=True, expose_value=False,
-                               callback=_remember_opt_in,
-                               help=f"Trust the model's requirements with {what}.")(command)
+    for key, what in (
+        ("allow_direct_references", "local paths, file: and VCS/URL requirements (setup code runs)"),
+        ("allow_index_options", "-i/--index-url/--extra-index-url/--find-links lines"),
+    ):
+        command = click.option(
+            f"--{key.replace('_', '-')}",
+            key,
+            is_flag=True,
+            expose_value=False,
+            callback=_remember_opt_in,
+            help=f"Trust the model's requirements with {what}.",
+        )(command)
     return command
 
 
@@ -465,8 +551,10 @@ def _check_output_path(path: Path) -> None:
         raise ConfigError(f"-o {path} is a directory", hint="give a file name, e.g. -o predictions.json")
     parent = path.parent
     if not parent.is_dir():
-        raise ConfigError(f"-o {path}: directory {parent} does not exist",
-                          hint=f"create it first (mkdir -p {parent}) or write elsewhere")
+        raise ConfigError(
+            f"-o {path}: directory {parent} does not exist",
+            hint=f"create it first (mkdir -p {parent}) or write elsewhere",
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"-o {path}: directory {parent} is not writable by you", hint="write elsewhere")
 
@@ -474,11 +562,22 @@ def _check_output_path(path: Path) -> None:
 @cli.command()
 @click.argument("ref", metavar="NAME|MODEL", required=False)
 @model_uri_option
-@click.option("-i", "--input-path", "input_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-              help="JSON or CSV file to send; - reads standard input.")
-@click.option("-t", "--content-type", "content_type", type=click.Choice(["json", "csv"]), default=None,
-              help="Input format (default: from the file extension).")
+@click.option(
+    "-i",
+    "--input-path",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="JSON or CSV file to send; - reads standard input.",
+)
+@click.option(
+    "-t",
+    "--content-type",
+    "content_type",
+    type=click.Choice(["json", "csv"]),
+    default=None,
+    help="Input format (default: from the file extension).",
+)
 @click.option("-o", "--output-path", "output_path", type=click.Path(dir_okay=False), help="Write the answer here.")
 @env_manager_option
 @override_option
@@ -486,9 +585,18 @@ def _check_output_path(path: Path) -> None:
 @no_conda_option
 @requirements_trust_options
 @click.pass_context
-def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_path: str, content_type: str | None,
-            output_path: str | None, env_manager: str, pip_override: str | None, install_mlflow: bool,
-            no_conda: bool) -> None:
+def predict(
+    ctx: click.Context,
+    ref: str | None,
+    model_uri: str | None,
+    input_path: str,
+    content_type: str | None,
+    output_path: str | None,
+    env_manager: str,
+    pip_override: str | None,
+    install_mlflow: bool,
+    no_conda: bool,
+) -> None:
     """Score a JSON or CSV file: with endpoint NAME's live deployment, or offline with MODEL,
     a model directory or URI (-m runs:/…, models:/…; no server; like `mlflow models predict`)."""
     import tempfile
@@ -504,8 +612,12 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
         body = sys.stdin.buffer.read(PREDICT_INPUT_MAX_BYTES + 1)
         if len(body) > PREDICT_INPUT_MAX_BYTES:
             raise ConfigError(f"standard input holds more than {PREDICT_INPUT_MAX_BYTES} bytes")
-        spool = ctx.with_resource(tempfile.NamedTemporaryFile(prefix="orchestrate-input-",  # noqa: SIM115 - closed by the click context
-                                                              suffix=f".{content_type or 'json'}"))
+        spool = ctx.with_resource(
+            tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the click context
+                prefix="orchestrate-input-",
+                suffix=f".{content_type or 'json'}",
+            )
+        )
         spool.write(body)
         spool.flush()
         input_path = spool.name
@@ -515,8 +627,13 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
     if output_path:
         _check_output_path(Path(output_path))
     if is_model_reference(ref):
-        _run_scoring(ref, ["predict", "-i", input_path, "-t", kind, *(["-o", output_path] if output_path else [])],
-                     env_manager, pip_override, replace_process=False)
+        _run_scoring(
+            ref,
+            ["predict", "-i", input_path, "-t", kind, *(["-o", output_path] if output_path else [])],
+            env_manager,
+            pip_override,
+            replace_process=False,
+        )
         return
     target, outputs = _client(ctx).live_target(ref)
     answer = target.invoke(outputs, body, "text/csv" if kind == "csv" else "application/json")
@@ -529,8 +646,10 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
         try:
             Path(output_path).write_text(text)
         except OSError as exc:  # checked before predicting, but a disk can fill or a mode change since
-            raise ConfigError(f"-o {output_path} cannot be written: {exc.strerror}",
-                              hint="the answer is lost; write elsewhere and predict again") from None
+            raise ConfigError(
+                f"-o {output_path} cannot be written: {exc.strerror}",
+                hint="the answer is lost; write elsewhere and predict again",
+            ) from None
     else:
         click.echo(text)
 
@@ -539,34 +658,70 @@ def predict(ctx: click.Context, ref: str | None, model_uri: str | None, input_pa
 @click.argument("model", required=False)
 @model_uri_option
 # The environment variables `mlflow models serve` reads, with its defaults.
-@click.option("-p", "--port", default=5000, show_default=True, type=WholeNumber(1, 65535, what="a port"),
-              envvar="MLFLOW_PORT", show_envvar=True)
+@click.option(
+    "-p",
+    "--port",
+    default=5000,
+    show_default=True,
+    type=WholeNumber(1, 65535, what="a port"),
+    envvar="MLFLOW_PORT",
+    show_envvar=True,
+)
 @click.option("-h", "--host", default="127.0.0.1", show_default=True, envvar="MLFLOW_HOST", show_envvar=True)
-@click.option("-w", "--workers", default=1, show_default=True, type=WholeNumber(1, 64),
-              envvar=["MLFLOW_MODELS_WORKERS", "MLFLOW_WORKERS"], show_envvar=True)
-@click.option("-t", "--timeout", default=60, show_default=True, type=WholeNumber(1, 86400, what="seconds"),
-              envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", show_envvar=True,
-              help="Seconds a request may take (then 504).")
+@click.option(
+    "-w",
+    "--workers",
+    default=1,
+    show_default=True,
+    type=WholeNumber(1, 64),
+    envvar=["MLFLOW_MODELS_WORKERS", "MLFLOW_WORKERS"],
+    show_envvar=True,
+)
+@click.option(
+    "-t",
+    "--timeout",
+    default=60,
+    show_default=True,
+    type=WholeNumber(1, 86400, what="seconds"),
+    envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a request may take (then 504).",
+)
 @env_manager_option
 @override_option
 @install_mlflow_option
 @no_conda_option
 @requirements_trust_options
-def serve(model: str | None, model_uri: str | None, port: int, host: str, workers: int, timeout: int,
-          env_manager: str, pip_override: str | None, install_mlflow: bool, no_conda: bool) -> None:
+def serve(
+    model: str | None,
+    model_uri: str | None,
+    port: int,
+    host: str,
+    workers: int,
+    timeout: int,
+    env_manager: str,
+    pip_override: str | None,
+    install_mlflow: bool,
+    no_conda: bool,
+) -> None:
     """Serve MODEL (a model directory or URI: -m runs:/…, models:/…) in the foreground, like
     `mlflow models serve`; nothing is recorded. Use `orchestrate deploy` for a managed endpoint."""
     from .addresses import check_listen_address
 
     model = _model_argument(model, model_uri)
     check_listen_address(host, port, option="--host")  # at once, not after building the environment
-    _run_scoring(model, ["serve", "--host", host, "--port", str(port), "--workers", str(workers),
-                         "--timeout", str(timeout)],
-                 "local" if no_conda else env_manager, _overrides(pip_override, install_mlflow), replace_process=True)
+    _run_scoring(
+        model,
+        ["serve", "--host", host, "--port", str(port), "--workers", str(workers), "--timeout", str(timeout)],
+        "local" if no_conda else env_manager,
+        _overrides(pip_override, install_mlflow),
+        replace_process=True,
+    )
 
 
-def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_override: str | None,
-                 *, replace_process: bool) -> None:
+def _run_scoring(
+    model: str, arguments: list[str], env_manager: str, pip_override: str | None, *, replace_process: bool
+) -> None:
     import os
     import subprocess
 
@@ -574,9 +729,14 @@ def _run_scoring(model: str, arguments: list[str], env_manager: str, pip_overrid
     from .errors import ConfigError, TargetError
     from .serving import scoring_command
 
-    command, env = scoring_command(model, arguments, env_manager=env_manager,
-                                   overrides=parse_overrides(pip_override),
-                                   log=lambda line: click.echo(line, err=True), policy=_requirements_policy())
+    command, env = scoring_command(
+        model,
+        arguments,
+        env_manager=env_manager,
+        overrides=parse_overrides(pip_override),
+        log=lambda line: click.echo(line, err=True),
+        policy=_requirements_policy(),
+    )
     if replace_process:  # the server owns the terminal: Ctrl-C reaches gunicorn directly
         os.execve(command[0], command, env)
     result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
@@ -606,14 +766,18 @@ def targets(as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     for name in sorted(available_targets()):
         plugin = load_target(name)
-        rows.append({
-            "name": name,
-            "description": plugin.description,
-            "skips": sorted(stage.value for stage in plugin.not_applicable),
-            "config": {key: {"type": spec.type.__name__, "default": spec.default, "help": spec.help}
-                       for key, spec in plugin.config_keys.items()},
-            "schema": config_schema(name, plugin.config_keys),
-        })
+        rows.append(
+            {
+                "name": name,
+                "description": plugin.description,
+                "skips": sorted(stage.value for stage in plugin.not_applicable),
+                "config": {
+                    key: {"type": spec.type.__name__, "default": spec.default, "help": spec.help}
+                    for key, spec in plugin.config_keys.items()
+                },
+                "schema": config_schema(name, plugin.config_keys),
+            }
+        )
     if as_json:
         _print_json(rows)
         return
@@ -621,23 +785,42 @@ def targets(as_json: bool) -> None:
         click.echo(f"{row['name']}: {row['description']}")
         for key, spec in row["config"].items():
             click.echo(f"  {key:<28} {spec['type']:<6} default {spec['default']!r:<12} {spec['help']}")
-    click.echo("every target also accepts: " + ", ".join(k for k in ENGINE_KEYS if "." not in k)
-               + ", max_attempts.<stage>")
+    click.echo(
+        "every target also accepts: " + ", ".join(k for k in ENGINE_KEYS if "." not in k) + ", max_attempts.<stage>"
+    )
 
 
 @cli.command()
-@click.option("--concurrency", default=1, show_default=True, type=WholeNumber(1, 64),
-              help="Deployments this worker runs at once.")
+@click.option(
+    "--concurrency", default=1, show_default=True, type=WholeNumber(1, 64), help="Deployments this worker runs at once."
+)
 @click.option("--targets", "target_names", help="Only these targets (comma-separated).")
 @click.option("--once", is_flag=True, help="Exit when nothing is left to claim.")
-@click.option("--poll-interval", default=1.0, show_default=True, type=Seconds(0.01, 3600),
-              help="Seconds between looks at the queue when idle.")
-@click.option("--lease-ttl", default=30.0, show_default=True, type=Seconds(1, 86400),
-              help="Seconds a lease lasts without a heartbeat.")
+@click.option(
+    "--poll-interval",
+    default=1.0,
+    show_default=True,
+    type=Seconds(0.01, 3600),
+    help="Seconds between looks at the queue when idle.",
+)
+@click.option(
+    "--lease-ttl",
+    default=30.0,
+    show_default=True,
+    type=Seconds(1, 86400),
+    help="Seconds a lease lasts without a heartbeat.",
+)
 @click.option("--name", help="Worker name in leases and logs (default worker@HOST).")
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int, target_names: str | None, once: bool, poll_interval: float,
-           lease_ttl: float, name: str | None) -> None:
+def worker(
+    ctx: click.Context,
+    concurrency: int,
+    target_names: str | None,
+    once: bool,
+    poll_interval: float,
+    lease_ttl: float,
+    name: str | None,
+) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
     from .target_contract import available_targets
     from .worker import Worker
@@ -648,9 +831,18 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
         if unknown or not only:
             raise click.BadParameter(
                 f"unknown target(s) {', '.join(map(repr, unknown))}" if unknown else "no target named",
-                param_hint="--targets", ctx=ctx) from None
-    runner = Worker(ctx.obj.get("db_url"), concurrency=concurrency, targets=only,
-                    poll_interval_s=poll_interval, once=once, lease_ttl_s=lease_ttl, name=name)
+                param_hint="--targets",
+                ctx=ctx,
+            ) from None
+    runner = Worker(
+        ctx.obj.get("db_url"),
+        concurrency=concurrency,
+        targets=only,
+        poll_interval_s=poll_interval,
+        once=once,
+        lease_ttl_s=lease_ttl,
+        name=name,
+    )
     runner.install_signal_handlers()
     ctx.exit(runner.run())
 
@@ -658,23 +850,52 @@ def worker(ctx: click.Context, concurrency: int, target_names: str | None, once:
 @cli.command()
 @click.argument("model", required=False)
 @model_uri_option
-@click.option("-t", "--tag", "image", required=True, metavar="IMAGE[:TAG]",
-              help="Image name, with the registry for --push (127.0.0.1:5000/team/churn). It is always tagged "
-                   "with its content tag; a TAG given here is added.")
+@click.option(
+    "-t",
+    "--tag",
+    "image",
+    required=True,
+    metavar="IMAGE[:TAG]",
+    help="Image name, with the registry for --push (127.0.0.1:5000/team/churn). It is always tagged "
+    "with its content tag; a TAG given here is added.",
+)
 @click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
-@click.option("--push", "push_image", is_flag=True, help="Push to the registry IMAGE names (skipped if it has the tag).")
-@click.option("--pip-requirements-override", "overrides", metavar="REQS",
-              help="Comma-separated requirements that replace or add to the model's.")
-@click.option("--user", default="orchestrate", show_default=True,
-              help="User the container runs as; 'root' for platforms that need it.")
+@click.option(
+    "--push", "push_image", is_flag=True, help="Push to the registry IMAGE names (skipped if it has the tag)."
+)
+@click.option(
+    "--pip-requirements-override",
+    "overrides",
+    metavar="REQS",
+    help="Comma-separated requirements that replace or add to the model's.",
+)
+@click.option(
+    "--user",
+    default="orchestrate",
+    show_default=True,
+    help="User the container runs as; 'root' for platforms that need it.",
+)
 @click.option("--no-cache", is_flag=True, help="Build every step again, ignoring the Docker builder's cache.")
 @requirements_trust_options
-@click.option("--username", envvar="ORCHESTRATE_REGISTRY_USERNAME",
-              help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
-                   "(default: `docker login` credentials).")
+@click.option(
+    "--username",
+    envvar="ORCHESTRATE_REGISTRY_USERNAME",
+    help="Registry user for --push; the password is read from ORCHESTRATE_REGISTRY_PASSWORD "
+    "(default: `docker login` credentials).",
+)
 @json_option
-def build(model: str | None, model_uri: str | None, image: str, base_image: str | None, push_image: bool,
-          overrides: str | None, user: str, no_cache: bool, username: str | None, as_json: bool) -> None:
+def build(
+    model: str | None,
+    model_uri: str | None,
+    image: str,
+    base_image: str | None,
+    push_image: bool,
+    overrides: str | None,
+    user: str,
+    no_cache: bool,
+    username: str | None,
+    as_json: bool,
+) -> None:
     """Build the scoring-container image of MODEL (a directory or URI) with the local Docker
     engine (and push it)."""
     model = _model_argument(model, model_uri)
@@ -682,9 +903,17 @@ def build(model: str | None, model_uri: str | None, image: str, base_image: str 
     from .store import orchestrate_home
 
     result = images.build_command(
-        model, image, home=orchestrate_home(), base_image=base_image, push_image=push_image, overrides=overrides,
-        user=user, credentials=images.credentials_from_environment(username), log=lambda line: click.echo(line, err=True),
-        no_cache=no_cache, policy=_requirements_policy(),
+        model,
+        image,
+        home=orchestrate_home(),
+        base_image=base_image,
+        push_image=push_image,
+        overrides=overrides,
+        user=user,
+        credentials=images.credentials_from_environment(username),
+        log=lambda line: click.echo(line, err=True),
+        no_cache=no_cache,
+        policy=_requirements_policy(),
     )
     if as_json:
         _print_json(result)
@@ -697,24 +926,41 @@ def build(model: str | None, model_uri: str | None, image: str, base_image: str 
 @cli.command("generate-dockerfile")
 @click.argument("model", required=False)
 @model_uri_option
-@click.option("-d", "--directory", required=True, type=click.Path(file_okay=False),
-              help="Directory to write the Dockerfile and build context to (new or empty).")
+@click.option(
+    "-d",
+    "--directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory to write the Dockerfile and build context to (new or empty).",
+)
 @click.option("--base-image", help="Base image (default: python:X.Y-slim for the model's python_env.yaml).")
-@click.option("--pip-requirements-override", "overrides", metavar="REQS",
-              help="Comma-separated requirements that replace or add to the model's.")
+@click.option(
+    "--pip-requirements-override",
+    "overrides",
+    metavar="REQS",
+    help="Comma-separated requirements that replace or add to the model's.",
+)
 @click.option("--user", default="orchestrate", show_default=True, help="User the container runs as.")
 @requirements_trust_options
-def generate_dockerfile(model: str | None, model_uri: str | None, directory: str, base_image: str | None,
-                        overrides: str | None, user: str) -> None:
+def generate_dockerfile(
+    model: str | None, model_uri: str | None, directory: str, base_image: str | None, overrides: str | None, user: str
+) -> None:
     """Write the Dockerfile and build context of MODEL's image (a directory or URI), for
     `docker build DIR`."""
     model = _model_argument(model, model_uri)
     from . import images
     from .store import orchestrate_home
 
-    path = images.generate_command(model, Path(directory), home=orchestrate_home(), base_image=base_image,
-                                   overrides=overrides, user=user, log=lambda line: click.echo(line, err=True),
-                                   policy=_requirements_policy())
+    path = images.generate_command(
+        model,
+        Path(directory),
+        home=orchestrate_home(),
+        base_image=base_image,
+        overrides=overrides,
+        user=user,
+        log=lambda line: click.echo(line, err=True),
+        policy=_requirements_policy(),
+    )
     click.echo(path)
 
 
@@ -744,8 +990,9 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 
 
 @db.command("downgrade")
-@click.option("--revision", required=True,
-              help="Revision to go back to (see `orchestrate db current`); `base` drops every table.")
+@click.option(
+    "--revision", required=True, help="Revision to go back to (see `orchestrate db current`); `base` drops every table."
+)
 @yes_option
 @click.pass_context
 def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
@@ -766,11 +1013,16 @@ def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
         with store.engine.connect() as connection:
             tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
             counts = {t: connection.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
-        lines.append("and DROPS every table with its rows: "
-                     + ", ".join(f"{table} ({count} rows)" for table, count in sorted(counts.items())))
+        lines.append(
+            "and DROPS every table with its rows: "
+            + ", ".join(f"{table} ({count} rows)" for table, count in sorted(counts.items()))
+        )
     sqlite = store.engine.url.get_backend_name() == "sqlite"
-    lines.append("A backup of the SQLite file is written first." if sqlite
-                 else "orchestrate cannot back PostgreSQL up: take a pg_dump first.")
+    lines.append(
+        "A backup of the SQLite file is written first."
+        if sqlite
+        else "orchestrate cannot back PostgreSQL up: take a pg_dump first."
+    )
     _confirm("\n".join(lines), yes, command="db downgrade")
     if sqlite:
         click.echo(f"backed up the state store to {migrate.backup_sqlite(store.engine)}", err=True)

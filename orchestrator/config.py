@@ -37,22 +37,23 @@ class ConfigKey:
                 hint=f"{key}: {self.help}",
             )
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(
-                f"config key {key!r} ({where}) must be one of {', '.join(self.choices)}; got {value!r}"
-            )
+            raise ConfigError(f"config key {key!r} ({where}) must be one of {', '.join(self.choices)}; got {value!r}")
         if self.type in (int, float):
             maximum = self.maximum if self.maximum is not None else _NUMBER_MAXIMUM[self.type]
             if (self.minimum is not None and value < self.minimum) or value > maximum:
                 low = "" if self.minimum is None else f"at least {self.minimum:g} and "
-                raise ConfigError(f"config key {key!r} ({where}) must be {low}at most {maximum:g}; got {value!r}",
-                                  hint=f"{key}: {self.help}")
+                raise ConfigError(
+                    f"config key {key!r} ({where}) must be {low}at most {maximum:g}; got {value!r}",
+                    hint=f"{key}: {self.help}",
+                )
         return value
 
     def json_schema(self) -> dict[str, Any]:
         """This key as JSON Schema (draft 2020-12): what `-C`, --config files and
         `orchestrate targets --json` agree on. Text keys also take env:/file: references."""
-        kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object",
-                list: "array"}[self.type]
+        kind = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}[
+            self.type
+        ]
         schema: dict[str, Any] = {"type": kind, "description": self.help}
         if self.default is not None:
             schema["default"] = self.default
@@ -62,8 +63,11 @@ class ConfigKey:
             schema["minimum"] = self.minimum if self.minimum is not None else -_NUMBER_MAXIMUM[self.type]
             schema["maximum"] = self.maximum if self.maximum is not None else _NUMBER_MAXIMUM[self.type]
         if self.type is dict:  # a YAML mapping, or k=v,k2=v2 on the command line
-            schema = {"type": ["object", "string"], "additionalProperties": {"type": "string"},
-                      "description": self.help}
+            schema = {
+                "type": ["object", "string"],
+                "additionalProperties": {"type": "string"},
+                "description": self.help,
+            }
         if self.type is list:  # a YAML list, or comma-separated text on the command line
             schema = {"type": ["array", "string"], "items": {"type": "string"}, "description": self.help}
         return schema
@@ -127,25 +131,35 @@ def _coerce(kind: type, raw: Any) -> Any:
 
 # Keys every target accepts: how the runner retries and waits.
 ENGINE_KEYS: dict[str, ConfigKey] = {
-    "max_attempts": ConfigKey(int, 3, "attempts per stage before a transient fault fails it", minimum=1,
-                              maximum=100),
-    "retry_initial_s": ConfigKey(float, 1.0, "first backoff between attempts, seconds", minimum=0,
-                                 maximum=3600),
-    "retry_max_s": ConfigKey(float, 30.0, "longest backoff between attempts, seconds", minimum=0,
-                             maximum=3600),
-    "startup_timeout": ConfigKey(float, 120.0, "seconds the server has to answer /ping", minimum=1,
-                                 maximum=86400),
-    "keep_failed": ConfigKey(bool, False, "keep what a failed deployment created, for inspection and "
-                                          "resume (deploy --keep-failed); cancel releases it"),
-    "registry_tags": ConfigKey(bool, False, "tag the MLflow model version with where it serves (endpoint, "
-                                            "target, deployment, URL) while it does"),
-    "allow_index_options": ConfigKey(bool, False, "let the model's requirements.txt choose the package index "
-                                                  "(-i, --index-url, --extra-index-url, --find-links)"),
-    "allow_direct_references": ConfigKey(bool, False, "let the model's requirements.txt install local paths, "
-                                                      "file: and VCS/URL requirements (their setup code runs here)"),
+    "max_attempts": ConfigKey(int, 3, "attempts per stage before a transient fault fails it", minimum=1, maximum=100),
+    "retry_initial_s": ConfigKey(float, 1.0, "first backoff between attempts, seconds", minimum=0, maximum=3600),
+    "retry_max_s": ConfigKey(float, 30.0, "longest backoff between attempts, seconds", minimum=0, maximum=3600),
+    "startup_timeout": ConfigKey(float, 120.0, "seconds the server has to answer /ping", minimum=1, maximum=86400),
+    "keep_failed": ConfigKey(
+        bool,
+        False,
+        "keep what a failed deployment created, for inspection and resume (deploy --keep-failed); cancel releases it",
+    ),
+    "registry_tags": ConfigKey(
+        bool,
+        False,
+        "tag the MLflow model version with where it serves (endpoint, target, deployment, URL) while it does",
+    ),
+    "allow_index_options": ConfigKey(
+        bool,
+        False,
+        "let the model's requirements.txt choose the package index (-i, --index-url, --extra-index-url, --find-links)",
+    ),
+    "allow_direct_references": ConfigKey(
+        bool,
+        False,
+        "let the model's requirements.txt install local paths, "
+        "file: and VCS/URL requirements (their setup code runs here)",
+    ),
     **{
-        f"max_attempts.{stage.value}": ConfigKey(int, None, f"attempts for the {stage.value} stage",
-                                                 minimum=1, maximum=100)
+        f"max_attempts.{stage.value}": ConfigKey(
+            int, None, f"attempts for the {stage.value} stage", minimum=1, maximum=100
+        )
         for stage in STAGES
     },
 }
@@ -206,8 +220,10 @@ def resolve(
                 )
             if secret_values.is_reference(raw):
                 if keys[key].type is not str:
-                    raise ConfigError(f"config key {key!r} ({where}) is a {keys[key].type.__name__}; "
-                                      "only text keys take env:/file: references")
+                    raise ConfigError(
+                        f"config key {key!r} ({where}) is a {keys[key].type.__name__}; "
+                        "only text keys take env:/file: references"
+                    )
                 resolved[key] = raw
                 continue
             if keys[key].type is dict:
@@ -241,12 +257,15 @@ def _refuse_plain_secret(key: str, raw: Any, where: str, *, entry: str | None = 
     if found:
         variable = f"MY_{(entry or key).upper().replace('.', '_')}"
         example = f"-C {key}={entry}=env:{variable}" if entry else f"-C {key}=env:{variable}"
-        login = " (a registry login goes in registry_username and registry_password_env)" \
-            if "@" in text and not entry else ""
+        login = (
+            " (a registry login goes in registry_username and registry_password_env)"
+            if "@" in text and not entry
+            else ""
+        )
         raise ConfigError(
             f"config key {name!r} ({where}) holds {found}",
             hint=f"give the value as env:NAME or file:PATH (e.g. {example}), so it is read when a stage runs "
-                 f"and never stored{login}",
+            f"and never stored{login}",
         )
 
 
@@ -258,17 +277,22 @@ def _parse_mapping(key: str, raw: Any, where: str) -> dict[str, Any] | None:
     if isinstance(raw, str):
         pairs = [item.partition("=") for item in raw.split(",") if item.strip()]
         if not all(sep and name.strip() for name, sep, _value in pairs):
-            raise ConfigError(f"config key {key!r} ({where}) must be a mapping (in the config file) or "
-                              "k=v,k2=v2", hint=f"e.g. -C {key}=MODEL_THREADS=2,LOG_LEVEL=info")
+            raise ConfigError(
+                f"config key {key!r} ({where}) must be a mapping (in the config file) or k=v,k2=v2",
+                hint=f"e.g. -C {key}=MODEL_THREADS=2,LOG_LEVEL=info",
+            )
         raw = {name.strip(): value for name, _sep, value in pairs}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config key {key!r} ({where}) must be a mapping (in the config file) or k=v,k2=v2; "
-                          f"got {type(raw).__name__}")
+        raise ConfigError(
+            f"config key {key!r} ({where}) must be a mapping (in the config file) or k=v,k2=v2; "
+            f"got {type(raw).__name__}"
+        )
     mapping: dict[str, Any] = {}
     for name, value in raw.items():
         if isinstance(value, (Mapping, list)):
-            raise ConfigError(f"config key {key!r} ({where}): {name!r} must be a single value, "
-                              f"not a {type(value).__name__}")
+            raise ConfigError(
+                f"config key {key!r} ({where}): {name!r} must be a single value, not a {type(value).__name__}"
+            )
         _refuse_plain_secret(key, value, where, entry=str(name))
         mapping[str(name)] = value if isinstance(value, str) else str(value)
     return mapping
@@ -293,6 +317,8 @@ def parse_duration(text: str) -> dt.timedelta:
         raise ConfigError(f"{text!r} is not a duration", hint="write a number and a unit: 45s, 30m, 12h, 90d, 2w")
     seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
     if seconds > MAX_DURATION.total_seconds():
-        raise ConfigError(f"duration {text.strip()!r} is longer than {MAX_DURATION.days} days",
-                          hint=f"give at most {MAX_DURATION.days}d")
+        raise ConfigError(
+            f"duration {text.strip()!r} is longer than {MAX_DURATION.days} days",
+            hint=f"give at most {MAX_DURATION.days}d",
+        )
     return dt.timedelta(seconds=seconds)

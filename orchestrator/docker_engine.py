@@ -83,8 +83,7 @@ def translate(exc: BaseException, doing: str, hint: str | None = None) -> Target
         elif status == 429:
             kind, meaning = RetryableTargetError, "throttled"
     if type(exc).__name__ in ("ConnectionError", "DockerException") and _unreachable(detail):
-        return PermanentTargetError(f"no Docker engine answers at {engine_address()} while {doing}",
-                                    hint=START_HINT)
+        return PermanentTargetError(f"no Docker engine answers at {engine_address()} while {doing}", hint=START_HINT)
     return kind(f"{doing}: {meaning}: {detail}", hint=hint)
 
 
@@ -94,8 +93,13 @@ def _explanation(exc: BaseException) -> str:
 
 
 def _unreachable(detail: str) -> bool:
-    markers = ("Connection aborted", "Connection refused", "No such file or directory",
-               "Error while fetching server API version", "Max retries exceeded")
+    markers = (
+        "Connection aborted",
+        "Connection refused",
+        "No such file or directory",
+        "Error while fetching server API version",
+        "Max retries exceeded",
+    )
     return any(marker in detail for marker in markers)
 
 
@@ -116,8 +120,7 @@ def connect(timeout: float = 120.0) -> docker.DockerClient:
     try:
         import docker
     except ImportError:
-        raise ConfigError("the Docker SDK is not installed",
-                          hint="pip install 'orchestrate[docker]'") from None
+        raise ConfigError("the Docker SDK is not installed", hint="pip install 'orchestrate[docker]'") from None
     with translated("connecting to the Docker engine"):
         client = docker.from_env(timeout=int(timeout))
         client.ping()

@@ -85,7 +85,7 @@ ENV PATH={venv}/bin:$PATH \\
 
 # uv installs a wheelhouse several times faster than pip (parallel unpacking and compiling).
 _UV_INSTALL = (
-    "python3 -c \"import sys, zipfile; w = zipfile.ZipFile(sys.argv[1]); "
+    'python3 -c "import sys, zipfile; w = zipfile.ZipFile(sys.argv[1]); '
     "n = [m for m in w.namelist() if m.endswith('/scripts/uv')][0]; "
     "open('/tmp/orchestrate/uv', 'wb').write(w.read(n))\" /tmp/orchestrate/wheelhouse/{wheel} \\\n"
     " && chmod +x /tmp/orchestrate/uv \\\n"
@@ -175,21 +175,36 @@ class Template:
     def dependencies(self) -> str:
         """The first half: base image to finished venv."""
         if not self.installer_wheel:
-            return (_FROM_BASE.format(base_image=self.base_image, stage="")
-                    + f"COPY venv {VENV}\n" + self._finish_host_venv())
+            return (
+                _FROM_BASE.format(base_image=self.base_image, stage="")
+                + f"COPY venv {VENV}\n"
+                + self._finish_host_venv()
+            )
         offline = self.offline
-        note = ("Offline: every requirement is in the wheelhouse." if offline else
-                "Some requirement has no wheel for this platform: install from the index (host pip config).") \
-            + " The installer runs from its wheel and never lands in the venv."
+        note = (
+            "Offline: every requirement is in the wheelhouse."
+            if offline
+            else "Some requirement has no wheel for this platform: install from the index (host pip config)."
+        ) + " The installer runs from its wheel and never lands in the venv."
         if self.installer_wheel.startswith("uv-") and offline:
             install = _UV_INSTALL.format(wheel=self.installer_wheel, venv=VENV)
         else:
             install = _PIP_INSTALL.format(
-                wheel=self.installer_wheel, venv=VENV, index_options="--no-index" if offline else "",
-                pip_env="" if offline else
-                "PIP_CONFIG_FILE=/tmp/orchestrate/build/pip.conf PIP_CERT=/tmp/orchestrate/build/ca.crt ")
-        stage = _INSTALL_STAGE.format(install_note=note, venv=VENV, install=install, strip=_STRIP,
-                                      warm_imports=self._warm_imports(), user_step=self._user_step("RUN ", "\n"))
+                wheel=self.installer_wheel,
+                venv=VENV,
+                index_options="--no-index" if offline else "",
+                pip_env=""
+                if offline
+                else "PIP_CONFIG_FILE=/tmp/orchestrate/build/pip.conf PIP_CERT=/tmp/orchestrate/build/ca.crt ",
+            )
+        stage = _INSTALL_STAGE.format(
+            install_note=note,
+            venv=VENV,
+            install=install,
+            strip=_STRIP,
+            warm_imports=self._warm_imports(),
+            user_step=self._user_step("RUN ", "\n"),
+        )
         return _FROM_BASE.format(base_image=self.base_image, stage=" AS requirements") + stage + self._environment()
 
     def finish_loaded_venv(self, parent: str) -> str:
@@ -197,14 +212,20 @@ class Template:
         return f"FROM {parent}\n" + self._finish_host_venv()
 
     def _finish_host_venv(self) -> str:
-        return _FINISH_HOST_VENV.format(user_step=self._user_step("", " \\\n && "), venv=VENV,
-                                        warm_imports=self._warm_imports()) + self._environment()
+        return (
+            _FINISH_HOST_VENV.format(
+                user_step=self._user_step("", " \\\n && "), venv=VENV, warm_imports=self._warm_imports()
+            )
+            + self._environment()
+        )
 
     def _user_step(self, before: str, after: str) -> str:
         if self.user == "root":
             return ""
-        return (f"{before}useradd --system --uid {USER_ID} --user-group --no-create-home --home-dir /nonexistent "
-                f"--shell /usr/sbin/nologin {USER_NAME}{after}")
+        return (
+            f"{before}useradd --system --uid {USER_ID} --user-group --no-create-home --home-dir /nonexistent "
+            f"--shell /usr/sbin/nologin {USER_NAME}{after}"
+        )
 
     def _warm_imports(self) -> str:
         return _WARM_IMPORTS.format(venv=VENV, warm_imports=" ".join(self.warm_imports))
@@ -217,20 +238,29 @@ class Template:
         head = f"FROM {parent}\n" if parent else ""
         label_text = " \\\n      ".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
         return head + _APPLICATION.format(
-            server_dir=SERVER_DIR, model_dir=MODEL_DIR, labels=label_text, port=PORT,
+            server_dir=SERVER_DIR,
+            model_dir=MODEL_DIR,
+            labels=label_text,
+            port=PORT,
             user_line="" if self.user == "root" else f"USER {USER_ID}:{USER_ID}\n",
         )
 
     def single(self, labels: Mapping[str, str]) -> str:
         """Both halves as one Dockerfile (`orchestrate generate-dockerfile`)."""
-        return ("# Generated by `orchestrate generate-dockerfile`. Build it from this directory:\n"
-                "#   docker build -t IMAGE .\n" + self.dependencies() + "\n" + self.application(labels, parent=None))
+        return (
+            "# Generated by `orchestrate generate-dockerfile`. Build it from this directory:\n"
+            "#   docker build -t IMAGE .\n" + self.dependencies() + "\n" + self.application(labels, parent=None)
+        )
 
 
 def write_server_files(context: Path, server_source: Path) -> None:
     """The scoring package (without byte code) and the `serve` and `healthcheck` scripts."""
-    shutil.copytree(server_source, context / "server" / "scoring",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    shutil.copytree(
+        server_source,
+        context / "server" / "scoring",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        dirs_exist_ok=True,
+    )
     bin_dir = context / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("serve", SERVE_SCRIPT), ("healthcheck", HEALTHCHECK_SCRIPT)):
@@ -248,8 +278,9 @@ def write_model_files(context: Path, model_dir: Path) -> None:
 
     destination = context / "model"
     files = mlmodel.model_files(model_dir)
-    directories = {destination.joinpath(*parent.parts) for file in files
-                   for parent in PurePosixPath(file.relative).parents}
+    directories = {
+        destination.joinpath(*parent.parts) for file in files for parent in PurePosixPath(file.relative).parents
+    }
     for directory in sorted(directories, key=lambda path: len(path.parts)):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)

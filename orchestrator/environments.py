@@ -24,8 +24,15 @@ from . import requirements as model_requirements
 from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 from .requirements import apply_overrides, parse_overrides, requirement_name
 
-__all__ = ["Environment", "apply_overrides", "ensure_environment", "find_python", "model_environment",
-           "parse_overrides", "requirement_name"]
+__all__ = [
+    "Environment",
+    "apply_overrides",
+    "ensure_environment",
+    "find_python",
+    "model_environment",
+    "parse_overrides",
+    "requirement_name",
+]
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,14 @@ def _interpreter_candidates(wanted: str, exact: str) -> Iterable[str]:
         yield on_path
     uv = find_uv()
     if uv:
-        found = subprocess.run([uv, "python", "find", "--managed-python", wanted], capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, check=False, timeout=60)
+        found = subprocess.run(
+            [uv, "python", "find", "--managed-python", wanted],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            timeout=60,
+        )
         if found.returncode == 0 and found.stdout.strip():
             yield found.stdout.strip()
 
@@ -91,8 +104,14 @@ def _version_key(text: str) -> tuple[int, ...]:
 
 def _reports_version(python: str, wanted: str) -> bool:
     try:
-        result = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30, check=False)
+        result = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and result.stdout.strip() == wanted
@@ -112,8 +131,9 @@ def find_uv() -> str | None:
 
 
 def environment_key(python: str, requirements: Sequence[str]) -> str:
-    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     document = json.dumps({"python": version, "requirements": sorted(requirements)})
     return hashlib.sha256(document.encode()).hexdigest()[:20]
 
@@ -198,20 +218,45 @@ def ensure_environment(
                 # uv, unlike pip, leaves bytecode uncompiled; then every server start compiles
                 # sklearn, pandas and mlflow again when .pyc files cannot be written (read-only
                 # env, PYTHONDONTWRITEBYTECODE), seconds of the health check each time.
-                _run([uv, "pip", "install", "--compile-bytecode", "--python", str(path / "bin" / "python"),
-                      "-r", str(requirements_file)], log_file, group_file)
+                _run(
+                    [
+                        uv,
+                        "pip",
+                        "install",
+                        "--compile-bytecode",
+                        "--python",
+                        str(path / "bin" / "python"),
+                        "-r",
+                        str(requirements_file),
+                    ],
+                    log_file,
+                    group_file,
+                )
             else:
                 _run([python, "-m", "venv", str(path)], log_file, group_file)
-                _run([str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                      "--no-input", "-r", str(requirements_file)], log_file, group_file)
+                _run(
+                    [
+                        str(path / "bin" / "python"),
+                        "-m",
+                        "pip",
+                        "install",
+                        "--disable-pip-version-check",
+                        "--no-input",
+                        "-r",
+                        str(requirements_file),
+                    ],
+                    log_file,
+                    group_file,
+                )
             check_imports(path / "bin" / "python", imports, model_dir=model_dir, log_file=log_file)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
         finally:
             requirements_file.unlink(missing_ok=True)
-        marker.write_text(json.dumps({"installer": used, "requirements": list(requirements),
-                                      "checked_imports": sorted(set(imports))}))
+        marker.write_text(
+            json.dumps({"installer": used, "requirements": list(requirements), "checked_imports": sorted(set(imports))})
+        )
         return Environment(path, key, False, used, tuple(requirements))
 
 
@@ -243,12 +288,20 @@ def check_imports(python: Path | str, modules: Sequence[str], *, model_dir: Path
     if code_paths:
         environment["PYTHONPATH"] = os.pathsep.join(code_paths)
     try:
-        result = subprocess.run(import_check_command(str(python), modules), capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, env=environment, cwd=str(model_dir or "/"),
-                                timeout=600, check=False)
+        result = subprocess.run(
+            import_check_command(str(python), modules),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            cwd=str(model_dir or "/"),
+            timeout=600,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise PermanentTargetError(f"importing {', '.join(modules)} in the model's environment took over 600 s",
-                                   hint=f"full log: {log_file}") from None
+        raise PermanentTargetError(
+            f"importing {', '.join(modules)} in the model's environment took over 600 s", hint=f"full log: {log_file}"
+        ) from None
     raise_for_import_failures(result.stdout, result.stderr, "the model's environment", log_file)
 
 
@@ -264,8 +317,9 @@ def raise_for_import_failures(stdout: str, stderr: str, where: str, log_file: Pa
     try:
         failed: dict[str, dict[str, str | None]] = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise PermanentTargetError(f"the import check could not run in {where}: {stderr.strip()[-500:]}",
-                                   hint=f"full log: {log_file}") from None
+        raise PermanentTargetError(
+            f"the import check could not run in {where}: {stderr.strip()[-500:]}", hint=f"full log: {log_file}"
+        ) from None
     if not failed:
         return
     missing = list(dict.fromkeys(str(f["missing"]) for f in failed.values() if f["missing"]))
@@ -275,7 +329,7 @@ def raise_for_import_failures(stdout: str, stderr: str, where: str, log_file: Pa
         raise PermanentTargetError(
             f"{where} has no Python module {', '.join(repr(m) for m in missing)} (needed to import {needed_by})",
             hint=f"add it with --pip-requirements-override '{packages}' (-C pip_requirements_override='{packages}' "
-                 f"on deploy), then to the model's requirements.txt (full log: {log_file})",
+            f"on deploy), then to the model's requirements.txt (full log: {log_file})",
         )
     name, failure = next(iter(failed.items()))
     raise PermanentTargetError(
@@ -327,8 +381,11 @@ def serving_imports(model_dir: Path, requirements: Sequence[str]) -> tuple[str, 
     conf = _pyfunc_conf(model_dir)
     loader = str(conf.get("loader_module") or "")
     names = {model_requirements.requirement_name(r) for r in requirements if not r.startswith("-")}
-    imports = [m for m in scoring.serving_imports(loader) if m not in ("skops.io", "cloudpickle", "sklearn",
-                                                                        "mlflow.pyfunc", loader)]
+    imports = [
+        m
+        for m in scoring.serving_imports(loader)
+        if m not in ("skops.io", "cloudpickle", "sklearn", "mlflow.pyfunc", loader)
+    ]
     if loader == "mlflow.sklearn":
         flavor = (conf.get("_flavors") or {}).get("sklearn") or {}
         fmt = flavor.get("serialization_format", "pickle")
@@ -366,8 +423,8 @@ def model_environment(
     if warning:
         log(f"warning: {warning}")
     plan = model_requirements.serving_requirements(
-        requirements, overrides, server_requirements=scoring.SERVER_REQUIREMENTS,
-        cache_dir=metadata_cache(home))
+        requirements, overrides, server_requirements=scoring.SERVER_REQUIREMENTS, cache_dir=metadata_cache(home)
+    )
     for note in plan.notes:
         log(note)
 
@@ -376,17 +433,27 @@ def model_environment(
         if before_build is not None:
             before_build(environment_key(interpreter, full), full)
         imports = serving_imports(model_dir, full) if model_dir is not None else ()
-        return ensure_environment(home=home, python=interpreter, requirements=full, installer=installer,
-                                  log=log, log_file=log_file, model_dir=model_dir, overrides=overrides,
-                                  imports=imports)
+        return ensure_environment(
+            home=home,
+            python=interpreter,
+            requirements=full,
+            installer=installer,
+            log=log,
+            log_file=log_file,
+            model_dir=model_dir,
+            overrides=overrides,
+            imports=imports,
+        )
 
     try:
         return ensure(plan.requirements)
     except PermanentTargetError as exc:
         if plan.fallback is None:
             raise
-        log(f"the mlflow-skinny environment did not work for this model ({exc.message.splitlines()[0]}); "
-            "falling back to the full mlflow package")
+        log(
+            f"the mlflow-skinny environment did not work for this model ({exc.message.splitlines()[0]}); "
+            "falling back to the full mlflow package"
+        )
         return ensure(plan.fallback)
 
 
@@ -398,12 +465,16 @@ def metadata_cache(home: Path) -> Path:
 _MISSING_PATTERNS = (
     re.compile(r"No matching distribution found for ([^\s]+)"),
     re.compile(r"Because ([A-Za-z0-9._-]+)(?:[<>=!~][^\s]*)? was not found in the package registry"),
-    re.compile(r"No solution found when resolving dependencies:.*?\b([A-Za-z0-9._-]+)(?:[<>=!~]=?[^\s]*)? was not found",
-               re.DOTALL),
+    re.compile(
+        r"No solution found when resolving dependencies:.*?\b([A-Za-z0-9._-]+)(?:[<>=!~]=?[^\s]*)? was not found",
+        re.DOTALL,
+    ),
 )
 _TRANSIENT_PATTERNS = re.compile(
     r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
-    r"HTTP status code: 5\d\d|Failed to download)", re.IGNORECASE)
+    r"HTTP status code: 5\d\d|Failed to download)",
+    re.IGNORECASE,
+)
 
 
 def _die_with_parent() -> None:
@@ -423,9 +494,16 @@ def _run(command: list[str], log_file: Path, group_file: Path) -> None:
     with log_file.open("a") as handle:
         handle.write("$ " + model_requirements.mask(shlex.join(command)) + "\n")
         handle.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, text=True, errors="replace",
-                                   preexec_fn=_die_with_parent if _LIBC else None)  # noqa: PLW1509 - prctl only
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_parent if _LIBC else None,  # noqa: PLW1509 - prctl only
+        )
         group_file.write_text(str(process.pid))
         try:
             assert process.stdout is not None
@@ -455,8 +533,7 @@ def _run(command: list[str], log_file: Path, group_file: Path) -> None:
             )
     if _TRANSIENT_PATTERNS.search(output):
         raise RetryableTargetError(f"installing the model's requirements failed (network):\n{tail}")
-    raise PermanentTargetError(f"installing the model's requirements failed:\n{tail}",
-                               hint=f"full log: {log_file}")
+    raise PermanentTargetError(f"installing the model's requirements failed:\n{tail}", hint=f"full log: {log_file}")
 
 
 def _kill_group(pgid: int) -> None:

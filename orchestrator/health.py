@@ -14,8 +14,9 @@ from .errors import PermanentTargetError
 from .mlmodel import load_input_example
 
 
-def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
-         timeout: float = 10.0) -> tuple[int, str, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 10.0
+) -> tuple[int, str, bytes]:
     """One HTTP request with the standard library; returns (status, content type, body)."""
     request = urllib.request.Request(url, data=body, method=method)
     if content_type:
@@ -55,8 +56,9 @@ def wait_until_ready(
         delay = min(delay * 1.5, 0.5)
 
 
-def smoke_predict(base_url: str, model_dir: Path, example: str | None,
-                  failure_details: Callable[[], str]) -> dict[str, Any]:
+def smoke_predict(
+    base_url: str, model_dir: Path, example: str | None, failure_details: Callable[[], str]
+) -> dict[str, Any]:
     """Send the model's input example; check the answer has one prediction per input row."""
     if example is None:
         return {"smoke_test": "skipped: the model has no input example"}
@@ -95,7 +97,8 @@ def check_new_server(
 ) -> dict[str, Any]:
     """The health_check stage of a target serving our scoring server: ready, then a smoke
     prediction; the outputs record how long each took."""
-    ready_s = wait_until_ready(base_url, timeout_s=timeout_s, still_starting=still_starting,
-                               failure_details=failure_details)
+    ready_s = wait_until_ready(
+        base_url, timeout_s=timeout_s, still_starting=still_starting, failure_details=failure_details
+    )
     log(f"{what} answered /ping after {ready_s:.2f}s")
     return {"ready_s": round(ready_s, 3), **smoke_predict(base_url, model_dir, example, failure_details)}

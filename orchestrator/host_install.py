@@ -59,16 +59,27 @@ _LIST_OPTIONS = {
     "keyring-provider": ("--keyring-provider", ("UV_KEYRING_PROVIDER",)),
 }
 # pip option → environment variable uv reads (only when the user has not set it)
-_ENV_OPTIONS = {"cert": "SSL_CERT_FILE", "client-cert": "SSL_CLIENT_CERT", "timeout": "UV_HTTP_TIMEOUT",
-                "default-timeout": "UV_HTTP_TIMEOUT", "proxy": "HTTPS_PROXY"}
+_ENV_OPTIONS = {
+    "cert": "SSL_CERT_FILE",
+    "client-cert": "SSL_CLIENT_CERT",
+    "timeout": "UV_HTTP_TIMEOUT",
+    "default-timeout": "UV_HTTP_TIMEOUT",
+    "proxy": "HTTPS_PROXY",
+}
 _TRUE = ("1", "true", "yes", "on")
 
 
 def pip_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The host pip's effective settings for a download: files' `global` then `download`
     sections, then `PIP_*` variables (pip's own precedence), as {option: value}."""
-    result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, env=environ, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=environ,
+        check=False,
+    )
     ranks = {"global": 0, "download": 1, ":env:": 2}
     found: dict[str, tuple[int, str]] = {}
     for line in result.stdout.splitlines():
@@ -99,8 +110,11 @@ def uv_settings(pip: dict[str, str], environ: dict[str, str]) -> UvSettings:
                 options += [flag, value]
     if pip.get("no-index", "").lower() in _TRUE and not environ.get("UV_NO_INDEX"):
         options.append("--no-index")
-    environment = {variable: pip[key] for key, variable in _ENV_OPTIONS.items()
-                   if pip.get(key) and not environ.get(variable) and not environ.get(variable.lower())}
+    environment = {
+        variable: pip[key]
+        for key, variable in _ENV_OPTIONS.items()
+        if pip.get(key) and not environ.get(variable) and not environ.get(variable.lower())
+    }
     if "proxy" in pip and not environ.get("HTTP_PROXY") and not environ.get("http_proxy"):
         environment["HTTP_PROXY"] = pip["proxy"]
     # pip takes the best version across all indexes; uv's default stops at the first index that
@@ -117,16 +131,28 @@ class HostInstall:
     reason: str = ""  # why not, when not ok
 
 
-def install(requirements: Sequence[str], platform: Platform, prefix: Path, *, venv: str,
-            log_file: Path, log: Callable[[str], None]) -> HostInstall:
+def install(
+    requirements: Sequence[str],
+    platform: Platform,
+    prefix: Path,
+    *,
+    venv: str,
+    log_file: Path,
+    log: Callable[[str], None],
+) -> HostInstall:
     """Install `requirements` into `prefix` for `platform` with uv, ready to be copied to `venv`
     in the image (scripts' `#!` lines point at `venv`). Returns ok=False (with uv's reason)
     when uv is not there or cannot do it; the caller then uses the pip wheelhouse."""
     uv = find_uv()
     target = uv_platform(platform)
     if uv is None or target is None:
-        return HostInstall(prefix, False, "uv is not installed" if uv is None else
-                           f"uv has no platform for {platform.machine} with glibc {platform.glibc}")
+        return HostInstall(
+            prefix,
+            False,
+            "uv is not installed"
+            if uv is None
+            else f"uv has no platform for {platform.machine} with glibc {platform.glibc}",
+        )
     environ = dict(os.environ)
     settings = uv_settings(pip_settings(environ), environ)
     # uv reads the lines from a file (option lines parsed as uv parses them; no credential on
@@ -134,18 +160,41 @@ def install(requirements: Sequence[str], platform: Platform, prefix: Path, *, ve
     requirements_file = prefix.parent / f"{prefix.name}-requirements.txt"
     with os.fdopen(os.open(requirements_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as listing:
         listing.write("\n".join(requirements) + "\n")
-    command = [uv, "pip", "install", "--quiet", "--no-progress", "--prefix", str(prefix),
-               "--python-platform", target, "--python-version", platform.python, "--only-binary", ":all:",
-               *settings.options, "-r", str(requirements_file)]
+    command = [
+        uv,
+        "pip",
+        "install",
+        "--quiet",
+        "--no-progress",
+        "--prefix",
+        str(prefix),
+        "--python-platform",
+        target,
+        "--python-version",
+        platform.python,
+        "--only-binary",
+        ":all:",
+        *settings.options,
+        "-r",
+        str(requirements_file),
+    ]
     log(f"installing the requirements on the host with uv for CPython {platform.python} on {target}")
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            env={**environ, **settings.environment}, check=False)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**environ, **settings.environment},
+        check=False,
+    )
     requirements_file.unlink()
     stderr = mask(result.stderr)  # uv may quote an index URL with its credentials
     with log_file.open("a") as handle:
-        handle.write(mask("$ " + shlex.join(command) + "\n"
-                          + "".join(f"  ({k}={v})\n" for k, v in settings.environment.items()))
-                     + mask(result.stdout) + stderr)
+        handle.write(
+            mask("$ " + shlex.join(command) + "\n" + "".join(f"  ({k}={v})\n" for k, v in settings.environment.items()))
+            + mask(result.stdout)
+            + stderr
+        )
     if result.returncode != 0:
         shutil.rmtree(prefix, ignore_errors=True)
         lines = [line.strip(" ╰─▶│") for line in stderr.splitlines() if line.strip(" ╰─▶│")]

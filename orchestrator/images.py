@@ -61,8 +61,9 @@ def server_hash() -> str:
     return sha.hexdigest()[:16]
 
 
-def image_requirements(model_requirements: Sequence[str], overrides: str | None, *, log: Log | None = None,
-                       home: Path | None = None) -> list[str]:
+def image_requirements(
+    model_requirements: Sequence[str], overrides: str | None, *, log: Log | None = None, home: Path | None = None
+) -> list[str]:
     """What the image installs: `requirements.serving_requirements`, the one rule every target
     applies (mlflow → mlflow-skinny with what mlflow.pyfunc needs, the overrides, the server's).
     What the rule did goes to `log`; mlflow's metadata is cached under `home` (default: the
@@ -70,8 +71,11 @@ def image_requirements(model_requirements: Sequence[str], overrides: str | None,
     from .store import orchestrate_home
 
     plan = requirements.serving_requirements(
-        model_requirements, requirements.parse_overrides(overrides), server_requirements=scoring.SERVER_REQUIREMENTS,
-        cache_dir=environments.metadata_cache(home or orchestrate_home()))
+        model_requirements,
+        requirements.parse_overrides(overrides),
+        server_requirements=scoring.SERVER_REQUIREMENTS,
+        cache_dir=environments.metadata_cache(home or orchestrate_home()),
+    )
     for note in plan.notes:
         if log is not None:
             log(note)
@@ -102,17 +106,21 @@ def check_repository(repository: str) -> str:
     """A repository name Docker accepts (an optional `host[:port]/` then lower-case path parts)."""
     path = repository.partition("/")[2] if registry_of(repository) != "docker.io" else repository
     if not path or not _REPOSITORY.match(path) or len(repository) > 255:
-        raise ConfigError(f"invalid image name {repository!r}",
-                          hint="use lower-case letters, digits and . _ - separators, e.g. "
-                               "127.0.0.1:5000/team/churn (optionally with :TAG)")
+        raise ConfigError(
+            f"invalid image name {repository!r}",
+            hint="use lower-case letters, digits and . _ - separators, e.g. "
+            "127.0.0.1:5000/team/churn (optionally with :TAG)",
+        )
     return repository
 
 
 # -- the base image --------------------------------------------------------------------------
 
 
-_PROBE = ("import json, platform, sys; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], "
-          "'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))")
+_PROBE = (
+    "import json, platform, sys; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], "
+    "'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))"
+)
 
 
 def probe_base(client: Any, base_image: str, cache_dir: Path, log: Log) -> tuple[str, wheelhouse.Platform]:
@@ -133,17 +141,22 @@ def probe_base(client: Any, base_image: str, cache_dir: Path, log: Log) -> tuple
     if cached.is_file():
         return image_id, wheelhouse.Platform(**json.loads(cached.read_text()))
     with translated(f"running python3 in base image {base_image}"):
-        output = client.containers.run(image_id, ["python3", "-c", _PROBE], remove=True, network_mode="none",
-                                       entrypoint=[])
+        output = client.containers.run(
+            image_id, ["python3", "-c", _PROBE], remove=True, network_mode="none", entrypoint=[]
+        )
     try:
         facts = json.loads(output.decode().strip().splitlines()[-1])
         platform = wheelhouse.Platform(python=facts["python"], machine=facts["machine"], glibc=facts["glibc"])
     except (ValueError, KeyError, IndexError):
-        raise PermanentTargetError(f"base image {base_image} has no usable python3 (it printed {output[:200]!r})",
-                                   hint="use a Debian- or Ubuntu-based Python image") from None
+        raise PermanentTargetError(
+            f"base image {base_image} has no usable python3 (it printed {output[:200]!r})",
+            hint="use a Debian- or Ubuntu-based Python image",
+        ) from None
     if not platform.glibc:
-        raise PermanentTargetError(f"base image {base_image} is not glibc-based; manylinux wheels cannot run on it",
-                                   hint="use a Debian- or Ubuntu-based image such as python:3.11-slim")
+        raise PermanentTargetError(
+            f"base image {base_image} is not glibc-based; manylinux wheels cannot run on it",
+            hint="use a Debian- or Ubuntu-based image such as python:3.11-slim",
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(facts))
     return image_id, platform
@@ -165,9 +178,15 @@ class ImageSpec:
 
     def requirements_hash(self, base_id: str, platform: wheelhouse.Platform) -> str:
         # The byte code written at build time is part of the layer: what the server imports counts.
-        document = {"requirements": list(self.requirements), "base": base_id, "platform": vars(platform),
-                    "template": dockerfile.TEMPLATE_VERSION, "user": self.user, "loader": self.loader_module,
-                    "imports": list(scoring.serving_imports(self.loader_module))}
+        document = {
+            "requirements": list(self.requirements),
+            "base": base_id,
+            "platform": vars(platform),
+            "template": dockerfile.TEMPLATE_VERSION,
+            "user": self.user,
+            "loader": self.loader_module,
+            "imports": list(scoring.serving_imports(self.loader_module)),
+        }
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,29 +216,62 @@ def plan_tag(spec: ImageSpec, base_id: str, platform: wheelhouse.Platform) -> tu
         f"{LABEL_PREFIX}base-image-id": base_id,
     }
     # "checked": images built before the import check existed are not reused as good.
-    document = {"model": spec.model_digest, "requirements": requirements_hash, "server": scoring.__version__,
-                "server-hash": labels[f"{LABEL_PREFIX}server-hash"], "base": base_id, "checked": "imports-1"}
+    document = {
+        "model": spec.model_digest,
+        "requirements": requirements_hash,
+        "server": scoring.__version__,
+        "server-hash": labels[f"{LABEL_PREFIX}server-hash"],
+        "base": base_id,
+        "checked": "imports-1",
+    }
     tag = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:20]
     return tag, requirements_hash, labels
 
 
-def build(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
-          extra_tags: Iterable[str] = (), no_cache: bool = False) -> BuiltImage:
+def build(
+    client: Any,
+    spec: ImageSpec,
+    repository: str,
+    *,
+    cache_dir: Path,
+    log: Log,
+    log_file: Path,
+    extra_tags: Iterable[str] = (),
+    no_cache: bool = False,
+) -> BuiltImage:
     """Build (or find) the image of `spec` as `repository:<content tag>`; see the module docstring.
 
     An image served by mlflow-skinny that cannot be installed or fails its import check is built
     again with the full mlflow package (as the local target does), and the build log says so."""
     try:
-        return _build_image(client, spec, repository, cache_dir=cache_dir, log=log, log_file=log_file,
-                            extra_tags=extra_tags, no_cache=no_cache)
+        return _build_image(
+            client,
+            spec,
+            repository,
+            cache_dir=cache_dir,
+            log=log,
+            log_file=log_file,
+            extra_tags=extra_tags,
+            no_cache=no_cache,
+        )
     except PermanentTargetError as exc:
         full = requirements.with_full_mlflow(spec.requirements)
         if full is None:
             raise
-        log(f"the mlflow-skinny image did not work for this model ({exc.message.splitlines()[0]}); "
-            "building it with the full mlflow package")
-        return _build_image(client, dataclasses.replace(spec, requirements=full), repository, cache_dir=cache_dir,
-                            log=log, log_file=log_file, extra_tags=extra_tags, no_cache=no_cache)
+        log(
+            f"the mlflow-skinny image did not work for this model ({exc.message.splitlines()[0]}); "
+            "building it with the full mlflow package"
+        )
+        return _build_image(
+            client,
+            dataclasses.replace(spec, requirements=full),
+            repository,
+            cache_dir=cache_dir,
+            log=log,
+            log_file=log_file,
+            extra_tags=extra_tags,
+            no_cache=no_cache,
+        )
 
 
 def _built_elsewhere(client: Any, model_digest: str, tag: str) -> str | None:
@@ -230,8 +282,17 @@ def _built_elsewhere(client: Any, model_digest: str, tag: str) -> str | None:
     return next((t for image in found for t in image.tags if t.endswith(f":{tag}")), None)
 
 
-def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Path, log: Log, log_file: Path,
-                 extra_tags: Iterable[str], no_cache: bool) -> BuiltImage:
+def _build_image(
+    client: Any,
+    spec: ImageSpec,
+    repository: str,
+    *,
+    cache_dir: Path,
+    log: Log,
+    log_file: Path,
+    extra_tags: Iterable[str],
+    no_cache: bool,
+) -> BuiltImage:
     started = time.monotonic()
     check_repository(repository)
     base_id, platform = probe_base(client, spec.base_image, cache_dir / "platforms", log)
@@ -248,16 +309,27 @@ def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Pa
         present = True
     if present:
         image_id = _tag_extras(client, reference, extras)
-        return BuiltImage(reference, image_id, tag, labels, True, True, True, extras,
-                          round(time.monotonic() - started, 3))
+        return BuiltImage(
+            reference, image_id, tag, labels, True, True, True, extras, round(time.monotonic() - started, 3)
+        )
     parent = f"{DEPENDENCIES_REPOSITORY}:{requirements_hash}"
     reused = image_exists(client, parent)
     offline = True
     if reused:
         log(f"requirements layer {parent} reused (requirements unchanged)")
     else:
-        offline = _build_requirements(client, spec, base_id, platform, parent, requirements_hash, cache_dir=cache_dir,
-                                      log=log, log_file=log_file, no_cache=no_cache)
+        offline = _build_requirements(
+            client,
+            spec,
+            base_id,
+            platform,
+            parent,
+            requirements_hash,
+            cache_dir=cache_dir,
+            log=log,
+            log_file=log_file,
+            no_cache=no_cache,
+        )
     with tempfile.TemporaryDirectory(prefix="orchestrate-image-") as tmp:
         context = Path(tmp)
         template = dockerfile.Template(spec.base_image, installer_wheel="", user=spec.user)
@@ -269,8 +341,9 @@ def _build_image(client: Any, spec: ImageSpec, repository: str, *, cache_dir: Pa
     check_image_imports(client, image_id, spec, log=log, log_file=log_file)
     _tag_extras(client, reference, extras)
     log(f"built {reference} ({image_id[:19]})")
-    return BuiltImage(reference, image_id, tag, labels, False, reused, offline, extras,
-                      round(time.monotonic() - started, 3))
+    return BuiltImage(
+        reference, image_id, tag, labels, False, reused, offline, extras, round(time.monotonic() - started, 3)
+    )
 
 
 def check_image_imports(client: Any, image_id: str, spec: ImageSpec, *, log: Log, log_file: Path) -> None:
@@ -279,15 +352,26 @@ def check_image_imports(client: Any, image_id: str, spec: ImageSpec, *, log: Log
     build, and the image is removed so that no later build finds its tag and reuses it."""
     modules = environments.serving_imports(spec.model_dir, spec.requirements)
     python = f"{dockerfile.VENV}/bin/python"
-    code = [f"{dockerfile.MODEL_DIR}/{p.relative_to(spec.model_dir).as_posix()}"
-            for p in environments.code_paths_of(spec.model_dir)]
+    code = [
+        f"{dockerfile.MODEL_DIR}/{p.relative_to(spec.model_dir).as_posix()}"
+        for p in environments.code_paths_of(spec.model_dir)
+    ]
     log(f"checking that the image imports {', '.join(modules)}")
     with translated(f"checking the imports of image {image_id[:19]}"):
-        output = client.containers.run(image_id, environments.import_check_command(python, modules), entrypoint=[],
-                                       network_mode="none", remove=True, working_dir=dockerfile.MODEL_DIR,
-                                       environment={**environments.flavor_environment(spec.model_dir),
-                                                    **({"PYTHONPATH": ":".join(code)} if code else {})},
-                                       stdout=True, stderr=False)
+        output = client.containers.run(
+            image_id,
+            environments.import_check_command(python, modules),
+            entrypoint=[],
+            network_mode="none",
+            remove=True,
+            working_dir=dockerfile.MODEL_DIR,
+            environment={
+                **environments.flavor_environment(spec.model_dir),
+                **({"PYTHONPATH": ":".join(code)} if code else {}),
+            },
+            stdout=True,
+            stderr=False,
+        )
     try:
         environments.raise_for_import_failures(output.decode(errors="replace"), "", "the image", log_file)
     except PermanentTargetError:
@@ -296,9 +380,19 @@ def check_image_imports(client: Any, image_id: str, spec: ImageSpec, *, log: Log
         raise
 
 
-def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wheelhouse.Platform, reference: str,
-                        requirements_hash: str, *, cache_dir: Path, log: Log, log_file: Path,
-                        no_cache: bool = False) -> bool:
+def _build_requirements(
+    client: Any,
+    spec: ImageSpec,
+    base_id: str,
+    platform: wheelhouse.Platform,
+    reference: str,
+    requirements_hash: str,
+    *,
+    cache_dir: Path,
+    log: Log,
+    log_file: Path,
+    no_cache: bool = False,
+) -> bool:
     """Build the base + venv image; returns whether it installed offline (from the wheelhouse alone)."""
     labels = {f"{LABEL_PREFIX}requirements-hash": requirements_hash}
     with tempfile.TemporaryDirectory(prefix="orchestrate-requirements-") as tmp:
@@ -308,9 +402,15 @@ def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wh
             # The venv goes in as one ready-made layer (see layer_image); a small build finishes it.
             venv_image = f"{reference}-venv"
             log(f"loading the requirements installed on the host as one layer ({len(spec.requirements)} requirements)")
-            layer_image.load_directory(client, base_id, house.path, at=dockerfile.VENV, reference=venv_image,
-                                       created_by="orchestrate: the model's requirements, installed on the host by uv",
-                                       cache_dir=cache_dir / "base-configs")
+            layer_image.load_directory(
+                client,
+                base_id,
+                house.path,
+                at=dockerfile.VENV,
+                reference=venv_image,
+                created_by="orchestrate: the model's requirements, installed on the host by uv",
+                cache_dir=cache_dir / "base-configs",
+            )
             shutil.rmtree(house.path)
             (context / "Dockerfile").write_text(_template(spec, context, house).finish_loaded_venv(venv_image))
             try:
@@ -321,9 +421,17 @@ def _build_requirements(client: Any, spec: ImageSpec, base_id: str, platform: wh
             return True
         how = "offline from the wheelhouse" if house.complete else "from the package index"
         log(f"building requirements layer {reference} ({len(spec.requirements)} requirements, {how})")
-        _run_build(client, context, reference, log=log, log_file=log_file, labels=labels,
-                   network_mode=None if house.complete else "host",
-                   buildargs=None if house.complete else _proxy_buildargs(), no_cache=no_cache)
+        _run_build(
+            client,
+            context,
+            reference,
+            log=log,
+            log_file=log_file,
+            labels=labels,
+            network_mode=None if house.complete else "host",
+            buildargs=None if house.complete else _proxy_buildargs(),
+            no_cache=no_cache,
+        )
     return house.complete
 
 
@@ -338,26 +446,32 @@ def _template(spec: ImageSpec, context: Path, house: wheelhouse.Wheelhouse) -> d
 
     installer = (newest("uv-*.whl") if house.complete else None) or newest("pip-*.whl")
     if installer is None:
-        raise PermanentTargetError("the wheelhouse has no pip wheel to install with",
-                                   hint="check that the host's pip can download pip itself")
-    return dockerfile.Template(spec.base_image, installer_wheel=installer, offline=house.complete, user=spec.user,
-                               warm_imports=warm_imports)
+        raise PermanentTargetError(
+            "the wheelhouse has no pip wheel to install with", hint="check that the host's pip can download pip itself"
+        )
+    return dockerfile.Template(
+        spec.base_image, installer_wheel=installer, offline=house.complete, user=spec.user, warm_imports=warm_imports
+    )
 
 
-def prepare_requirements_context(context: Path, spec: ImageSpec, platform: wheelhouse.Platform, *, log: Log,
-                                 log_file: Path) -> wheelhouse.Wheelhouse:
+def prepare_requirements_context(
+    context: Path, spec: ImageSpec, platform: wheelhouse.Platform, *, log: Log, log_file: Path
+) -> wheelhouse.Wheelhouse:
     """Write requirements.txt, the requirements installed on the host (or else a wheelhouse and
     pip settings) and the first half of the Dockerfile."""
     # Credentials masked in spec.requirements are put back for the host's installer only; the
     # build context (and so any layer) only ever holds the masked lines.
     install_lines = requirements.reveal(spec.requirements, spec.model_dir)
-    installed = host_install.install(install_lines, platform, context / "venv", venv=dockerfile.VENV,
-                                     log_file=log_file, log=log)
+    installed = host_install.install(
+        install_lines, platform, context / "venv", venv=dockerfile.VENV, log_file=log_file, log=log
+    )
     if installed.ok:
         house = wheelhouse.Wheelhouse(installed.prefix, True, (), installed=True)
     else:
-        log(f"uv could not install the requirements on the host ({installed.reason}); "
-            "falling back to a pip wheelhouse installed inside the build")
+        log(
+            f"uv could not install the requirements on the host ({installed.reason}); "
+            "falling back to a pip wheelhouse installed inside the build"
+        )
         log(f"downloading wheels for CPython {platform.python} {platform.machine} (glibc {platform.glibc})")
         house = wheelhouse.download(install_lines, platform, context / "wheelhouse", log=log, log_file=log_file)
     (context / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
@@ -384,17 +498,35 @@ _MISSING_IN_BUILD = (
 )
 
 
-def _run_build(client: Any, context: Path, reference: str, *, log: Log, log_file: Path,
-               labels: Mapping[str, str] | None = None, network_mode: str | None = None,
-               buildargs: Mapping[str, str] | None = None, no_cache: bool = False) -> str:
+def _run_build(
+    client: Any,
+    context: Path,
+    reference: str,
+    *,
+    log: Log,
+    log_file: Path,
+    labels: Mapping[str, str] | None = None,
+    network_mode: str | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    no_cache: bool = False,
+) -> str:
     """One classic-builder build, its output streamed to `log`; returns the image id."""
     output: list[str] = []
     error: str | None = None
     image_id: str | None = None
     with translated(f"building image {reference}"):
-        stream = client.api.build(path=str(context), tag=reference, rm=True, forcerm=True, pull=False,
-                                  decode=True, labels=dict(labels or {}), network_mode=network_mode,
-                                  buildargs=dict(buildargs or {}), nocache=no_cache)
+        stream = client.api.build(
+            path=str(context),
+            tag=reference,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            labels=dict(labels or {}),
+            network_mode=network_mode,
+            buildargs=dict(buildargs or {}),
+            nocache=no_cache,
+        )
         for chunk in stream:
             if "stream" in chunk:
                 for line in str(chunk["stream"]).splitlines():
@@ -417,11 +549,13 @@ def _run_build(client: Any, context: Path, reference: str, *, log: Log, log_file
                 raise PermanentTargetError(
                     f"could not install {package!r} in the image:\n" + "\n".join(output[-12:]),
                     hint=f"pin an installable version with --pip-requirements-override "
-                         f"'{environments.requirement_name(package)}==VERSION' or fix requirements.txt "
-                         f"(full log: {log_file})",
+                    f"'{environments.requirement_name(package)}==VERSION' or fix requirements.txt "
+                    f"(full log: {log_file})",
                 )
-        raise PermanentTargetError(f"building {reference} failed: {error or 'no image id reported'}\n"
-                                   + "\n".join(output[-12:]), hint=f"full log: {log_file}")
+        raise PermanentTargetError(
+            f"building {reference} failed: {error or 'no image id reported'}\n" + "\n".join(output[-12:]),
+            hint=f"full log: {log_file}",
+        )
     return image_id
 
 
@@ -440,8 +574,9 @@ def layers(client: Any, reference: str) -> list[str]:
         return list(client.images.get(reference).attrs["RootFS"]["Layers"])
 
 
-def generate(context: Path, spec: ImageSpec, platform: wheelhouse.Platform, *, base_id: str, log: Log,
-             log_file: Path) -> Path:
+def generate(
+    context: Path, spec: ImageSpec, platform: wheelhouse.Platform, *, base_id: str, log: Log, log_file: Path
+) -> Path:
     """A self-contained build directory with one multi-stage Dockerfile: `docker build DIR` works."""
     context.mkdir(parents=True, exist_ok=True)
     house = prepare_requirements_context(context, spec, platform, log=log, log_file=log_file)
@@ -470,8 +605,9 @@ class Credentials:
 PASSWORD_VARIABLE = "ORCHESTRATE_REGISTRY_PASSWORD"
 
 
-def credentials_from_environment(username: str | None, registry: str = "",
-                                 variable: str = PASSWORD_VARIABLE) -> Credentials | None:
+def credentials_from_environment(
+    username: str | None, registry: str = "", variable: str = PASSWORD_VARIABLE
+) -> Credentials | None:
     """A login from a user name and the password in an environment variable (never in config or
     on a command line, so neither the state store nor `ps` ever holds it); None without a user."""
     import os
@@ -480,8 +616,10 @@ def credentials_from_environment(username: str | None, registry: str = "",
         return None
     password = os.environ.get(variable)
     if not password:
-        raise ConfigError(f"registry user {username!r} given but {variable} is not set",
-                          hint=f"export {variable} with the password or token, or use `docker login`")
+        raise ConfigError(
+            f"registry user {username!r} given but {variable} is not set",
+            hint=f"export {variable} with the password or token, or use `docker login`",
+        )
     return Credentials(username, password, registry)
 
 
@@ -504,8 +642,15 @@ class Pushed:
         return f"{split_reference(self.reference)[0]}@{self.digest}"
 
 
-_AUTH_WORDS = ("unauthorized", "authentication required", "no basic auth credentials", "denied",
-               "incorrect username or password", "401", "403")
+_AUTH_WORDS = (
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "denied",
+    "incorrect username or password",
+    "401",
+    "403",
+)
 
 
 def _auth_error(registry: str, detail: str, credentials: Credentials | None) -> PermanentTargetError:
@@ -515,7 +660,7 @@ def _auth_error(registry: str, detail: str, credentials: Credentials | None) -> 
     return PermanentTargetError(
         f"registry {registry} {what}{who} ({clean.splitlines()[0][:200]})",
         hint=f"check the user name and the password in ORCHESTRATE_REGISTRY_PASSWORD (-C registry_username=...),"
-             f" or run `docker login {registry}`",
+        f" or run `docker login {registry}`",
     )
 
 
@@ -526,7 +671,8 @@ def remote_digest(client: Any, reference: str, credentials: Credentials | None) 
     with translated(f"asking the registry about {reference}"):
         try:
             answer = client.api.inspect_distribution(
-                reference, auth_config=credentials.auth_config() if credentials else None)
+                reference, auth_config=credentials.auth_config() if credentials else None
+            )
         except docker.errors.APIError as exc:
             detail = str(exc.explanation or exc)
             if exc.status_code in (401, 403) or any(w in detail.lower() for w in _AUTH_WORDS[:5]):
@@ -536,8 +682,9 @@ def remote_digest(client: Any, reference: str, credentials: Credentials | None) 
     return str(digest) if digest else None
 
 
-def push(client: Any, reference: str, *, credentials: Credentials | None, log: Log,
-         progress_interval_s: float = 2.0) -> Pushed:
+def push(
+    client: Any, reference: str, *, credentials: Credentials | None, log: Log, progress_interval_s: float = 2.0
+) -> Pushed:
     """Push `reference` unless the registry has it; live progress to `log`; returns the digest."""
     started = time.monotonic()
     repository, tag = split_reference(reference)
@@ -553,15 +700,23 @@ def push(client: Any, reference: str, *, credentials: Credentials | None, log: L
     digest: str | None = None
     last_report = 0.0
     with translated(f"pushing {reference}"):
-        stream = client.api.push(repository, tag=tag, stream=True, decode=True,
-                                 auth_config=credentials.auth_config() if credentials else None)
+        stream = client.api.push(
+            repository,
+            tag=tag,
+            stream=True,
+            decode=True,
+            auth_config=credentials.auth_config() if credentials else None,
+        )
         for event in stream:
             if "error" in event:
                 detail = str(event.get("error") or event.get("errorDetail"))
                 if any(word in detail.lower() for word in _AUTH_WORDS):
                     raise _auth_error(registry, detail, credentials)
-                kind = RetryableTargetError if re.search(r"(timeout|connection|reset|5\d\d)", detail, re.IGNORECASE) \
+                kind = (
+                    RetryableTargetError
+                    if re.search(r"(timeout|connection|reset|5\d\d)", detail, re.IGNORECASE)
                     else PermanentTargetError
+                )
                 raise kind(f"pushing {reference} to {registry} failed: {detail}")
             layer, status = event.get("id"), str(event.get("status", ""))
             progress: dict[str, Any] = event.get("progressDetail") or {}
@@ -592,9 +747,16 @@ def _mb(size: int) -> str:
 # -- the `orchestrate build` / `generate-dockerfile` commands ------------------------------------
 
 
-def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None, overrides: str | None,
-                   user: str = dockerfile.USER_NAME, log: Log | None = None,
-                   policy: requirements.Policy = requirements.Policy()) -> ImageSpec:  # noqa: B008 - frozen
+def spec_for_model(
+    model_uri: str,
+    *,
+    snapshot_dir: Path,
+    base_image: str | None,
+    overrides: str | None,
+    user: str = dockerfile.USER_NAME,
+    log: Log | None = None,
+    policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - frozen
+) -> ImageSpec:
     """The image spec of a model directory (read, checked and snapshotted)."""
     from . import mlmodel
     from . import model_uri as model_uris
@@ -602,48 +764,111 @@ def spec_for_model(model_uri: str, *, snapshot_dir: Path, base_image: str | None
     info = model_uris.local_model(model_uri, snapshot_dir)  # a models:/… URI is downloaded here
     requirements.check_policy(info.requirements, policy, how_to_allow="{flag}")
     snapshot = mlmodel.snapshot(info, snapshot_dir)
-    return ImageSpec(snapshot, info.digest, tuple(image_requirements(info.requirements, overrides, log=log)),
-                     base_image or default_base_image(info.python_version), info.loader_module, user)
+    return ImageSpec(
+        snapshot,
+        info.digest,
+        tuple(image_requirements(info.requirements, overrides, log=log)),
+        base_image or default_base_image(info.python_version),
+        info.loader_module,
+        user,
+    )
 
 
-def build_command(model_uri: str, image: str, *, home: Path, base_image: str | None, push_image: bool,
-                  overrides: str | None, user: str, credentials: Credentials | None, log: Log,
-                  no_cache: bool = False,
-                  policy: requirements.Policy = requirements.Policy()) -> dict[str, Any]:  # noqa: B008 - frozen
+def build_command(
+    model_uri: str,
+    image: str,
+    *,
+    home: Path,
+    base_image: str | None,
+    push_image: bool,
+    overrides: str | None,
+    user: str,
+    credentials: Credentials | None,
+    log: Log,
+    no_cache: bool = False,
+    policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - frozen
+) -> dict[str, Any]:
     """`orchestrate build`: build (and push) one model's image; returns what happened."""
     from .docker_engine import connect
 
     repository, tag = split_reference(image)
     check_repository(repository)
-    spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user, log=log, policy=policy)
+    spec = spec_for_model(
+        model_uri,
+        snapshot_dir=home / "models",
+        base_image=base_image,
+        overrides=overrides,
+        user=user,
+        log=log,
+        policy=policy,
+    )
     log_file = _build_log(home)
     client = connect()
-    built = build(client, spec, repository, cache_dir=home / "cache", log=log, log_file=log_file,
-                  extra_tags=[tag] if tag else [], no_cache=no_cache)
+    built = build(
+        client,
+        spec,
+        repository,
+        cache_dir=home / "cache",
+        log=log,
+        log_file=log_file,
+        extra_tags=[tag] if tag else [],
+        no_cache=no_cache,
+    )
     result: dict[str, Any] = {
-        "image": built.reference, "image_id": built.image_id, "tags": [built.reference, *built.extra_references],
-        "skipped": built.skipped, "requirements_reused": built.requirements_reused, "offline": built.offline,
-        "labels": built.labels, "build_s": built.seconds, "log": str(log_file),
+        "image": built.reference,
+        "image_id": built.image_id,
+        "tags": [built.reference, *built.extra_references],
+        "skipped": built.skipped,
+        "requirements_reused": built.requirements_reused,
+        "offline": built.offline,
+        "labels": built.labels,
+        "build_s": built.seconds,
+        "log": str(log_file),
     }
     if push_image:
-        pushes = [push(client, reference, credentials=credentials, log=log)
-                  for reference in (built.reference, *built.extra_references)]
-        result["pushed"] = [{"reference": p.reference, "digest": p.digest, "pinned": p.pinned, "skipped": p.skipped,
-                             "bytes": p.bytes_pushed, "seconds": p.seconds} for p in pushes]
+        pushes = [
+            push(client, reference, credentials=credentials, log=log)
+            for reference in (built.reference, *built.extra_references)
+        ]
+        result["pushed"] = [
+            {
+                "reference": p.reference,
+                "digest": p.digest,
+                "pinned": p.pinned,
+                "skipped": p.skipped,
+                "bytes": p.bytes_pushed,
+                "seconds": p.seconds,
+            }
+            for p in pushes
+        ]
     return result
 
 
-def generate_command(model_uri: str, directory: Path, *, home: Path, base_image: str | None,
-                     overrides: str | None, user: str, log: Log,
-                     policy: requirements.Policy = requirements.Policy()) -> Path:  # noqa: B008 - frozen
+def generate_command(
+    model_uri: str,
+    directory: Path,
+    *,
+    home: Path,
+    base_image: str | None,
+    overrides: str | None,
+    user: str,
+    log: Log,
+    policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - frozen
+) -> Path:
     """`orchestrate generate-dockerfile`: the build directory of a model's image."""
     import platform as host
 
     from .errors import TargetError
 
-    spec = spec_for_model(model_uri, snapshot_dir=home / "models", base_image=base_image, overrides=overrides,
-                          user=user, log=log, policy=policy)
+    spec = spec_for_model(
+        model_uri,
+        snapshot_dir=home / "models",
+        base_image=base_image,
+        overrides=overrides,
+        user=user,
+        log=log,
+        policy=policy,
+    )
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty", hint="choose a new or empty directory with -d")
     try:
@@ -655,8 +880,10 @@ def generate_command(model_uri: str, directory: Path, *, home: Path, base_image:
         python = ".".join(spec.base_image.partition(":")[2].split("-")[0].split(".")[:2]) or DEFAULT_PYTHON
         platform = wheelhouse.Platform(python=python, machine=host.machine(), glibc="2.28")
         base_id = "unknown"
-        log(f"could not inspect {spec.base_image} ({exc.message}); assuming CPython {python} on "
-            f"{platform.machine} with glibc 2.28 or newer for the wheelhouse")
+        log(
+            f"could not inspect {spec.base_image} ({exc.message}); assuming CPython {python} on "
+            f"{platform.machine} with glibc 2.28 or newer for the wheelhouse"
+        )
     return generate(directory, spec, platform, base_id=base_id, log=log, log_file=_build_log(home))
 
 

@@ -94,16 +94,20 @@ def write_layer(directory: Path, at: str, layer: BinaryIO) -> str:
     return f"sha256:{hashing.sha256.hexdigest()}"
 
 
-def load_directory(client: Any, base_id: str, directory: Path, *, at: str, reference: str, created_by: str,
-                   cache_dir: Path) -> None:
+def load_directory(
+    client: Any, base_id: str, directory: Path, *, at: str, reference: str, created_by: str, cache_dir: Path
+) -> None:
     """Load an image `reference` = base image + one layer holding `directory` at `at`."""
     base = base_config(client, base_id, cache_dir)
     with tempfile.TemporaryFile() as layer:
         diff_id = write_layer(directory, at, layer)
         now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-        config = {**base, "created": now,
-                  "rootfs": {"type": "layers", "diff_ids": [*base["rootfs"]["diff_ids"], diff_id]},
-                  "history": [*base.get("history", []), {"created": now, "created_by": created_by}]}
+        config = {
+            **base,
+            "created": now,
+            "rootfs": {"type": "layers", "diff_ids": [*base["rootfs"]["diff_ids"], diff_id]},
+            "history": [*base.get("history", []), {"created": now, "created_by": created_by}],
+        }
         config.pop("container", None)
         config.pop("container_config", None)
         # Names of the base's layer files do not matter: the engine has those layers and skips them.
@@ -111,8 +115,12 @@ def load_directory(client: Any, base_id: str, directory: Path, *, at: str, refer
         manifest = [{"Config": "config.json", "RepoTags": [reference], "Layers": [*layer_names, "new/layer.tar"]}]
         layer_size = layer.tell()
         layer.seek(0)
-        archive = _archive({"config.json": json.dumps(config).encode(), "manifest.json": json.dumps(manifest).encode()},
-                           "new/layer.tar", layer, layer_size)
+        archive = _archive(
+            {"config.json": json.dumps(config).encode(), "manifest.json": json.dumps(manifest).encode()},
+            "new/layer.tar",
+            layer,
+            layer_size,
+        )
         with translated(f"loading the requirements layer of {reference}"):
             answers = list(client.api.load_image(archive))
     errors = [str(answer["error"]) for answer in answers if isinstance(answer, dict) and answer.get("error")]

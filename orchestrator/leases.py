@@ -24,11 +24,24 @@ from .tables import Endpoint, utcnow
 DEFAULT_TTL_S = 30.0
 
 _FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
-_TAKEN = ("lease_owner", "lease_host", "lease_pid", "lease_deployment_id", "lease_acquired_at",
-          "lease_expires_at", "fencing_token")
+_TAKEN = (
+    "lease_owner",
+    "lease_host",
+    "lease_pid",
+    "lease_deployment_id",
+    "lease_acquired_at",
+    "lease_expires_at",
+    "fencing_token",
+)
 _TAKE = _FENCED.values({column: bindparam(f"new_{column}") for column in _TAKEN})
-_RELEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
-                          lease_acquired_at=None, lease_expires_at=None)
+_RELEASE = _FENCED.values(
+    lease_owner=None,
+    lease_host=None,
+    lease_pid=None,
+    lease_deployment_id=None,
+    lease_acquired_at=None,
+    lease_expires_at=None,
+)
 # A beat after the lease was freed (the runner's last write frees it) must not set an expiry
 # on it again.
 _BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
@@ -101,7 +114,8 @@ def take(session: Session, endpoint: Endpoint, deployment_id: int, runner: Lease
         "fencing_token": token + 1,
     }
     result = session.connection().execute(
-        _TAKE, {"endpoint": endpoint.id, "token": token, **{f"new_{key}": value for key, value in values.items()}})
+        _TAKE, {"endpoint": endpoint.id, "token": token, **{f"new_{key}": value for key, value in values.items()}}
+    )
     if result.rowcount != 1:
         session.refresh(endpoint)
         raise busy_error(endpoint)
@@ -144,9 +158,14 @@ class Heartbeat:
         while not self._stop.wait(self._fence.ttl_s / 3):
             try:
                 with self._store.engine.begin() as connection:
-                    result = connection.execute(_BEAT, {"endpoint": self._fence.endpoint_id,
-                                                        "token": self._fence.token,
-                                                        "expires": expiry(self._fence.ttl_s)})
+                    result = connection.execute(
+                        _BEAT,
+                        {
+                            "endpoint": self._fence.endpoint_id,
+                            "token": self._fence.token,
+                            "expires": expiry(self._fence.ttl_s),
+                        },
+                    )
                 if result.rowcount != 1:
                     self.lost = True
                     return

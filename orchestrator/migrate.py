@@ -55,8 +55,10 @@ def revisions(engine: Engine) -> list[Revision]:
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config(engine))
-    return [Revision(script.revision, (script.doc or "").strip().splitlines()[0] if script.doc else "")
-            for script in reversed(list(scripts.walk_revisions()))]
+    return [
+        Revision(script.revision, (script.doc or "").strip().splitlines()[0] if script.doc else "")
+        for script in reversed(list(scripts.walk_revisions()))
+    ]
 
 
 def _known(engine: Engine, revision: str, *, command: str) -> list[Revision]:
@@ -108,9 +110,11 @@ def downgrade_steps(engine: Engine, revision: str) -> list[Revision]:
     target_index = -1 if revision == "base" else ids.index(revision if revision != "head" else SCHEMA_HEAD)
     current_index = ids.index(current)
     if target_index > current_index:
-        raise ConfigError(f"revision {revision} is above the store's current revision {current}",
-                          hint="use `orchestrate db upgrade` to move forward")
-    return list(reversed(known[target_index + 1:current_index + 1]))
+        raise ConfigError(
+            f"revision {revision} is above the store's current revision {current}",
+            hint="use `orchestrate db upgrade` to move forward",
+        )
+    return list(reversed(known[target_index + 1 : current_index + 1]))
 
 
 def downgrade(engine: Engine, revision: str) -> None:

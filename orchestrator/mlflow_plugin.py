@@ -32,8 +32,15 @@ DEFAULT_TARGET = "local"
 FLAVOR = "python_function"
 # Body keys MLflow's scoring protocol knows; a dict input with other keys is sent as `inputs`.
 _REQUEST_KEYS = frozenset({"dataframe_split", "dataframe_records", "instances", "inputs", "params"})
-_RUN_LOCAL_KEYS = ("host", "port", "workers", "env_manager", "pip_requirements_override", "allow_index_options",
-                   "allow_direct_references")
+_RUN_LOCAL_KEYS = (
+    "host",
+    "port",
+    "workers",
+    "env_manager",
+    "pip_requirements_override",
+    "allow_index_options",
+    "allow_direct_references",
+)
 
 
 class OrchestrateMlflowError(MlflowException, click.ClickException):
@@ -42,8 +49,7 @@ class OrchestrateMlflowError(MlflowException, click.ClickException):
     instead of a traceback (its commands catch nothing themselves)."""
 
     def __init__(self, message: str, *, error_code: int, exit_code: int = 1, hint: str | None = None) -> None:
-        MlflowException.__init__(self, f"{message} — {hint}" if hint else message, error_code=error_code,
-                                 hint=hint)
+        MlflowException.__init__(self, f"{message} — {hint}" if hint else message, error_code=error_code, hint=hint)
         self.exit_code = exit_code
         self.hint = hint
 
@@ -82,13 +88,17 @@ def target_from_uri(target_uri: str) -> str:
     parsed = urlparse(target_uri)
     if not parsed.scheme:
         if parsed.path != SCHEME:
-            raise _invalid(f"{target_uri!r} is not an orchestrate target URI",
-                           hint="write orchestrate:/<target>, e.g. orchestrate:/local or orchestrate:/sagemaker")
+            raise _invalid(
+                f"{target_uri!r} is not an orchestrate target URI",
+                hint="write orchestrate:/<target>, e.g. orchestrate:/local or orchestrate:/sagemaker",
+            )
         return DEFAULT_TARGET
     name = (parsed.netloc or parsed.path.strip("/")) or DEFAULT_TARGET
     if parsed.scheme != SCHEME or "/" in name or parsed.query or parsed.fragment:
-        raise _invalid(f"{target_uri!r} is not an orchestrate target URI",
-                       hint="write orchestrate:/<target>, e.g. orchestrate:/local or orchestrate:/sagemaker")
+        raise _invalid(
+            f"{target_uri!r} is not an orchestrate target URI",
+            hint="write orchestrate:/<target>, e.g. orchestrate:/local or orchestrate:/sagemaker",
+        )
     return name
 
 
@@ -109,8 +119,14 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
 
     # -- deployments --------------------------------------------------------------------
 
-    def create_deployment(self, name: str, model_uri: str, flavor: str | None = None,
-                          config: Mapping[str, Any] | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    def create_deployment(
+        self,
+        name: str,
+        model_uri: str,
+        flavor: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:
         """Deploy `model_uri` as a new endpoint `name` and wait until it serves. An endpoint that
         already serves a model is an error (MLflow's contract): change it with update_deployment."""
         name = _deployment_name(name, endpoint)
@@ -121,15 +137,22 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
                 raise OrchestrateMlflowError(
                     f"endpoint {name!r} already exists on target {existing['target']!r} and serves deployment "
                     f"{existing['live_deployment_id']}",
-                    error_code=int(databricks_pb2.RESOURCE_ALREADY_EXISTS), exit_code=2,
+                    error_code=int(databricks_pb2.RESOURCE_ALREADY_EXISTS),
+                    exit_code=2,
                     hint=f"change it with `mlflow deployments update -t {self.target_uri} --name {name} -m MODEL`, "
-                         f"or choose another --name",
+                    f"or choose another --name",
                 )
             deployment_id = client.deploy(model_uri, name=name, target=self.target, config=dict(config or {}))
             return self._finished(client, name, deployment_id)
 
-    def update_deployment(self, name: str, model_uri: str | None = None, flavor: str | None = None,
-                          config: Mapping[str, Any] | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    def update_deployment(
+        self,
+        name: str,
+        model_uri: str | None = None,
+        flavor: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:
         """Patch endpoint `name`: a new model (keeping the live config, with `config` applied on
         top), or only `config` applied to the live model. Each is a recorded deployment that
         replaces the live one only once it passed its health check."""
@@ -143,10 +166,14 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
             if status["live"] is None:
                 raise OrchestrateMlflowError(
                     f"endpoint {name!r} has no live deployment to update",
-                    error_code=int(databricks_pb2.INVALID_STATE), exit_code=2,
+                    error_code=int(databricks_pb2.INVALID_STATE),
+                    exit_code=2,
                     hint=f"deploy a model with `mlflow deployments create -t {self.target_uri} --name {name} -m MODEL`"
-                         + (f"; or see `orchestrate status {status['latest_deployment_id']}`"
-                            if status["latest_deployment_id"] else ""),
+                    + (
+                        f"; or see `orchestrate status {status['latest_deployment_id']}`"
+                        if status["latest_deployment_id"]
+                        else ""
+                    ),
                 )
             if model_uri is None:
                 deployment_id = client.reconfigure(name, patch)
@@ -154,8 +181,9 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
                 deployment_id = client.deploy(model_uri, name=name, target=self.target, config=patch)
             return self._finished(client, name, deployment_id)
 
-    def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,
-                          endpoint: str | None = None) -> None:
+    def delete_deployment(
+        self, name: str, config: Mapping[str, Any] | None = None, endpoint: str | None = None
+    ) -> None:
         """Stop everything endpoint `name` runs; its history stays. Deleting an endpoint that
         does not exist (or no longer does) succeeds, so a retried delete is safe."""
         name = _deployment_name(name, endpoint)
@@ -176,9 +204,14 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         with _as_mlflow_errors(), self._client() as client:
             rows = client.list_endpoints()
         return [
-            {"name": row["endpoint"], "flavor": FLAVOR, "target": row["target"],
-             "live_deployment_id": row["live_deployment_id"], "model_digest": row["model_digest"],
-             "busy": row["busy"]}
+            {
+                "name": row["endpoint"],
+                "flavor": FLAVOR,
+                "target": row["target"],
+                "live_deployment_id": row["live_deployment_id"],
+                "model_digest": row["model_digest"],
+                "busy": row["busy"],
+            }
             for row in rows
             if row["target"] == self.target and (endpoint is None or row["endpoint"] == endpoint)
         ]
@@ -190,8 +223,9 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         with _as_mlflow_errors(), self._client() as client:
             return _deployment_summary(self._status(client, name))
 
-    def predict(self, deployment_name: str | None = None, inputs: Any = None,
-                endpoint: str | None = None) -> PredictionsResponse:
+    def predict(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> PredictionsResponse:
         """Score `inputs` (a DataFrame, a dict of MLflow's request format or of named inputs, a
         list, a numpy array, or a JSON string) with the endpoint's live deployment."""
         name = _deployment_name(deployment_name, endpoint)
@@ -202,27 +236,36 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
             answer = target.invoke(outputs, body, "application/json")
         text = answer.body.decode(errors="replace")
         if answer.status != 200:
-            raise OrchestrateMlflowError.of(TargetError(
-                f"endpoint {name} answered HTTP {answer.status}: {text}",
-                hint="check the input against the model's signature; `orchestrate logs "
-                     f"{name}` shows the server's log"))
+            raise OrchestrateMlflowError.of(
+                TargetError(
+                    f"endpoint {name} answered HTTP {answer.status}: {text}",
+                    hint="check the input against the model's signature; `orchestrate logs "
+                    f"{name}` shows the server's log",
+                )
+            )
         response: PredictionsResponse = PredictionsResponse.from_json(text)  # type: ignore[no-untyped-call]
         return response
 
-    def predict_stream(self, deployment_name: str | None = None, inputs: Any = None,
-                       endpoint: str | None = None) -> Iterator[dict[str, Any]]:
+    def predict_stream(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         raise _not_supported("streaming predictions", "call predict() for a whole answer")
 
     def explain(self, deployment_name: str | None = None, df: Any = None, endpoint: str | None = None) -> Any:
-        raise _not_supported("explain", "orchestrate's scoring server answers /invocations only; compute "
-                                        "explanations offline, e.g. with mlflow.shap on the loaded model")
+        raise _not_supported(
+            "explain",
+            "orchestrate's scoring server answers /invocations only; compute "
+            "explanations offline, e.g. with mlflow.shap on the loaded model",
+        )
 
     # -- endpoints: an orchestrate endpoint is the deployment of the same name ------------
 
     def create_endpoint(self, name: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        raise _not_supported("creating an empty endpoint",
-                             f"an orchestrate endpoint is created by its first deployment: `mlflow deployments "
-                             f"create -t {self.target_uri} --name {name} -m MODEL`")
+        raise _not_supported(
+            "creating an empty endpoint",
+            f"an orchestrate endpoint is created by its first deployment: `mlflow deployments "
+            f"create -t {self.target_uri} --name {name} -m MODEL`",
+        )
 
     def update_endpoint(self, endpoint: str, config: Mapping[str, Any] | None = None) -> None:
         """Apply `config` to the endpoint's live model (the same as update_deployment without a model)."""
@@ -262,8 +305,10 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
 
     def _check_target(self, status: Mapping[str, Any]) -> None:
         if status["target"] != self.target:
-            raise NotFound(f"endpoint {status['endpoint']!r} is on target {status['target']!r}, not {self.target!r}",
-                           hint=f"use -t orchestrate:/{status['target']}")
+            raise NotFound(
+                f"endpoint {status['endpoint']!r} is on target {status['target']!r}, not {self.target!r}",
+                hint=f"use -t orchestrate:/{status['target']}",
+            )
 
     def _finished(self, client: Client, name: str, deployment_id: int) -> dict[str, Any]:
         record = client.deployment_record(deployment_id, with_attempts=False)
@@ -271,8 +316,10 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
             live = client.endpoint_status(name)["live_deployment_id"]
             raise OrchestrateMlflowError(
                 f"deployment {deployment_id} on {name} {record['status']}: {record['error']}",
-                error_code=int(databricks_pb2.INTERNAL_ERROR), exit_code=1,
-                hint=(f"deployment {live} still serves; " if live else "") + f"see `orchestrate status {deployment_id}`",
+                error_code=int(databricks_pb2.INTERNAL_ERROR),
+                exit_code=1,
+                hint=(f"deployment {live} still serves; " if live else "")
+                + f"see `orchestrate status {deployment_id}`",
             )
         return _deployment_summary(client.endpoint_status(name))
 
@@ -280,8 +327,10 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
 def _deployment_name(name: str | None, endpoint: str | None) -> str:
     """MLflow passes a deployment name, an endpoint, or both; in orchestrate they are one."""
     if name and endpoint and name != endpoint:
-        raise _invalid(f"--name {name!r} and --endpoint {endpoint!r} differ",
-                       hint="an orchestrate endpoint is the deployment of the same name: give one of them")
+        raise _invalid(
+            f"--name {name!r} and --endpoint {endpoint!r} differ",
+            hint="an orchestrate endpoint is the deployment of the same name: give one of them",
+        )
     chosen = name or endpoint
     if not chosen:
         raise _invalid("no deployment name given", hint="pass --name NAME")
@@ -290,13 +339,19 @@ def _deployment_name(name: str | None, endpoint: str | None) -> str:
 
 def _check_flavor(flavor: str | None) -> None:
     if flavor not in (None, "", FLAVOR, "pyfunc"):
-        raise _invalid(f"flavor {flavor!r} is not supported",
-                       hint=f"orchestrate serves a model's {FLAVOR} flavor; leave --flavor out")
+        raise _invalid(
+            f"flavor {flavor!r} is not supported",
+            hint=f"orchestrate serves a model's {FLAVOR} flavor; leave --flavor out",
+        )
 
 
 def _not_supported(what: str, hint: str) -> OrchestrateMlflowError:
-    return OrchestrateMlflowError(f"{what} is not supported by orchestrate", hint=hint,
-                                  error_code=int(databricks_pb2.NOT_IMPLEMENTED), exit_code=2)
+    return OrchestrateMlflowError(
+        f"{what} is not supported by orchestrate",
+        hint=hint,
+        error_code=int(databricks_pb2.NOT_IMPLEMENTED),
+        exit_code=2,
+    )
 
 
 def _existing_status(client: Client, name: str) -> dict[str, Any] | None:
@@ -347,13 +402,14 @@ def _request_body(inputs: Any) -> bytes:
     elif isinstance(inputs, (dict, list)) or hasattr(inputs, "tolist"):
         payload = {"inputs": inputs}
     else:
-        raise _invalid(f"cannot send {type(inputs).__name__} to a scoring server",
-                       hint="pass a pandas DataFrame, a dict, a list or a numpy array")
+        raise _invalid(
+            f"cannot send {type(inputs).__name__} to a scoring server",
+            hint="pass a pandas DataFrame, a dict, a list or a numpy array",
+        )
     return json.dumps(payload, cls=NumpyEncoder).encode()
 
 
-def run_local(name: str, model_uri: str, flavor: str | None = None,
-              config: Mapping[str, Any] | None = None) -> None:
+def run_local(name: str, model_uri: str, flavor: str | None = None, config: Mapping[str, Any] | None = None) -> None:
     """Serve the model in the foreground on this machine until interrupted, like `orchestrate
     serve` (whatever the target; nothing is recorded). Config: host, port (default 5000),
     workers, env_manager (`virtualenv` or `local`), pip_requirements_override and the
@@ -367,8 +423,9 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     values = dict(config or {})
     unknown = sorted(set(values) - set(_RUN_LOCAL_KEYS))
     if unknown:
-        raise _invalid(f"unknown run-local config key(s) {', '.join(unknown)}",
-                       hint="valid keys: " + ", ".join(_RUN_LOCAL_KEYS))
+        raise _invalid(
+            f"unknown run-local config key(s) {', '.join(unknown)}", hint="valid keys: " + ", ".join(_RUN_LOCAL_KEYS)
+        )
 
     def log(line: str) -> None:
         click.echo(line, err=True)
@@ -376,12 +433,25 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     with _as_mlflow_errors():
         command, env = scoring_command(
             model_uri,
-            ["serve", "--host", str(values.get("host", "127.0.0.1")), "--port", str(values.get("port", 5000)),
-             "--workers", str(values.get("workers", 1))],
+            [
+                "serve",
+                "--host",
+                str(values.get("host", "127.0.0.1")),
+                "--port",
+                str(values.get("port", 5000)),
+                "--workers",
+                str(values.get("workers", 1)),
+            ],
             env_manager=str(values.get("env_manager", "virtualenv")),
-            overrides=parse_overrides(values.get("pip_requirements_override")), log=log,
-            policy=Policy.from_config({key: ENGINE_KEYS[key].parse(key, values[key], "run-local config")
-                                       for key in ("allow_index_options", "allow_direct_references") if key in values}),
+            overrides=parse_overrides(values.get("pip_requirements_override")),
+            log=log,
+            policy=Policy.from_config(
+                {
+                    key: ENGINE_KEYS[key].parse(key, values[key], "run-local config")
+                    for key in ("allow_index_options", "allow_direct_references")
+                    if key in values
+                }
+            ),
         )
     log(f"serving {model_uri} as {name} in the foreground; Ctrl-C stops it")
     server = subprocess.Popen(command, env=env)
@@ -409,8 +479,7 @@ def target_help() -> str:
         for key, spec in plugin.config_keys.items():
             lines.append(f"      -C {key}=…  ({spec.type.__name__}, default {spec.default!r}) {spec.help}")
     lines += [
-        "  every target also takes -C " + ", ".join(k for k in ENGINE_KEYS if "." not in k)
-        + ", max_attempts.<stage>",
+        "  every target also takes -C " + ", ".join(k for k in ENGINE_KEYS if "." not in k) + ", max_attempts.<stage>",
         "",
         "--name is the orchestrate endpoint; `orchestrate status NAME` shows what MLflow's commands did.",
         "  create       first deployment of an endpoint (an endpoint that already serves is an error)",

@@ -64,7 +64,7 @@ def resolve_model_uri(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+    if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and os.name == "nt"):
         return Path(uri)
     raise ConfigError(
         f"model URI scheme {parsed.scheme!r} is not supported yet ({uri})",
@@ -106,8 +106,9 @@ def read_model(uri: str) -> ModelInfo:
             f"{mlmodel_path}: loader_module {loader_module!r} is not a Python module name",
             hint="MLflow writes a dotted module name such as mlflow.sklearn; save the model again with mlflow",
         )
-    _check_paths_stay_inside(mlmodel_path, {"flavors": flavors,
-                                            "saved_input_example_info": mlmodel.get("saved_input_example_info")})
+    _check_paths_stay_inside(
+        mlmodel_path, {"flavors": flavors, "saved_input_example_info": mlmodel.get("saved_input_example_info")}
+    )
     input_example = _input_example(path)
     if input_example is not None:
         load_input_example(path, input_example)  # a broken example is bad input now, not a failed health check
@@ -129,10 +130,23 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # /etc/x, and "../x" leaves it. (`uri` under a python_model's artifacts is where an artifact came
 # from, not where it is; `model_config` is the user's own settings for predict: neither is checked.)
 _NOT_MODEL_PATHS = frozenset({"model_config", "uri"})
-_PATH_KEYS = frozenset({
-    "artifact_path", "code", "conda", "data", "env", "model_data", "model_path", "path", "pickled_model",
-    "python_model", "saved_model_dir", "serving_input_path", "virtualenv",
-})
+_PATH_KEYS = frozenset(
+    {
+        "artifact_path",
+        "code",
+        "conda",
+        "data",
+        "env",
+        "model_data",
+        "model_path",
+        "path",
+        "pickled_model",
+        "python_model",
+        "saved_model_dir",
+        "serving_input_path",
+        "virtualenv",
+    }
+)
 
 
 def _check_paths_stay_inside(mlmodel_path: Path, document: Any) -> None:
@@ -238,18 +252,24 @@ def model_files(root: Path) -> list[ModelFile]:
                         )
                 mode = source.stat().st_mode if entry.is_symlink() else entry.stat(follow_symlinks=False).st_mode
             except OSError as exc:
-                raise ConfigError(f"{shown} is a symbolic link that leads nowhere ({exc.strerror})",
-                                  hint="remove the link or put the file it meant in its place") from None
+                raise ConfigError(
+                    f"{shown} is a symbolic link that leads nowhere ({exc.strerror})",
+                    hint="remove the link or put the file it meant in its place",
+                ) from None
             if stat.S_ISDIR(mode):
                 if source in ancestors:
-                    raise ConfigError(f"{shown} is a symbolic link to {source}, which contains it: "
-                                      "copying it would never end", hint="remove the link")
+                    raise ConfigError(
+                        f"{shown} is a symbolic link to {source}, which contains it: copying it would never end",
+                        hint="remove the link",
+                    )
                 walk(source, inner, ancestors | {source})
             elif stat.S_ISREG(mode):
                 files.append(ModelFile(inner.as_posix(), source))
                 if len(files) > MAX_FILES:
-                    raise ConfigError(f"{root} holds more than {MAX_FILES} files; is it a model directory?",
-                                      hint="check the links to directories inside it")
+                    raise ConfigError(
+                        f"{root} holds more than {MAX_FILES} files; is it a model directory?",
+                        hint="check the links to directories inside it",
+                    )
             else:
                 raise ConfigError(
                     f"{shown} is {_kind(mode)}{' (through a link)' if entry.is_symlink() else ''}, "
@@ -264,8 +284,12 @@ def model_files(root: Path) -> list[ModelFile]:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -341,8 +365,11 @@ def _copy_files(files: list[ModelFile], staging: Path, store_dir: Path) -> str:
             try:
                 for parent in reversed(target.relative_to(staging).parents[:-1]):
                     (staging / parent).mkdir(mode=0o700, exist_ok=True)
-                descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     0o700 if executable else 0o600)
+                descriptor = os.open(
+                    target,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o700 if executable else 0o600,
+                )
                 with os.fdopen(descriptor, "wb") as copy:
                     for chunk in _chunks(source, file.source):
                         sha.update(chunk)
@@ -379,10 +406,14 @@ def load_input_example(model_dir: Path, name: str) -> tuple[bytes, int | None]:
     try:
         document = json.loads(read_model_text(file, limit=INPUT_EXAMPLE_MAX_BYTES))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, and numbers Python will not parse
-        raise ConfigError(f"{file} is not a JSON input example: {str(exc).splitlines()[0] if str(exc) else exc}",
-                          hint="remove it, or save the model again with mlflow and a valid input_example") from None
-    if name == "input_example.json" and isinstance(document, dict) and not (
-        {"dataframe_split", "dataframe_records", "instances", "inputs"} & set(document)
+        raise ConfigError(
+            f"{file} is not a JSON input example: {str(exc).splitlines()[0] if str(exc) else exc}",
+            hint="remove it, or save the model again with mlflow and a valid input_example",
+        ) from None
+    if (
+        name == "input_example.json"
+        and isinstance(document, dict)
+        and not ({"dataframe_split", "dataframe_records", "instances", "inputs"} & set(document))
     ):
         # MLflow's raw input_example for pandas input is a split-oriented frame.
         document = {"dataframe_split": document} if {"columns", "data"} <= set(document) else {"inputs": document}
@@ -406,8 +437,7 @@ def check_endpoint_name(name: str) -> str:
     if not name or len(name) > 63 or not _NAME.fullmatch(name):  # fullmatch: `$` also matches before "\n"
         raise ConfigError(
             f"invalid endpoint name {name!r}",
-            hint="use 1-63 letters, digits and hyphens, starting and ending with a letter or digit "
-            "(e.g. churn-v2)",
+            hint="use 1-63 letters, digits and hyphens, starting and ending with a letter or digit (e.g. churn-v2)",
         )
     if name.isdigit():  # `status 7` and `history 7` read 7 as a deployment id
         raise ConfigError(

@@ -25,8 +25,10 @@ def load_model_yaml(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
-        raise ConfigError(f"{file} is nested too deeply to be a model file",
-                          hint="MLflow writes a few levels; save the model again with mlflow") from None
+        raise ConfigError(
+            f"{file} is nested too deeply to be a model file",
+            hint="MLflow writes a few levels; save the model again with mlflow",
+        ) from None
 
 
 def read_model_text(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> str:
@@ -41,8 +43,10 @@ def read_model_text(file: Path, *, limit: int = TEXT_FILE_MAX_BYTES) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file} is not UTF-8 text (undecodable byte at offset {exc.start}); is it a binary file?",
-                          hint="save the model again with mlflow") from None
+        raise ConfigError(
+            f"{file} is not UTF-8 text (undecodable byte at offset {exc.start}); is it a binary file?",
+            hint="save the model again with mlflow",
+        ) from None
 
 
 def open_regular(file: Path, *, follow: bool = True) -> IO[bytes]:

@@ -105,13 +105,16 @@ def resolve(uri: str, snapshot_dir: Path, *, log: Callable[[str], None] | None =
         info = mlmodel.read_model(uri)
         snapshot = mlmodel.snapshot(info, snapshot_dir)
         # Recorded as the absolute directory: a relative path or file:// means nothing to a worker.
-        return ResolvedModel(replace(info, path=snapshot), ModelSource(uri=str(info.path), kind="path"), 0.0,
-                             time.monotonic() - started)
+        return ResolvedModel(
+            replace(info, path=snapshot), ModelSource(uri=str(info.path), kind="path"), 0.0, time.monotonic() - started
+        )
     try:
         source = _pin(uri)
     except _Transient as fault:
-        raise ConfigError(f"cannot resolve model {uri}: {fault}",
-                          hint=fault.hint or "check that the server holding it is up and reachable") from None
+        raise ConfigError(
+            f"cannot resolve model {uri}: {fault}",
+            hint=fault.hint or "check that the server holding it is up and reachable",
+        ) from None
     known = _known_snapshot(source, snapshot_dir)
     if known is not None:  # this immutable version was downloaded before: no second download
         return ResolvedModel(known, source, time.monotonic() - started, 0.0)
@@ -120,8 +123,9 @@ def resolve(uri: str, snapshot_dir: Path, *, log: Callable[[str], None] | None =
         info = _read_downloaded(downloaded, uri)
         snapshot = mlmodel.snapshot(info, snapshot_dir)
     _remember_snapshot(source, snapshot_dir, info.digest)
-    return ResolvedModel(replace(info, path=snapshot), source, downloaded_at - started,
-                         time.monotonic() - downloaded_at)
+    return ResolvedModel(
+        replace(info, path=snapshot), source, downloaded_at - started, time.monotonic() - downloaded_at
+    )
 
 
 # Sources whose pinned URI always names the same files (MLflow never changes a registered
@@ -211,19 +215,29 @@ def _pin(uri: str) -> ModelSource:
         return _pin_http(uri)
     tracking_uri = secret_values.mask_credentials(_tracking_uri())
     if scheme == "runs":
-        run_id, _, path = parsed.path.lstrip("/").partition("/") if not parsed.netloc else (
-            parsed.netloc, "", parsed.path.lstrip("/"))
+        run_id, _, path = (
+            parsed.path.lstrip("/").partition("/")
+            if not parsed.netloc
+            else (parsed.netloc, "", parsed.path.lstrip("/"))
+        )
         if not run_id or not path:
-            raise ConfigError(f"model URI {uri} is not runs:/RUN_ID/PATH",
-                              hint="e.g. runs:/3f2a…/model, as `mlflow.<flavor>.log_model` prints")
+            raise ConfigError(
+                f"model URI {uri} is not runs:/RUN_ID/PATH",
+                hint="e.g. runs:/3f2a…/model, as `mlflow.<flavor>.log_model` prints",
+            )
         with _mlflow_errors(uri):
             mlflow.MlflowClient().get_run(run_id)
         return ModelSource(uri=uri, kind="runs", pinned_uri=uri, run_id=run_id, tracking_uri=tracking_uri)
     if scheme == "models":
         return _pin_registered(uri, mlflow, tracking_uri)
     shown = secret_values.mask_credentials(uri)
-    return ModelSource(uri=shown, kind="artifacts", pinned_uri=uri if uri == shown else None,
-                       artifact_source=shown, tracking_uri=tracking_uri)
+    return ModelSource(
+        uri=shown,
+        kind="artifacts",
+        pinned_uri=uri if uri == shown else None,
+        artifact_source=shown,
+        tracking_uri=tracking_uri,
+    )
 
 
 # MLflow reads http(s) URIs with its artifact proxy's client only (HttpArtifactRepository): the URI
@@ -237,7 +251,8 @@ def _pin_http(uri: str) -> ModelSource:
         raise ConfigError(
             f"model URI {shown} is not a tracking server's artifact route: MLflow downloads http(s) models "
             f"only from `mlflow server --serve-artifacts` (http://HOST:PORT/api/2.0{_ARTIFACT_ROUTE}/PATH)",
-            hint="give that route, `mlflow-artifacts:/PATH`, or download the model and give its directory")
+            hint="give that route, `mlflow-artifacts:/PATH`, or download the model and give its directory",
+        )
     # The URI names its own server; MLFLOW_TRACKING_URI plays no part in reading it.
     return ModelSource(uri=shown, kind="artifacts", pinned_uri=uri if uri == shown else None, artifact_source=shown)
 
@@ -250,9 +265,15 @@ def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSou
         client = mlflow.MlflowClient()
         if parsed.model_id is not None:
             logged = client.get_logged_model(parsed.model_id)
-            return ModelSource(uri=uri, kind="logged_model", pinned_uri=uri, model_id=logged.model_id,
-                               run_id=logged.source_run_id, artifact_source=logged.artifact_location,
-                               tracking_uri=tracking_uri)
+            return ModelSource(
+                uri=uri,
+                kind="logged_model",
+                pinned_uri=uri,
+                model_id=logged.model_id,
+                run_id=logged.source_run_id,
+                artifact_source=logged.artifact_location,
+                tracking_uri=tracking_uri,
+            )
         name = parsed.name
         if parsed.version is not None:
             version = client.get_model_version(name, parsed.version)
@@ -266,9 +287,16 @@ def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSou
                 number = _get_latest_model_version(client, name, parsed.stage)  # type: ignore[no-untyped-call]
             version = client.get_model_version(name, str(number))
     return ModelSource(
-        uri=uri, kind="registered", pinned_uri=f"models:/{name}/{version.version}", registered_name=name,
-        version=str(version.version), alias=parsed.alias, stage=parsed.stage, run_id=version.run_id or None,
-        model_id=getattr(version, "model_id", None) or _logged_model_id(version.source), artifact_source=version.source,
+        uri=uri,
+        kind="registered",
+        pinned_uri=f"models:/{name}/{version.version}",
+        registered_name=name,
+        version=str(version.version),
+        alias=parsed.alias,
+        stage=parsed.stage,
+        run_id=version.run_id or None,
+        model_id=getattr(version, "model_id", None) or _logged_model_id(version.source),
+        artifact_source=version.source,
         tracking_uri=tracking_uri,
     )
 
@@ -276,8 +304,8 @@ def _pin_registered(uri: str, mlflow: Any, tracking_uri: str | None) -> ModelSou
 def _logged_model_id(source: str | None) -> str | None:
     """The MLflow 3 logged model a version's source names (`models:/m-…`), when the registry
     does not say it itself."""
-    if source and source.startswith("models:/m-") and "/" not in source[len("models:/"):]:
-        return source[len("models:/"):]
+    if source and source.startswith("models:/m-") and "/" not in source[len("models:/") :]:
+        return source[len("models:/") :]
     return None
 
 
@@ -285,8 +313,7 @@ def _logged_model_id(source: str | None) -> str | None:
 
 
 @contextmanager
-def _download(uri: str, snapshot_dir: Path, *, shown: str,
-              log: Callable[[str], None] | None = None) -> Iterator[Path]:
+def _download(uri: str, snapshot_dir: Path, *, shown: str, log: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Download `uri` into a fresh staging directory beside the snapshots (so the snapshot is a
     copy on one file system) and yield the model directory in it; the staging directory is
     removed however this ends. Transient faults are retried, each try starting empty."""
@@ -323,7 +350,7 @@ def _remove_abandoned_downloads(snapshot_dir: Path) -> None:
     from .processes import pid_alive
 
     for staging in snapshot_dir.glob(f"{_DOWNLOAD_PREFIX}*"):
-        pid = staging.name[len(_DOWNLOAD_PREFIX):].split("-", 1)[0]
+        pid = staging.name[len(_DOWNLOAD_PREFIX) :].split("-", 1)[0]
         if pid.isdecimal() and not pid_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -343,8 +370,9 @@ def _download_once(uri: str, target: Path, shown: str) -> Path:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target))
     path = Path(local)
     if not path.is_dir():
-        raise ConfigError(f"model URI {shown} names a file, not a model directory",
-                          hint="give the directory that holds MLmodel")
+        raise ConfigError(
+            f"model URI {shown} names a file, not a model directory", hint="give the directory that holds MLmodel"
+        )
     return path
 
 
@@ -364,7 +392,7 @@ def _download_s3(uri: str, target: Path, shown: str) -> None:
         found = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                relative = PurePosixPath(item["Key"][len(prefix):])
+                relative = PurePosixPath(item["Key"][len(prefix) :])
                 if item["Key"].endswith("/") or not relative.parts:
                     continue  # a "folder" placeholder object
                 if ".." in relative.parts or relative.is_absolute():
@@ -374,10 +402,16 @@ def _download_s3(uri: str, target: Path, shown: str) -> None:
                 client.download_file(bucket, item["Key"], str(destination))
                 found += 1
     except boto_errors.NoCredentialsError:
-        raise ConfigError(f"no AWS credentials to read model {shown}",
-                          hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
-    except (boto_errors.EndpointConnectionError, boto_errors.ConnectionClosedError,
-            boto_errors.ReadTimeoutError, boto_errors.ConnectTimeoutError) as exc:
+        raise ConfigError(
+            f"no AWS credentials to read model {shown}",
+            hint="set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        ) from None
+    except (
+        boto_errors.EndpointConnectionError,
+        boto_errors.ConnectionClosedError,
+        boto_errors.ReadTimeoutError,
+        boto_errors.ConnectTimeoutError,
+    ) as exc:
         raise _Transient(str(exc)) from None
     except boto_errors.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
@@ -385,10 +419,13 @@ def _download_s3(uri: str, target: Path, shown: str) -> None:
         if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
             raise _Transient(f"{code}: {exc}") from None
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"):
-            raise ConfigError(f"S3 refused the credentials for model {shown} ({code})",
-                              hint="check the AWS credentials and the bucket policy") from None
-        raise ConfigError(f"cannot read model {shown}: {code or exc}",
-                          hint="check the bucket and prefix (`aws s3 ls " + uri + "`)") from None
+            raise ConfigError(
+                f"S3 refused the credentials for model {shown} ({code})",
+                hint="check the AWS credentials and the bucket policy",
+            ) from None
+        raise ConfigError(
+            f"cannot read model {shown}: {code or exc}", hint="check the bucket and prefix (`aws s3 ls " + uri + "`)"
+        ) from None
     if not found:
         raise ConfigError(f"model URI {shown} holds no objects", hint="check the bucket and prefix")
 
@@ -421,10 +458,17 @@ def _import_mlflow(uri: str) -> Any:
 # artifact proxy's client) requests' HTTPError; either way the HTTP status decides.
 _UNAUTHENTICATED, _DENIED, _MISSING, _TRANSIENT = "unauthenticated", "denied", "missing", "transient"
 # MLflow error codes that mean "that does not exist" or "that request is wrong": the user fixes the URI.
-_PERMANENT_CODES = frozenset({
-    "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST", "INVALID_STATE",
-    "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
-})
+_PERMANENT_CODES = frozenset(
+    {
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_PARAMETER_VALUE",
+        "NOT_FOUND",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+        "ENDPOINT_NOT_FOUND",
+        "FEATURE_DISABLED",
+    }
+)
 # "401 Client Error" (requests) or "failed with error code 401 != 200" (MLflow's REST client).
 _HTTP_STATUS = re.compile(r"\b([45]\d\d) (?:Client|Server) Error\b|\berror code ([45]\d\d) != ")
 
@@ -470,8 +514,9 @@ def _who() -> str:
     return "anonymous: MLFLOW_TRACKING_USERNAME is not set"
 
 
-_CREDENTIALS_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
-                     "to an account of that server")
+_CREDENTIALS_HINT = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server"
+)
 
 
 @contextmanager
@@ -487,21 +532,31 @@ def _mlflow_errors(uri: str) -> Iterator[None]:
     except (MlflowException, requests.HTTPError) as exc:
         meaning, text, server = _classify(exc), _describe(exc), _server_of(uri)
         if meaning == _UNAUTHENTICATED:
-            raise ConfigError(f"the MLflow server {server} refused the credentials for model {uri} ({_who()}): "
-                              f"{text}", hint=_CREDENTIALS_HINT) from None
+            raise ConfigError(
+                f"the MLflow server {server} refused the credentials for model {uri} ({_who()}): {text}",
+                hint=_CREDENTIALS_HINT,
+            ) from None
         if meaning == _DENIED:
-            raise ConfigError(f"the MLflow server {server} does not let {uri} be read ({_who()}): {text}",
-                              hint="ask its admin for READ permission on it, or use another account "
-                              "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)") from None
+            raise ConfigError(
+                f"the MLflow server {server} does not let {uri} be read ({_who()}): {text}",
+                hint="ask its admin for READ permission on it, or use another account "
+                "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)",
+            ) from None
         if meaning == _MISSING:
-            what = ("the name, version, alias or run id (`mlflow models` / the MLflow UI)"
-                    if urlparse(uri).scheme.lower() in ("models", "runs") else "the artifact path (the MLflow UI)")
-            raise ConfigError(f"model {uri} cannot be resolved: {text}",
-                              hint=f"check {what} and the server ({server})") from None
+            what = (
+                "the name, version, alias or run id (`mlflow models` / the MLflow UI)"
+                if urlparse(uri).scheme.lower() in ("models", "runs")
+                else "the artifact path (the MLflow UI)"
+            )
+            raise ConfigError(
+                f"model {uri} cannot be resolved: {text}", hint=f"check {what} and the server ({server})"
+            ) from None
         raise _Transient(text, hint=_up_hint(uri, server)) from None
     except ImportError as exc:  # a scheme whose client library is missing (gs:// → google-cloud-storage)
-        raise ConfigError(f"model URI {uri} needs the Python package {exc.name or exc}",
-                          hint=f"`pip install {exc.name}`" if exc.name else None) from None
+        raise ConfigError(
+            f"model URI {uri} needs the Python package {exc.name or exc}",
+            hint=f"`pip install {exc.name}`" if exc.name else None,
+        ) from None
     except OSError as exc:  # requests' ConnectionError is an OSError
         raise _Transient(_describe(exc), hint=_up_hint(uri, _server_of(uri))) from None
 
@@ -541,18 +596,26 @@ def tag_version(source: ModelSource, endpoint: str, where: dict[str, Any]) -> st
 
     if source.version_key() is None:
         return None
-    return _registry_call(source, lambda client: client.set_model_version_tag(
-        source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint, json.dumps(where, sort_keys=True)),
-        f"tag {source.registered_name} version {source.version} as serving on {endpoint}")
+    return _registry_call(
+        source,
+        lambda client: client.set_model_version_tag(
+            source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint, json.dumps(where, sort_keys=True)
+        ),
+        f"tag {source.registered_name} version {source.version} as serving on {endpoint}",
+    )
 
 
 def untag_version(source: ModelSource, endpoint: str) -> str | None:
     """Remove `endpoint`'s tag from the version `source` resolved to; a warning when it cannot."""
     if source.version_key() is None:
         return None
-    return _registry_call(source, lambda client: client.delete_model_version_tag(
-        source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint),
-        f"remove the {endpoint} tag of {source.registered_name} version {source.version}")
+    return _registry_call(
+        source,
+        lambda client: client.delete_model_version_tag(
+            source.registered_name, source.version, REGISTRY_TAG_PREFIX + endpoint
+        ),
+        f"remove the {endpoint} tag of {source.registered_name} version {source.version}",
+    )
 
 
 def _registry_call(source: ModelSource, call: Callable[[Any], object], what: str) -> str | None:
@@ -573,11 +636,15 @@ def _tag_warning(exc: Exception, what: str, source: ModelSource) -> str:
         return f"could not {what}: {text}"
     fix = "or turn registry feedback off with -C registry_tags=false"
     if meaning == _UNAUTHENTICATED:
-        return (f"could not {what}: the model registry {server} refused the credentials ({_who()}): {text}; "
-                f"{_CREDENTIALS_HINT}, {fix}")
+        return (
+            f"could not {what}: the model registry {server} refused the credentials ({_who()}): {text}; "
+            f"{_CREDENTIALS_HINT}, {fix}"
+        )
     if meaning == _DENIED:
-        return (f"could not {what}: the model registry {server} does not let {_who()} edit registered model "
-                f"{source.registered_name}: {text}; tags need EDIT permission on it: grant it, {fix}")
+        return (
+            f"could not {what}: the model registry {server} does not let {_who()} edit registered model "
+            f"{source.registered_name}: {text}; tags need EDIT permission on it: grant it, {fix}"
+        )
     return f"could not {what} in the model registry {server}: {text}"
 
 

@@ -23,10 +23,12 @@ def update_registry_tags(store: Store, deployment_id: int, echo: Callable[[str],
             return
         source = model_uri.ModelSource.from_dict(deployment.model_source, deployment.model_uri)
         previous = session.get(Deployment, deployment.previous_live_id) if deployment.previous_live_id else None
-        replaced = (model_uri.ModelSource.from_dict(previous.model_source, previous.model_uri)
-                    if previous else None)
-        where = {"target": deployment.target, "deployment_id": deployment.id,
-                 "url": merged_outputs(session, deployment.id).get("url")}
+        replaced = model_uri.ModelSource.from_dict(previous.model_source, previous.model_uri) if previous else None
+        where = {
+            "target": deployment.target,
+            "deployment_id": deployment.id,
+            "url": merged_outputs(session, deployment.id).get("url"),
+        }
         name, endpoint_id = endpoint.name, endpoint.id
     warnings = [model_uri.tag_version(source, name, where)]
     if replaced is not None and replaced.version_key() != source.version_key():

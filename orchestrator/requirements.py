@@ -47,8 +47,19 @@ PYFUNC_RUNTIME = ("numpy", "pandas")
 ALLOW_INDEX_OPTIONS = "allow_index_options"
 ALLOW_DIRECT_REFERENCES = "allow_direct_references"
 
-_INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--no-index",
-                  "--trusted-host", "--pre", "--prefer-binary", "--only-binary", "--no-binary")
+_INDEX_OPTIONS = (
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "--no-index",
+    "--trusted-host",
+    "--pre",
+    "--prefer-binary",
+    "--only-binary",
+    "--no-binary",
+)
 # Only these options choose where packages come from; the others above only how they are picked.
 _INDEX_CHOOSING = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--no-index", "--trusted-host")
 # A user-info without a password (`https://TOKEN@host`): how VCS and index tokens are often given.
@@ -160,16 +171,20 @@ def _check_line(line: str, where: str) -> None:
     if line.startswith("-"):
         option = re.split(r"[\s=]", line, maxsplit=1)[0]
         if option not in (*_INDEX_OPTIONS, "-e", "--editable"):
-            raise ConfigError(f"{where}: pip option {option!r} is not supported in a model's requirements",
-                              hint="list packages one per line (name==version)")
+            raise ConfigError(
+                f"{where}: pip option {option!r} is not supported in a model's requirements",
+                hint="list packages one per line (name==version)",
+            )
         return
     if _is_direct_reference(line):
         return
     try:
         Requirement(line)
     except InvalidRequirement as exc:
-        raise ConfigError(f"{where}: {mask(line)!r} is not a valid requirement ({exc})",
-                          hint="write name, name==version or name>=1,<2 (PEP 508)") from None
+        raise ConfigError(
+            f"{where}: {mask(line)!r} is not a valid requirement ({exc})",
+            hint="write name, name==version or name>=1,<2 (PEP 508)",
+        ) from None
 
 
 def _is_direct_reference(line: str) -> bool:
@@ -201,8 +216,13 @@ class Policy:
         return cls(bool(config.get(ALLOW_INDEX_OPTIONS)), bool(config.get(ALLOW_DIRECT_REFERENCES)))
 
 
-def check_policy(lines: Sequence[str], policy: Policy, *, where: str = "the model's requirements",
-                 how_to_allow: str = "-C {key}=true") -> None:
+def check_policy(
+    lines: Sequence[str],
+    policy: Policy,
+    *,
+    where: str = "the model's requirements",
+    how_to_allow: str = "-C {key}=true",
+) -> None:
     """Raise ConfigError for the first line the policy refuses, with the reason and the opt-in
     (`how_to_allow` names it with {key}, the config key, or {flag}, the command-line flag)."""
     for line in lines:
@@ -213,14 +233,14 @@ def check_policy(lines: Sequence[str], policy: Policy, *, where: str = "the mode
                     f"{where}: {line!r} chooses where packages are downloaded from; a model may not pick "
                     "the package index of the machine that builds it",
                     hint="remove the line and configure the index on the host (pip.conf, UV_INDEX_URL), or, if "
-                         f"you trust this model, allow it with {_opt_in(how_to_allow, ALLOW_INDEX_OPTIONS)}",
+                    f"you trust this model, allow it with {_opt_in(how_to_allow, ALLOW_INDEX_OPTIONS)}",
                 )
         elif _is_direct_reference(line) and not policy.direct_references:
             raise ConfigError(
                 f"{where}: {line!r} installs from a local path or URL rather than the package index; "
                 "building it can run its setup code on this machine",
                 hint="publish the package to your index and require it by name==version, or, if you trust this "
-                     f"model, allow it with {_opt_in(how_to_allow, ALLOW_DIRECT_REFERENCES)}",
+                f"model, allow it with {_opt_in(how_to_allow, ALLOW_DIRECT_REFERENCES)}",
             )
 
 
@@ -290,9 +310,14 @@ class ServingRequirements:
 Lookup = Callable[[str], "list[str] | None"]
 
 
-def serving_requirements(model_requirements: Sequence[str], overrides: Sequence[str] = (), *,
-                         server_requirements: Sequence[str] = (), cache_dir: Path | None = None,
-                         mlflow_requires: Lookup | None = None) -> ServingRequirements:
+def serving_requirements(
+    model_requirements: Sequence[str],
+    overrides: Sequence[str] = (),
+    *,
+    server_requirements: Sequence[str] = (),
+    cache_dir: Path | None = None,
+    mlflow_requires: Lookup | None = None,
+) -> ServingRequirements:
     """The one rule for what a model's environment installs (see the module docstring): the
     model's requirements served, then the overrides (they win), then the scoring server's.
 
@@ -305,12 +330,17 @@ def serving_requirements(model_requirements: Sequence[str], overrides: Sequence[
         return ServingRequirements(tuple(full), None, ())
     pin = Requirement(model_requirements[index])
     if pin.extras:
-        return ServingRequirements(tuple(full), None, (
-            f"{model_requirements[index]} asks for mlflow's extras; serving with the full mlflow package",))
+        return ServingRequirements(
+            tuple(full),
+            None,
+            (f"{model_requirements[index]} asks for mlflow's extras; serving with the full mlflow package",),
+        )
     requires = lookup(f"mlflow{pin.specifier}")
     if requires is None:
-        note = (f"could not read which numpy and pandas {model_requirements[index]} needs from the package index; "
-                "serving with the full mlflow package")
+        note = (
+            f"could not read which numpy and pandas {model_requirements[index]} needs from the package index; "
+            "serving with the full mlflow package"
+        )
         return ServingRequirements(tuple(full), None, (note,))
     skinny = Requirement(str(pin))
     skinny.name = "mlflow-skinny"
@@ -320,10 +350,12 @@ def serving_requirements(model_requirements: Sequence[str], overrides: Sequence[
         if canonicalize_name(wanted.name) in PYFUNC_RUNTIME and (wanted.marker is None or wanted.marker.evaluate()):
             wanted.marker = None
             added.append(str(wanted))
-    served = [*model_requirements[:index], str(skinny), *model_requirements[index + 1:], *added]
+    served = [*model_requirements[:index], str(skinny), *model_requirements[index + 1 :], *added]
     skinny_set = _merged([*apply_overrides(served, overrides), *server_requirements])
-    note = (f"serving {model_requirements[index]} with {skinny} and what mlflow.pyfunc imports from full mlflow's "
-            f"dependencies ({', '.join(added) or 'none'})")
+    note = (
+        f"serving {model_requirements[index]} with {skinny} and what mlflow.pyfunc imports from full mlflow's "
+        f"dependencies ({', '.join(added) or 'none'})"
+    )
     return ServingRequirements(tuple(skinny_set), tuple(full), (note,))
 
 
@@ -334,7 +366,7 @@ def with_full_mlflow(lines: Sequence[str]) -> tuple[str, ...] | None:
         if not line.startswith("-") and not _is_direct_reference(line) and requirement_name(line) == "mlflow-skinny":
             full = Requirement(line)
             full.name = "mlflow"
-            return (*lines[:index], str(full), *lines[index + 1:])
+            return (*lines[:index], str(full), *lines[index + 1 :])
     return None
 
 
@@ -408,9 +440,27 @@ def _index_requires(spec: str) -> list[str] | None:
         report = Path(tmp) / "report.json"
         try:
             result = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
-                 "--disable-pip-version-check", "--no-input", "--report", str(report), spec],
-                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300, check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--dry-run",
+                    "--no-deps",
+                    "--ignore-installed",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--report",
+                    str(report),
+                    spec,
+                ],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=300,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         if result.returncode != 0 or not report.is_file():

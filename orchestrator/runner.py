@@ -49,9 +49,19 @@ _DONE = frozenset({AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value})
 # and run on the transaction's connection, past the ORM: nobody else writes the deployment
 # while the runner holds the lease, so there is no identity map to keep in step.
 _LOAD_DEPLOYMENT = (
-    select(Deployment.id, Deployment.endpoint_id, Endpoint.name.label("endpoint_name"), Deployment.target,
-           Deployment.model_uri, Deployment.model_digest, Deployment.config, Deployment.source_deployment_id,
-           Deployment.previous_live_id, Deployment.restart_stage, Endpoint.live_deployment_id)
+    select(
+        Deployment.id,
+        Deployment.endpoint_id,
+        Endpoint.name.label("endpoint_name"),
+        Deployment.target,
+        Deployment.model_uri,
+        Deployment.model_digest,
+        Deployment.config,
+        Deployment.source_deployment_id,
+        Deployment.previous_live_id,
+        Deployment.restart_stage,
+        Endpoint.live_deployment_id,
+    )
     .join(Endpoint, Endpoint.id == Deployment.endpoint_id)
     .where(Deployment.id == bindparam("deployment"))
 )
@@ -69,8 +79,14 @@ _INSERT_ATTEMPT = insert(StageAttempt).returning(StageAttempt.id)
 _END_ATTEMPT = (
     update(StageAttempt)
     .where(StageAttempt.id == bindparam("attempt_id"))
-    .values(status=bindparam("new_status"), finished_at=bindparam("at"), outputs=bindparam("new_outputs"),
-            error_kind=bindparam("kind"), error_class=bindparam("error"), error_message=bindparam("message"))
+    .values(
+        status=bindparam("new_status"),
+        finished_at=bindparam("at"),
+        outputs=bindparam("new_outputs"),
+        error_kind=bindparam("kind"),
+        error_class=bindparam("error"),
+        error_message=bindparam("message"),
+    )
 )
 _CLEAR_RESTART_STAGE = update(Deployment).where(Deployment.id == bindparam("deployment")).values(restart_stage=None)
 _LIVE_NOW = (
@@ -84,8 +100,10 @@ _SET_PREVIOUS_LIVE = (
 _SET_LIVE = update(Endpoint).where(Endpoint.id == bindparam("endpoint")).values(live_deployment_id=bindparam("live"))
 _SUCCEED = (
     update(Deployment)
-    .where(Deployment.id == bindparam("deployment"),
-           Deployment.status.in_([s.value for s, moves in TRANSITIONS.items() if DeploymentStatus.SUCCEEDED in moves]))
+    .where(
+        Deployment.id == bindparam("deployment"),
+        Deployment.status.in_([s.value for s, moves in TRANSITIONS.items() if DeploymentStatus.SUCCEEDED in moves]),
+    )
     .values(status=DeploymentStatus.SUCCEEDED.value, current_stage=None, error=None, finished_at=bindparam("at"))
 )
 _STATUS = select(Deployment.status).where(Deployment.id == bindparam("deployment"))
@@ -143,11 +161,20 @@ class _CancelRequested(Exception):
 class DeploymentRunner:
     """Runs deployments; one per process (or worker thread), one lease per running deployment."""
 
-    def __init__(self, store: Store, owner: leases.LeaseOwner, home: Path, *, echo: Echo | None = None,
-                 lease_ttl_s: float = leases.DEFAULT_TTL_S, stop: threading.Event | None = None,
-                 targets: Callable[[str], Target] = load_target, faults: Faults | None = None,
-                 sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
-                 ) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner: leases.LeaseOwner,
+        home: Path,
+        *,
+        echo: Echo | None = None,
+        lease_ttl_s: float = leases.DEFAULT_TTL_S,
+        stop: threading.Event | None = None,
+        targets: Callable[[str], Target] = load_target,
+        faults: Faults | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.owner = owner
         self.home = home
@@ -193,9 +220,15 @@ class DeploymentRunner:
             live_id = row.live_deployment_id
             return _Run(
                 view=DeploymentView(
-                    id=row.id, endpoint_id=row.endpoint_id, endpoint_name=row.endpoint_name, target=row.target,
-                    model_uri=row.model_uri, model_digest=row.model_digest, config=dict(row.config),
-                    source_deployment_id=row.source_deployment_id, previous_live_id=row.previous_live_id,
+                    id=row.id,
+                    endpoint_id=row.endpoint_id,
+                    endpoint_name=row.endpoint_name,
+                    target=row.target,
+                    model_uri=row.model_uri,
+                    model_digest=row.model_digest,
+                    config=dict(row.config),
+                    source_deployment_id=row.source_deployment_id,
+                    previous_live_id=row.previous_live_id,
                 ),
                 attempts=attempts,
                 outputs=outputs,
@@ -222,11 +255,14 @@ class DeploymentRunner:
                 with self.store.read() as session:
                     reused = stage_outputs(session, view.source_deployment_id).get(next_stage.value, {})
                 if target.outputs_usable(next_stage, reused):
-                    self._record_skipped(state, next_stage, reused,
-                                         f"reused from deployment {view.source_deployment_id}")
+                    self._record_skipped(
+                        state, next_stage, reused, f"reused from deployment {view.source_deployment_id}"
+                    )
                     continue
-                self.echo(f"deployment {view.id}: {next_stage.value} of deployment {view.source_deployment_id} "
-                          "names files that are gone from this machine; running it again")
+                self.echo(
+                    f"deployment {view.id}: {next_stage.value} of deployment {view.source_deployment_id} "
+                    "names files that are gone from this machine; running it again"
+                )
             try:
                 self._run_stage(state, fence, target, next_stage)
             except _CancelRequested:
@@ -234,8 +270,14 @@ class DeploymentRunner:
             except KeyboardInterrupt:
                 if state.pending:  # interrupted while starting the attempt: the stage before it still succeeded
                     self._flush(state, fence)
-                self.abort(view, fence, target, DeploymentStatus.FAILED,
-                           f"interrupted during {next_stage.value}", kind=ErrorKind.INTERRUPTED)
+                self.abort(
+                    view,
+                    fence,
+                    target,
+                    DeploymentStatus.FAILED,
+                    f"interrupted during {next_stage.value}",
+                    kind=ErrorKind.INTERRUPTED,
+                )
                 raise
             except LeaseLost:
                 raise
@@ -271,9 +313,15 @@ class DeploymentRunner:
         attempt_id = self._start_attempt(state, fence, stage, number)
         state.attempts[stage.value] = number
         ctx = StageContext(
-            store=self.store, fence=fence, deployment=view, stage=stage, home=self.home,
-            outputs=state.merged_outputs(), log_file=self.attempt_log(view.id, stage, number),
-            live_outputs=state.live_outputs, echo=self.echo,
+            store=self.store,
+            fence=fence,
+            deployment=view,
+            stage=stage,
+            home=self.home,
+            outputs=state.merged_outputs(),
+            log_file=self.attempt_log(view.id, stage, number),
+            live_outputs=state.live_outputs,
+            echo=self.echo,
         )
         started = self.monotonic()
         try:
@@ -289,9 +337,19 @@ class DeploymentRunner:
         result["duration_s"] = round(self.monotonic() - started, 3)
         finished_at = utcnow()
         redone = state.restart_stage == stage
-        state.pending.append(lambda tx: self._write_end(tx, view, attempt_id, stage, number,
-                                                        AttemptStatus.SUCCEEDED, outputs=result,
-                                                        finished_at=finished_at, redone=redone))
+        state.pending.append(
+            lambda tx: self._write_end(
+                tx,
+                view,
+                attempt_id,
+                stage,
+                number,
+                AttemptStatus.SUCCEEDED,
+                outputs=result,
+                finished_at=finished_at,
+                redone=redone,
+            )
+        )
         state.outputs[stage.value] = result
         if redone:
             state.restart_stage = None
@@ -308,17 +366,31 @@ class DeploymentRunner:
         attempt_id = None
         with self.store.write(fence) as tx:
             self._write_pending(tx, state)
-            moved = tx.connection.execute(_ENTER_STAGE_UNLESS_CANCELLED if honours_cancel else _ENTER_STAGE,
-                                          {"deployment": view.id, "stage": stage.value})
+            moved = tx.connection.execute(
+                _ENTER_STAGE_UNLESS_CANCELLED if honours_cancel else _ENTER_STAGE,
+                {"deployment": view.id, "stage": stage.value},
+            )
             if moved.rowcount == 1:
-                attempt_id = tx.connection.execute(_INSERT_ATTEMPT, {
-                    "deployment_id": view.id, "stage": stage.value, "attempt": number,
-                    "status": AttemptStatus.RUNNING.value, "runner": self.owner.owner, "started_at": utcnow(),
-                    "finished_at": None, "outputs": {},
-                }).scalar_one()
-                tx.event(EventKind.STAGE_STARTED, f"{stage.value} attempt {number} started",
-                         endpoint_id=view.endpoint_id, deployment_id=view.id,
-                         data={"stage": stage.value, "attempt": number})
+                attempt_id = tx.connection.execute(
+                    _INSERT_ATTEMPT,
+                    {
+                        "deployment_id": view.id,
+                        "stage": stage.value,
+                        "attempt": number,
+                        "status": AttemptStatus.RUNNING.value,
+                        "runner": self.owner.owner,
+                        "started_at": utcnow(),
+                        "finished_at": None,
+                        "outputs": {},
+                    },
+                ).scalar_one()
+                tx.event(
+                    EventKind.STAGE_STARTED,
+                    f"{stage.value} attempt {number} started",
+                    endpoint_id=view.endpoint_id,
+                    deployment_id=view.id,
+                    data={"stage": stage.value, "attempt": number},
+                )
         state.pending.clear()
         if attempt_id is None:
             raise _CancelRequested
@@ -358,9 +430,15 @@ class DeploymentRunner:
         redone: bool = False,
     ) -> None:
         """Record how an attempt ended; `redone` clears the deployment's restart stage."""
-        values: dict[str, Any] = {"attempt_id": attempt_id, "new_status": status.value,
-                                  "at": finished_at or utcnow(), "new_outputs": outputs or {},
-                                  "kind": None, "error": None, "message": None}
+        values: dict[str, Any] = {
+            "attempt_id": attempt_id,
+            "new_status": status.value,
+            "at": finished_at or utcnow(),
+            "new_outputs": outputs or {},
+            "kind": None,
+            "error": None,
+            "message": None,
+        }
         message = None
         if error is not None:
             message = secret_values.scrub(str(error) or type(error).__name__)
@@ -373,7 +451,8 @@ class DeploymentRunner:
         tx.event(
             EventKind.of_attempt(status),
             f"{stage.value} attempt {number} {status.value}" + (f" ({kind.value}): {message}" if kind else ""),
-            endpoint_id=view.endpoint_id, deployment_id=view.id,
+            endpoint_id=view.endpoint_id,
+            deployment_id=view.id,
             data={"stage": stage.value, "attempt": number, "duration_s": (outputs or {}).get("duration_s")},
         )
 
@@ -385,9 +464,13 @@ class DeploymentRunner:
             previous_live_id = row.live_deployment_id
             tx.connection.execute(_SET_PREVIOUS_LIVE, {"deployment": view.id, "previous": previous_live_id})
             tx.connection.execute(_SET_LIVE, {"endpoint": view.endpoint_id, "live": view.id})
-        tx.event(EventKind.TRAFFIC_SHIFTED, f"deployment {view.id} is live on {row.name}",
-                 endpoint_id=view.endpoint_id, deployment_id=view.id,
-                 data={"previous_live_id": previous_live_id})
+        tx.event(
+            EventKind.TRAFFIC_SHIFTED,
+            f"deployment {view.id} is live on {row.name}",
+            endpoint_id=view.endpoint_id,
+            deployment_id=view.id,
+            data={"previous_live_id": previous_live_id},
+        )
 
     def _record_skipped(self, state: _Run, stage: Stage, outputs: dict[str, Any], reason: str) -> None:
         view = state.view
@@ -396,13 +479,26 @@ class DeploymentRunner:
         now = utcnow()
 
         def write(tx: Tx) -> None:
-            tx.connection.execute(_INSERT_ATTEMPT, {
-                "deployment_id": view.id, "stage": stage.value, "attempt": number,
-                "status": AttemptStatus.SKIPPED.value, "runner": self.owner.owner, "started_at": now,
-                "finished_at": now, "outputs": recorded,
-            })
-            tx.event(EventKind.STAGE_SKIPPED, f"{stage.value} skipped: {reason}", endpoint_id=view.endpoint_id,
-                     deployment_id=view.id, data={"stage": stage.value})
+            tx.connection.execute(
+                _INSERT_ATTEMPT,
+                {
+                    "deployment_id": view.id,
+                    "stage": stage.value,
+                    "attempt": number,
+                    "status": AttemptStatus.SKIPPED.value,
+                    "runner": self.owner.owner,
+                    "started_at": now,
+                    "finished_at": now,
+                    "outputs": recorded,
+                },
+            )
+            tx.event(
+                EventKind.STAGE_SKIPPED,
+                f"{stage.value} skipped: {reason}",
+                endpoint_id=view.endpoint_id,
+                deployment_id=view.id,
+                data={"stage": stage.value},
+            )
 
         state.pending.append(write)
         state.attempts[stage.value] = number
@@ -419,13 +515,18 @@ class DeploymentRunner:
             if done.rowcount != 1:
                 current = tx.connection.execute(_STATUS, {"deployment": view.id}).scalar_one()
                 check_transition(view.id, DeploymentStatus(current), DeploymentStatus.SUCCEEDED)
-            tx.event(EventKind.DEPLOYMENT_SUCCEEDED, f"deployment {view.id} succeeded",
-                     endpoint_id=view.endpoint_id, deployment_id=view.id)
+            tx.event(
+                EventKind.DEPLOYMENT_SUCCEEDED,
+                f"deployment {view.id} succeeded",
+                endpoint_id=view.endpoint_id,
+                deployment_id=view.id,
+            )
         state.pending.clear()
         state.released = True
 
-    def _fail(self, view: DeploymentView, fence: Fence, target: Target, stage: Stage,
-              exc: OrchestrateError) -> DeploymentStatus:
+    def _fail(
+        self, view: DeploymentView, fence: Fence, target: Target, stage: Stage, exc: OrchestrateError
+    ) -> DeploymentStatus:
         with self.store.read() as session:
             live_id = session.get_one(Endpoint, view.endpoint_id).live_deployment_id
         touched_serving = STAGES.index(stage) >= STAGES.index(Stage.CREATE_ENDPOINT)
@@ -434,14 +535,24 @@ class DeploymentRunner:
         if not rolls_back:
             message += f" (fix the cause, then `orchestrate resume {view.id}`)"
         return self.abort(
-            view, fence, target,
+            view,
+            fence,
+            target,
             DeploymentStatus.ROLLED_BACK if rolls_back else DeploymentStatus.FAILED,
             message,
             kind=ErrorKind.PERMANENT,
         )
 
-    def abort(self, view: DeploymentView, fence: Fence, target: Target, final: DeploymentStatus, message: str,
-              *, kind: ErrorKind | None = None) -> DeploymentStatus:
+    def abort(
+        self,
+        view: DeploymentView,
+        fence: Fence,
+        target: Target,
+        final: DeploymentStatus,
+        message: str,
+        *,
+        kind: ErrorKind | None = None,
+    ) -> DeploymentStatus:
         """Stop what this deployment started serving, then record how it ended.
 
         The previous live deployment is never touched, so it keeps serving."""
@@ -449,8 +560,7 @@ class DeploymentRunner:
             self._set_status(view, fence, DeploymentStatus.ROLLING_BACK, "rolling back: " + message)
         if final == DeploymentStatus.FAILED and view.config.get("keep_failed"):
             # Kept for inspection and resume (which adopts them); cancel still releases them.
-            message += (f"; what it created is kept (keep_failed): `orchestrate cancel {view.id}` "
-                        "releases it")
+            message += f"; what it created is kept (keep_failed): `orchestrate cancel {view.id}` releases it"
             self._set_status(view, fence, final, message)
             return final
         try:
@@ -471,16 +581,29 @@ class DeploymentRunner:
 
     def _release_own(self, view: DeploymentView, fence: Fence, target: Target) -> list[str]:
         with self.store.read() as session:
-            rows = session.execute(
-                select(Resource).where(
-                    Resource.deployment_id == view.id,
-                    Resource.kind.in_(target.disposable_kinds),
-                    Resource.state != ResourceState.DELETED.value,
-                ).order_by(Resource.id.desc())
-            ).scalars().all()
-        ctx = StageContext(store=self.store, fence=fence, deployment=view, stage=Stage.CLEANUP, home=self.home,
-                           outputs={}, log_file=self.home / "logs" / "deployments" / str(view.id) / "abort.log",
-                           echo=self.echo)
+            rows = (
+                session.execute(
+                    select(Resource)
+                    .where(
+                        Resource.deployment_id == view.id,
+                        Resource.kind.in_(target.disposable_kinds),
+                        Resource.state != ResourceState.DELETED.value,
+                    )
+                    .order_by(Resource.id.desc())
+                )
+                .scalars()
+                .all()
+            )
+        ctx = StageContext(
+            store=self.store,
+            fence=fence,
+            deployment=view,
+            stage=Stage.CLEANUP,
+            home=self.home,
+            outputs={},
+            log_file=self.home / "logs" / "deployments" / str(view.id) / "abort.log",
+            echo=self.echo,
+        )
         ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
         for row in rows:
             target.release_recorded(ctx, ResourceView.of(row))
@@ -496,8 +619,12 @@ class DeploymentRunner:
             if status != DeploymentStatus.ROLLING_BACK:
                 deployment.error = secret_values.scrub(message)
                 deployment.finished_at = utcnow()
-            tx.event(EventKind.of_deployment(status), f"deployment {view.id} {status.value}: {message}",
-                     endpoint_id=view.endpoint_id, deployment_id=view.id)
+            tx.event(
+                EventKind.of_deployment(status),
+                f"deployment {view.id} {status.value}: {message}",
+                endpoint_id=view.endpoint_id,
+                deployment_id=view.id,
+            )
 
 
 def error_kind(error: BaseException) -> ErrorKind:

@@ -18,8 +18,9 @@ from typing import Any
 from . import untrusted
 from .errors import ConfigError
 
-_SECRET_KEY = re.compile(r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential|private[_-]?key)",
-                         re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(password|passwd|token|secret|api[_-]?key|access[_-]?key|credential|private[_-]?key)", re.IGNORECASE
+)
 # A key ending in _env names the environment variable holding a secret; the name is not secret.
 _VARIABLE_KEY = re.compile(r"_env$", re.IGNORECASE)
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -34,11 +35,15 @@ _URL_USERINFO = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<s
 # user:password@host without a scheme (docker's registry=...), but not image:tag@sha256:digest.
 _BARE_USERINFO = re.compile(
     r"(?P<keep>(?:^|(?<=[\s,;=\"'(]))[^\s/@:,;=\"'()]+:)(?P<secret>[^\s/@,;\"'()]+)"
-    r"(?=@(?![A-Za-z0-9_+.-]+:[0-9a-fA-F]{32,})[A-Za-z0-9\[])")
-_ASSIGNMENT = re.compile(r"(?P<keep>(?:^|(?<=[\s,;\"'(?&]))(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=)(?P<secret>[^\s,;\"')&]+)")
+    r"(?=@(?![A-Za-z0-9_+.-]+:[0-9a-fA-F]{32,})[A-Za-z0-9\[])"
+)
+_ASSIGNMENT = re.compile(
+    r"(?P<keep>(?:^|(?<=[\s,;\"'(?&]))(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=)(?P<secret>[^\s,;\"')&]+)"
+)
 _KNOWN_TOKENS = re.compile(
     r"(?P<secret>\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----)")
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----)"
+)
 
 _resolved: set[str] = set()
 _scrub_pattern: re.Pattern[str] | None = None
@@ -80,8 +85,8 @@ def mask_credentials(text: str) -> str:
         text = _BARE_USERINFO.sub(rf"\g<keep>{REDACTED}", text)
     if "=" in text:
         text = _ASSIGNMENT.sub(
-            lambda m: m["keep"] + REDACTED if is_secret_key(m["name"]) and not is_reference(m["secret"]) else m[0],
-            text)
+            lambda m: m["keep"] + REDACTED if is_secret_key(m["name"]) and not is_reference(m["secret"]) else m[0], text
+        )
     return _KNOWN_TOKENS.sub(REDACTED, text)
 
 
@@ -116,16 +121,18 @@ def resolve_value(key: str, value: Any) -> Any:
     kind, where = match.groups()
     if kind == "env":
         if where not in os.environ:
-            raise ConfigError(f"config key {key!r} refers to environment variable {where}, which is not set",
-                              hint=f"export {where}=... in the environment of the runner (deploy, resume, worker)")
+            raise ConfigError(
+                f"config key {key!r} refers to environment variable {where}, which is not set",
+                hint=f"export {where}=... in the environment of the runner (deploy, resume, worker)",
+            )
         secret = os.environ[where]
     else:
         try:  # bounded, regular files only: file:/dev/zero or a FIFO must not hang the runner
-            secret = untrusted.read_text(Path(where).expanduser(), what="file",
-                                         max_bytes=SECRET_FILE_MAX_BYTES).strip()
+            secret = untrusted.read_text(Path(where).expanduser(), what="file", max_bytes=SECRET_FILE_MAX_BYTES).strip()
         except ConfigError as exc:
-            raise ConfigError(f"config key {key!r} refers to file {where}, which cannot be used: "
-                              f"{exc.message}", hint=exc.hint) from None
+            raise ConfigError(
+                f"config key {key!r} refers to file {where}, which cannot be used: {exc.message}", hint=exc.hint
+            ) from None
     remember(secret)
     if secret and len(secret) < MIN_SECRET_LENGTH and is_secret_key(key):
         raise ConfigError(

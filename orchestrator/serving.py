@@ -35,8 +35,7 @@ def scoring_command(
     if env_manager not in ENV_MANAGERS:
         raise ConfigError(f"unknown --env-manager {env_manager!r}", hint=f"use one of {', '.join(ENV_MANAGERS)}")
     info = model_uris.local_model(model_uri, orchestrate_home() / "models")  # models:/… is downloaded
-    requirements.check_policy(info.requirements, policy,
-                              how_to_allow="{flag}")
+    requirements.check_policy(info.requirements, policy, how_to_allow="{flag}")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     if env_manager == "local":
         python = sys.executable
@@ -45,8 +44,13 @@ def scoring_command(
         log_file = home / "logs" / "environments" / f"{info.digest[:12]}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         built = environments.model_environment(
-            home=home, requirements=info.requirements, python_version=info.python_version, model_dir=info.path,
-            overrides=overrides, log=log, log_file=log_file,
+            home=home,
+            requirements=info.requirements,
+            python_version=info.python_version,
+            model_dir=info.path,
+            overrides=overrides,
+            log=log,
+            log_file=log_file,
         )
         python = str(built.python)
         env["PYTHONPATH"] = str(environments.install_server(home))
@@ -75,10 +79,14 @@ def predict(
         input_path, output_path = Path(scratch, f"input.{content_type}"), Path(scratch, "output")
         input_path.write_bytes(body)
         command, env = scoring_command(
-            model_uri, ["predict", "-i", str(input_path), "-t", content_type, "-o", str(output_path)],
-            env_manager=env_manager, overrides=overrides, log=log, policy=policy)
-        result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                check=False)
+            model_uri,
+            ["predict", "-i", str(input_path), "-t", content_type, "-o", str(output_path)],
+            env_manager=env_manager,
+            overrides=overrides,
+            log=log,
+            policy=policy,
+        )
+        result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             message = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("scoring: error: ")
             raise (ConfigError if result.returncode == 2 else TargetError)(message)

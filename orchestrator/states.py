@@ -33,13 +33,9 @@ class DeploymentStatus(str, enum.Enum):
     ROLLED_BACK = "rolled_back"
 
 
-TERMINAL_STATUSES = frozenset(
-    {DeploymentStatus.SUCCEEDED, DeploymentStatus.CANCELLED, DeploymentStatus.ROLLED_BACK}
-)
+TERMINAL_STATUSES = frozenset({DeploymentStatus.SUCCEEDED, DeploymentStatus.CANCELLED, DeploymentStatus.ROLLED_BACK})
 # Statuses in which a deployment may be holding, or waiting for, its endpoint.
-ACTIVE_STATUSES = frozenset(
-    {DeploymentStatus.QUEUED, DeploymentStatus.RUNNING, DeploymentStatus.ROLLING_BACK}
-)
+ACTIVE_STATUSES = frozenset({DeploymentStatus.QUEUED, DeploymentStatus.RUNNING, DeploymentStatus.ROLLING_BACK})
 
 INITIAL_STATUS = DeploymentStatus.QUEUED
 

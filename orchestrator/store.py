@@ -32,8 +32,14 @@ PING_AFTER_IDLE_S = 0.25
 _INSERT_EVENTS = insert(Event)
 _FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
 _EXTEND_LEASE = _FENCED.values(lease_expires_at=bindparam("expires"))
-_END_LEASE = _FENCED.values(lease_owner=None, lease_host=None, lease_pid=None, lease_deployment_id=None,
-                            lease_acquired_at=None, lease_expires_at=None)
+_END_LEASE = _FENCED.values(
+    lease_owner=None,
+    lease_host=None,
+    lease_pid=None,
+    lease_deployment_id=None,
+    lease_acquired_at=None,
+    lease_expires_at=None,
+)
 
 
 def orchestrate_home() -> Path:
@@ -72,11 +78,14 @@ def private_directory(path: Path, what: str = "directory") -> Path:
         if not path.is_dir():
             raise NotADirectoryError(path)
     except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"{what} {path} is not a directory (a file is in the way)",
-                          hint="point it at a directory, or move the file away") from None
+        raise ConfigError(
+            f"{what} {path} is not a directory (a file is in the way)",
+            hint="point it at a directory, or move the file away",
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"cannot create {what} {path}: {exc.strerror}",
-                          hint="choose a directory you can write to") from None
+        raise ConfigError(
+            f"cannot create {what} {path}: {exc.strerror}", hint="choose a directory you can write to"
+        ) from None
     return path
 
 
@@ -110,17 +119,29 @@ def describe_failure(exc: BaseException, database: str | None = None) -> tuple[s
     file, lets an I/O error on a full disk be named as such."""
     reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
     lowered = reason.lower()
-    if "disk is full" in lowered or "no space left" in lowered or "disk full" in lowered or (
-            "i/o error" in lowered and database is not None and _disk_is_full(Path(database))):
-        return (f"the disk holding the state store is full ({reason})",
-                "free some space there; what was recorded is kept")
+    if (
+        "disk is full" in lowered
+        or "no space left" in lowered
+        or "disk full" in lowered
+        or ("i/o error" in lowered and database is not None and _disk_is_full(Path(database)))
+    ):
+        return (
+            f"the disk holding the state store is full ({reason})",
+            "free some space there; what was recorded is kept",
+        )
     if "readonly" in lowered or "read-only" in lowered or "permission denied" in lowered:
-        return (f"the state store cannot be written ({reason})",
-                "check the permissions (and immutable flag) of the database file and its directory")
+        return (
+            f"the state store cannot be written ({reason})",
+            "check the permissions (and immutable flag) of the database file and its directory",
+        )
     if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
-        return (f"the state store is corrupted ({reason})",
-                ("restore it from a backup (`orchestrate db downgrade` leaves state.db.backup-* files); "
-                 "nothing more was written to it"))
+        return (
+            f"the state store is corrupted ({reason})",
+            (
+                "restore it from a backup (`orchestrate db downgrade` leaves state.db.backup-* files); "
+                "nothing more was written to it"
+            ),
+        )
     return reason, "check --db-url / ORCHESTRATE_DB_URL and that the database is reachable"
 
 
@@ -195,8 +216,8 @@ def make_engine(db_url: str, *, pool_size: int = 5) -> Engine:
                 f"the state store URL {url.render_as_string(hide_password=True)} needs the PostgreSQL driver "
                 f"{driver!r}, which is not installed",
                 hint="pip install 'orchestrate[postgres]' and write the URL as postgresql+psycopg://..."
-                if driver == "psycopg" else "write the URL as postgresql+psycopg://... and "
-                "pip install 'orchestrate[postgres]'",
+                if driver == "psycopg"
+                else "write the URL as postgresql+psycopg://... and pip install 'orchestrate[postgres]'",
             ) from exc
         _ping_idle_connections(engine)
         return engine
@@ -219,8 +240,9 @@ def _create_sqlite_file(path: Path) -> None:
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and path.is_file():
             return  # an existing store that cannot be written: reads still work, writes are refused
-        raise ConfigError(f"cannot create the state store {path}: {exc.strerror}",
-                          hint="choose a path you can write to") from None
+        raise ConfigError(
+            f"cannot create the state store {path}: {exc.strerror}", hint="choose a path you can write to"
+        ) from None
 
 
 def _parsed(db_url: str) -> URL:
@@ -235,7 +257,7 @@ def _no_store(db_url: str) -> ConfigError:
     return NotFound(
         f"there is no state store at {_mask_url(db_url)} (nothing was ever deployed with it)",
         hint="check --db-url / ORCHESTRATE_DB_URL for a typo; `orchestrate deploy` or `orchestrate db upgrade` "
-             "creates a store",
+        "creates a store",
     )
 
 
@@ -245,12 +267,16 @@ def _check_integrity(engine: Engine) -> None:
     with engine.connect() as connection:
         problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(5)")]
     if problems != ["ok"]:
-        lines = [line.strip() for problem in problems for line in str(problem).splitlines()
-                 if line.strip() and not line.startswith("***")]
+        lines = [
+            line.strip()
+            for problem in problems
+            for line in str(problem).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
         raise ConfigError(
             f"the state store {engine.url.database} is corrupted: {'; '.join(lines[:3])}",
             hint="restore it from a backup (state.db.backup-* beside it, if `db downgrade` made one); "
-                 "nothing was written to it",
+            "nothing was written to it",
         )
 
 
@@ -300,15 +326,17 @@ class Tx:
         deployment_id: int | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        self.events.append(EventRecord(
-            time=utcnow(),
-            actor=self.actor,
-            kind=kind.value,
-            message=secret_values.scrub(message),
-            endpoint_id=endpoint_id,
-            deployment_id=deployment_id,
-            data=secret_values.scrub_data(data) if data else {},
-        ))
+        self.events.append(
+            EventRecord(
+                time=utcnow(),
+                actor=self.actor,
+                kind=kind.value,
+                message=secret_values.scrub(message),
+                endpoint_id=endpoint_id,
+                deployment_id=deployment_id,
+                data=secret_values.scrub_data(data) if data else {},
+            )
+        )
 
     @property
     def connection(self) -> Connection:
@@ -323,11 +351,21 @@ class Tx:
 
     def insert_events(self) -> None:
         if self.events:
-            self.connection.execute(_INSERT_EVENTS, [
-                {"time": r.time, "actor": r.actor, "kind": r.kind, "message": r.message,
-                 "endpoint_id": r.endpoint_id, "deployment_id": r.deployment_id, "data": r.data}
-                for r in self.events
-            ])
+            self.connection.execute(
+                _INSERT_EVENTS,
+                [
+                    {
+                        "time": r.time,
+                        "actor": r.actor,
+                        "kind": r.kind,
+                        "message": r.message,
+                        "endpoint_id": r.endpoint_id,
+                        "deployment_id": r.deployment_id,
+                        "data": r.data,
+                    }
+                    for r in self.events
+                ],
+            )
 
 
 EventListener = Callable[[EventRecord], None]
@@ -336,8 +374,15 @@ EventListener = Callable[[EventRecord], None]
 class Store:
     """The database behind orchestrate; every state change is one `write()` transaction."""
 
-    def __init__(self, db_url: str | None = None, *, actor: str, migrate_schema: bool = True,
-                 pool_size: int = 5, create: bool = True) -> None:
+    def __init__(
+        self,
+        db_url: str | None = None,
+        *,
+        actor: str,
+        migrate_schema: bool = True,
+        pool_size: int = 5,
+        create: bool = True,
+    ) -> None:
         """Open (and on first use create and migrate) the store. With `create=False`, a store
         named by --db-url / ORCHESTRATE_DB_URL that does not exist yet is a NotFound, not a new
         empty store. Raises ConfigError when the store cannot be used as it is."""
@@ -389,15 +434,15 @@ class Store:
             yield session
 
     @contextmanager
-    def write(self, fence: Fence | None = None, *, actor: str | None = None,
-              end_lease: bool = False) -> Iterator[Tx]:
+    def write(self, fence: Fence | None = None, *, actor: str | None = None, end_lease: bool = False) -> Iterator[Tx]:
         """A transaction; with a fence, it commits only while that lease is still ours, and
         with `end_lease` the lease is freed by that same commit."""
         if self.read_only:
-            raise ConfigError(f"the state store {self.display_url} cannot be written (read-only file, "
-                              "directory or immutable flag); nothing was changed",
-                              hint="check the permissions and `lsattr` of the database file, or use another "
-                              "--db-url")
+            raise ConfigError(
+                f"the state store {self.display_url} cannot be written (read-only file, "
+                "directory or immutable flag); nothing was changed",
+                hint="check the permissions and `lsattr` of the database file, or use another --db-url",
+            )
         with self._sessions() as session:
             tx = Tx(session, actor or self.actor)
             with session.begin():
@@ -416,8 +461,9 @@ class Store:
         if end_lease:
             result = connection.execute(_END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
         else:
-            result = connection.execute(_EXTEND_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token,
-                                                        "expires": expiry(fence.ttl_s)})
+            result = connection.execute(
+                _EXTEND_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token, "expires": expiry(fence.ttl_s)}
+            )
         if result.rowcount != 1:
             raise LeaseLost(
                 f"lost the lease on endpoint {fence.endpoint_id} (token {fence.token} is stale)",

@@ -37,23 +37,52 @@ from .store import private_directory, private_opener
 from .tables import Deployment, Resource, StageAttempt, utcnow
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "LIVE_RESOURCE_STATES", "ConfigError", "ConfigKey", "DeploymentView", "Invocation",
-    "Outputs", "PermanentTargetError", "ResourceState", "ResourceView", "RetryableTargetError", "Stage",
-    "StageContext", "Target", "TargetError", "available_targets", "invoke_scoring_server", "load_target",
-    "private_directory", "private_opener", "validated_model",
+    "ENTRY_POINT_GROUP",
+    "LIVE_RESOURCE_STATES",
+    "ConfigError",
+    "ConfigKey",
+    "DeploymentView",
+    "Invocation",
+    "Outputs",
+    "PermanentTargetError",
+    "ResourceState",
+    "ResourceView",
+    "RetryableTargetError",
+    "Stage",
+    "StageContext",
+    "Target",
+    "TargetError",
+    "available_targets",
+    "invoke_scoring_server",
+    "load_target",
+    "private_directory",
+    "private_opener",
+    "validated_model",
 ]
 
 ENTRY_POINT_GROUP = "orchestrate.targets"
 
 Outputs = dict[str, Any]
 
-_COLUMNS = (Resource.id, Resource.endpoint_id, Resource.deployment_id, Resource.stage, Resource.kind,
-            Resource.name, Resource.external_id, Resource.state, Resource.data)
+_COLUMNS = (
+    Resource.id,
+    Resource.endpoint_id,
+    Resource.deployment_id,
+    Resource.stage,
+    Resource.kind,
+    Resource.name,
+    Resource.external_id,
+    Resource.state,
+    Resource.data,
+)
 # Built once and run on the transaction's connection: they sit on every stage's hot path.
 _FIND = (
     select(*_COLUMNS)
-    .where(Resource.deployment_id == bindparam("deployment"), Resource.kind == bindparam("kind"),
-           Resource.name == bindparam("name"))
+    .where(
+        Resource.deployment_id == bindparam("deployment"),
+        Resource.kind == bindparam("kind"),
+        Resource.name == bindparam("name"),
+    )
     .order_by(Resource.id.desc())
     .limit(1)
 )
@@ -62,21 +91,27 @@ _DATA = select(Resource.data).where(Resource.id == bindparam("resource"))
 _MARK = (
     update(Resource)
     .where(Resource.id == bindparam("resource"))
-    .values(state=bindparam("new_state"),
-            external_id=func.coalesce(bindparam("new_external_id", type_=String), Resource.external_id),
-            updated_at=bindparam("at"))
+    .values(
+        state=bindparam("new_state"),
+        external_id=func.coalesce(bindparam("new_external_id", type_=String), Resource.external_id),
+        updated_at=bindparam("at"),
+    )
     .returning(*_COLUMNS)
 )
 _MARK_WITH_DATA = _MARK.values(data=bindparam("new_data"))
 _OUTPUTS = (
     select(StageAttempt.stage, StageAttempt.outputs)
-    .where(StageAttempt.deployment_id == bindparam("deployment"),
-           StageAttempt.status.in_([AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value]))
+    .where(
+        StageAttempt.deployment_id == bindparam("deployment"),
+        StageAttempt.status.in_([AttemptStatus.SUCCEEDED.value, AttemptStatus.SKIPPED.value]),
+    )
     .order_by(StageAttempt.id)
 )
 _RUNNING_UNCANCELLED = select(Deployment.id).where(
-    Deployment.id == bindparam("deployment"), Deployment.status == DeploymentStatus.RUNNING.value,
-    Deployment.cancel_requested.is_(False))
+    Deployment.id == bindparam("deployment"),
+    Deployment.status == DeploymentStatus.RUNNING.value,
+    Deployment.cancel_requested.is_(False),
+)
 
 
 def stage_outputs(session: Any, deployment_id: int) -> dict[str, dict[str, Any]]:
@@ -95,8 +130,16 @@ def merged_outputs(session: Any, deployment_id: int) -> dict[str, Any]:
 
 
 def _resource_view(row: Any) -> ResourceView:
-    return ResourceView(row.id, row.deployment_id, row.stage, row.kind, row.name, row.external_id,
-                        ResourceState(row.state), dict(row.data))
+    return ResourceView(
+        row.id,
+        row.deployment_id,
+        row.stage,
+        row.kind,
+        row.name,
+        row.external_id,
+        ResourceState(row.state),
+        dict(row.data),
+    )
 
 
 if TYPE_CHECKING:
@@ -143,8 +186,16 @@ class ResourceView:
 
     @classmethod
     def of(cls, row: Resource) -> ResourceView:
-        return cls(row.id, row.deployment_id, row.stage, row.kind, row.name, row.external_id,
-                   ResourceState(row.state), dict(row.data))
+        return cls(
+            row.id,
+            row.deployment_id,
+            row.stage,
+            row.kind,
+            row.name,
+            row.external_id,
+            ResourceState(row.state),
+            dict(row.data),
+        )
 
 
 @dataclass
@@ -176,26 +227,45 @@ class StageContext:
     def find(self, kind: str, name: str) -> ResourceView | None:
         """This deployment's record of a resource, so a rerun adopts instead of creating twice."""
         with self.store.read() as session:
-            row = session.connection().execute(_FIND, {"deployment": self.deployment.id, "kind": kind,
-                                                        "name": name}).first()
+            row = (
+                session.connection()
+                .execute(_FIND, {"deployment": self.deployment.id, "kind": kind, "name": name})
+                .first()
+            )
             return _resource_view(row) if row else None
 
     def plan(self, kind: str, name: str, data: dict[str, Any] | None = None) -> ResourceView:
         """Record a resource as planned before creating it (or return the existing record)."""
         with self.store.write(self.fence) as tx:
-            existing = tx.connection.execute(_FIND, {"deployment": self.deployment.id, "kind": kind,
-                                                     "name": name}).first()
+            existing = tx.connection.execute(
+                _FIND, {"deployment": self.deployment.id, "kind": kind, "name": name}
+            ).first()
             if existing is not None and existing.state != ResourceState.DELETED.value:
                 return _resource_view(existing)
             now = utcnow()
-            row = tx.connection.execute(_PLAN, {
-                "endpoint_id": self.deployment.endpoint_id, "deployment_id": self.deployment.id,
-                "stage": self.stage.value, "target": self.deployment.target, "kind": kind, "name": name,
-                "external_id": None, "state": ResourceState.PLANNED.value, "data": data or {},
-                "created_at": now, "updated_at": now,
-            }).one()
-            tx.event(EventKind.RESOURCE_PLANNED, f"{kind} {name} planned", endpoint_id=self.deployment.endpoint_id,
-                     deployment_id=self.deployment.id, data={"resource_id": row.id})
+            row = tx.connection.execute(
+                _PLAN,
+                {
+                    "endpoint_id": self.deployment.endpoint_id,
+                    "deployment_id": self.deployment.id,
+                    "stage": self.stage.value,
+                    "target": self.deployment.target,
+                    "kind": kind,
+                    "name": name,
+                    "external_id": None,
+                    "state": ResourceState.PLANNED.value,
+                    "data": data or {},
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            ).one()
+            tx.event(
+                EventKind.RESOURCE_PLANNED,
+                f"{kind} {name} planned",
+                endpoint_id=self.deployment.endpoint_id,
+                deployment_id=self.deployment.id,
+                data={"resource_id": row.id},
+            )
             return _resource_view(row)
 
     def mark(
@@ -208,16 +278,23 @@ class StageContext:
     ) -> ResourceView:
         """Record that a resource now exists (created/adopted) or is gone (deleted)."""
         with self.store.write(self.fence) as tx:
-            values: dict[str, Any] = {"resource": resource.id, "new_state": state.value,
-                                      "new_external_id": external_id, "at": utcnow()}
+            values: dict[str, Any] = {
+                "resource": resource.id,
+                "new_state": state.value,
+                "new_external_id": external_id,
+                "at": utcnow(),
+            }
             if data:
                 recorded = tx.connection.execute(_DATA, {"resource": resource.id}).scalar_one()
                 values["new_data"] = {**recorded, **data}
             row = tx.connection.execute(_MARK_WITH_DATA if data else _MARK, values).one()
-            tx.event(EventKind.of_resource(state), f"{row.kind} {row.name} {state.value}"
-                     + (f" ({row.external_id})" if row.external_id else ""),
-                     endpoint_id=row.endpoint_id, deployment_id=self.deployment.id,
-                     data={"resource_id": row.id})
+            tx.event(
+                EventKind.of_resource(state),
+                f"{row.kind} {row.name} {state.value}" + (f" ({row.external_id})" if row.external_id else ""),
+                endpoint_id=row.endpoint_id,
+                deployment_id=self.deployment.id,
+                data={"resource_id": row.id},
+            )
             return _resource_view(row)
 
     def endpoint_resources(self, *, live_only: bool = True) -> list[ResourceView]:
@@ -238,8 +315,10 @@ class StageContext:
         """Whether the deployment is `running` with no cancel requested, read from the store now
         (a failed update is `rolling_back` by the time its resources are released)."""
         with self.store.read() as session:
-            return session.connection().execute(_RUNNING_UNCANCELLED,
-                                                {"deployment": self.deployment.id}).first() is not None
+            return (
+                session.connection().execute(_RUNNING_UNCANCELLED, {"deployment": self.deployment.id}).first()
+                is not None
+            )
 
 
 @dataclass(frozen=True)
@@ -307,9 +386,13 @@ class Target(ABC):
     def run_stage(self, stage: Stage, ctx: StageContext) -> Outputs:
         """The runner's one way into a target: the stage's method, chosen by a typed table."""
         methods: dict[Stage, Callable[[StageContext], Outputs]] = {
-            Stage.VALIDATE: self.validate, Stage.BUILD: self.build, Stage.PUSH: self.push,
-            Stage.CREATE_ENDPOINT: self.create_endpoint, Stage.HEALTH_CHECK: self.health_check,
-            Stage.SHIFT_TRAFFIC: self.shift_traffic, Stage.CLEANUP: self.cleanup,
+            Stage.VALIDATE: self.validate,
+            Stage.BUILD: self.build,
+            Stage.PUSH: self.push,
+            Stage.CREATE_ENDPOINT: self.create_endpoint,
+            Stage.HEALTH_CHECK: self.health_check,
+            Stage.SHIFT_TRAFFIC: self.shift_traffic,
+            Stage.CLEANUP: self.cleanup,
         }
         return methods[stage](ctx)
 
@@ -339,8 +422,12 @@ def validated_model(ctx: StageContext) -> Outputs:
     from . import model_uri, requirements
 
     # The snapshot made when the deployment was created; never the URI resolved again.
-    info = model_uri.materialize(ctx.deployment.model_uri, ctx.deployment.model_digest, ctx.home / "models",
-                                 recorded=lambda: model_uri.recorded_source(ctx.store, ctx.deployment.id))
+    info = model_uri.materialize(
+        ctx.deployment.model_uri,
+        ctx.deployment.model_digest,
+        ctx.home / "models",
+        recorded=lambda: model_uri.recorded_source(ctx.store, ctx.deployment.id),
+    )
     requirements.check_policy(info.requirements, requirements.Policy.from_config(ctx.config))
     return {
         "model_dir": str(info.path),

@@ -23,8 +23,13 @@ MAX_BYTES = 1024 * 1024
 MAX_NODES = 10_000
 MAX_DEPTH = 64
 
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
 
 
 def read_bytes(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES) -> bytes:
@@ -41,15 +46,18 @@ def read_bytes(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES) -> by
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-            raise ConfigError(f"{what} {path} is {kind}, not a regular file",
-                              hint="give the path of a file saved on disk")
+            raise ConfigError(
+                f"{what} {path} is {kind}, not a regular file", hint="give the path of a file saved on disk"
+            )
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
     if len(data) > max_bytes:
-        raise ConfigError(f"{what} {path} is larger than {max_bytes // 1024} KiB",
-                          hint=f"a {what} that large is not one orchestrate reads; check the path")
+        raise ConfigError(
+            f"{what} {path} is larger than {max_bytes // 1024} KiB",
+            hint=f"a {what} that large is not one orchestrate reads; check the path",
+        )
     return data
 
 
@@ -59,12 +67,15 @@ def read_text(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES) -> str
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})",
-                          hint="is it a binary file? save it as UTF-8 text") from None
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})",
+            hint="is it a binary file? save it as UTF-8 text",
+        ) from None
 
 
-def load_yaml(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES,
-              max_depth: int = MAX_DEPTH) -> Any:
+def load_yaml(
+    path: str | Path, *, what: str, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH
+) -> Any:
     """The YAML document in a bounded file, built only after its expanded size and depth were
     checked; None for an empty file."""
     text = read_text(path, what=what, max_bytes=max_bytes)
@@ -73,11 +84,15 @@ def load_yaml(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES, max_no
         try:
             node = loader.get_single_node()
         except _TooDeep:
-            raise ConfigError(f"{what} {path} nests deeper than {max_depth} levels",
-                              hint="flatten it; a config is a mapping of key: value") from None
+            raise ConfigError(
+                f"{what} {path} nests deeper than {max_depth} levels",
+                hint="flatten it; a config is a mapping of key: value",
+            ) from None
         except _TooMany:
-            raise ConfigError(f"{what} {path} holds more than {max_nodes} values",
-                              hint="a config that large is not one orchestrate reads; check the path") from None
+            raise ConfigError(
+                f"{what} {path} holds more than {max_nodes} values",
+                hint="a config that large is not one orchestrate reads; check the path",
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
         if node is None:
@@ -86,7 +101,9 @@ def load_yaml(path: str | Path, *, what: str, max_bytes: int = MAX_BYTES, max_no
         if size > max_nodes or depth > max_depth:
             raise ConfigError(
                 f"{what} {path} expands to more than {max_nodes} values or {max_depth} levels through its "
-                "aliases (*name)", hint="write the values out, or use fewer anchors (&name) and aliases")
+                "aliases (*name)",
+                hint="write the values out, or use fewer anchors (&name) and aliases",
+            )
         try:
             return loader.construct_document(node)
         except yaml.YAMLError as exc:

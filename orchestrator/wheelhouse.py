@@ -27,8 +27,11 @@ from .errors import PermanentTargetError, RetryableTargetError
 from .requirements import mask, requirement_name
 
 _NO_MATCH = re.compile(r"No matching distribution found for ([^\s]+)")
-_TRANSIENT = re.compile(r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
-                        r"HTTP status code: 5\d\d|HTTPError: 5\d\d|ReadTimeoutError)", re.IGNORECASE)
+_TRANSIENT = re.compile(
+    r"(Connection (reset|refused|aborted)|timed out|Temporary failure in name resolution|"
+    r"HTTP status code: 5\d\d|HTTPError: 5\d\d|ReadTimeoutError)",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ class Wheelhouse:
     installed: bool = False  # path is a venv-shaped tree uv installed on the host (`host_install`), not wheels
 
 
-def download(requirements: Sequence[str], platform: Platform, destination: Path, *,
-             log: Callable[[str], None], log_file: Path) -> Wheelhouse:
+def download(
+    requirements: Sequence[str], platform: Platform, destination: Path, *, log: Callable[[str], None], log_file: Path
+) -> Wheelhouse:
     """Download wheels for `requirements` and the installers (pip, uv) into `destination`.
 
     Raises PermanentTargetError naming the package when a requirement does not exist at all,
@@ -77,36 +81,56 @@ def download(requirements: Sequence[str], platform: Platform, destination: Path,
     if missing is None:
         if _TRANSIENT.search(output):
             raise RetryableTargetError("downloading the model's requirements failed (network):\n" + _tail(output))
-        raise PermanentTargetError("downloading the model's requirements failed:\n" + _tail(output),
-                                   hint=f"full log: {log_file}")
+        raise PermanentTargetError(
+            "downloading the model's requirements failed:\n" + _tail(output), hint=f"full log: {log_file}"
+        )
     package = missing.group(1)
     if not _exists_anywhere(package, log_file):
         raise PermanentTargetError(
             f"could not install {package!r} for the image: no version of it can be found:\n{_tail(output)}",
             hint=f"pin an installable version with --pip-requirements-override "
-                 f"'{requirement_name(package)}==VERSION' or fix requirements.txt (full log: {log_file})",
+            f"'{requirement_name(package)}==VERSION' or fix requirements.txt (full log: {log_file})",
         )
-    log(f"no wheel of {package} for CPython {platform.python} on {platform.machine} (glibc {platform.glibc}); "
-        "the build will install the requirements from the package index inside the build (needs network)")
+    log(
+        f"no wheel of {package} for CPython {platform.python} on {platform.machine} (glibc {platform.glibc}); "
+        "the build will install the requirements from the package index inside the build (needs network)"
+    )
     # Download what does have wheels, so the build fetches as little as possible.
     others = [r for r in wanted if requirement_name(r) != requirement_name(package)]
     _pip_download(others, platform, destination, log_file, no_deps=True)
     return Wheelhouse(destination, False, (package,))
 
 
-def _pip_download(requirements: Sequence[str], platform: Platform, destination: Path, log_file: Path,
-                  *, no_deps: bool = False) -> subprocess.CompletedProcess[str]:
+def _pip_download(
+    requirements: Sequence[str], platform: Platform, destination: Path, log_file: Path, *, no_deps: bool = False
+) -> subprocess.CompletedProcess[str]:
     # pip reads the lines from a file: option lines (--extra-index-url URL) are parsed as pip
     # parses them, and a credential in one is never on the command line.
     with tempfile.NamedTemporaryFile("w", prefix="requirements-", suffix=".txt", dir=destination.parent) as listing:
         listing.write("\n".join(requirements) + "\n")
         listing.flush()
-        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input",
-                   "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
-                   *(arg for tag in platform.pip_platforms() for arg in ("--platform", tag)),
-                   "-d", str(destination), *(["--no-deps"] if no_deps else []), "-r", listing.name]
-        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                env=_pip_environment(), check=False)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            platform.python,
+            *(arg for tag in platform.pip_platforms() for arg in ("--platform", tag)),
+            "-d",
+            str(destination),
+            *(["--no-deps"] if no_deps else []),
+            "-r",
+            listing.name,
+        ]
+        result = subprocess.run(
+            command, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_pip_environment(), check=False
+        )
     output = mask(result.stdout + result.stderr)
     with log_file.open("a") as handle:
         handle.write("$ " + shlex.join(command) + "\n" + output)
@@ -116,9 +140,24 @@ def _pip_download(requirements: Sequence[str], platform: Platform, destination: 
 def _exists_anywhere(requirement: str, log_file: Path) -> bool:
     """Whether the index has the requirement in any form (an sdist counts)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "--no-deps",
-         "--no-binary=:all:", "-d", str(log_file.parent / ".sdist-probe"), requirement],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, env=_pip_environment(), check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-deps",
+            "--no-binary=:all:",
+            "-d",
+            str(log_file.parent / ".sdist-probe"),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=_pip_environment(),
+        check=False,
     )
     with log_file.open("a") as handle:
         handle.write(mask(result.stdout + result.stderr))
@@ -137,8 +176,12 @@ def _tail(output: str, lines: int = 12) -> str:
 def host_pip_files() -> dict[str, Path]:
     """The host's pip configuration and CA bundle, for an in-build install from the index."""
     found: dict[str, Path] = {}
-    candidates = [os.environ.get("PIP_CONFIG_FILE"), "/etc/pip.conf",
-                  str(Path.home() / ".config" / "pip" / "pip.conf"), str(Path.home() / ".pip" / "pip.conf")]
+    candidates = [
+        os.environ.get("PIP_CONFIG_FILE"),
+        "/etc/pip.conf",
+        str(Path.home() / ".config" / "pip" / "pip.conf"),
+        str(Path.home() / ".pip" / "pip.conf"),
+    ]
     configs = [Path(c) for c in candidates if c and Path(c).is_file()]
     if configs:
         found["pip.conf"] = configs[-1]

@@ -64,8 +64,9 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def request_stop(signum: int, _frame: object) -> None:
-            self.log("stopping", signal=signal.Signals(signum).name,
-                     note="finishing current stages, then releasing leases")
+            self.log(
+                "stopping", signal=signal.Signals(signum).name, note="finishing current stages, then releasing leases"
+            )
             self.stop_event.set()
 
         signal.signal(signal.SIGTERM, request_stop)
@@ -73,10 +74,13 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or, with `once`, until nothing is left to claim); returns an exit code."""
-        self.log("started", concurrency=self.concurrency, targets=sorted(self.targets or []),
-                 store=self.store.display_url)
-        threads = [threading.Thread(target=self._thread_main, args=(index,), name=f"worker-{index}", daemon=True)
-                   for index in range(self.concurrency)]
+        self.log(
+            "started", concurrency=self.concurrency, targets=sorted(self.targets or []), store=self.store.display_url
+        )
+        threads = [
+            threading.Thread(target=self._thread_main, args=(index,), name=f"worker-{index}", daemon=True)
+            for index in range(self.concurrency)
+        ]
         for thread in threads:
             thread.start()
         while any(thread.is_alive() for thread in threads):
@@ -89,9 +93,15 @@ class Worker:
     def _thread_main(self, index: int) -> None:
         base = leases.LeaseOwner.current(self.name)
         runner = leases.LeaseOwner(owner=f"{base.owner}/t{index}", host=base.host, pid=base.pid)
-        deployment_runner = DeploymentRunner(self.store, runner, self.home, lease_ttl_s=self.lease_ttl_s, stop=self.stop_event,
-                        echo=lambda line: self.log("stage_log", runner=runner.owner, message=line),
-                        faults=Faults.from_env())
+        deployment_runner = DeploymentRunner(
+            self.store,
+            runner,
+            self.home,
+            lease_ttl_s=self.lease_ttl_s,
+            stop=self.stop_event,
+            echo=lambda line: self.log("stage_log", runner=runner.owner, message=line),
+            faults=Faults.from_env(),
+        )
         idle_rounds = 0
         while not self.stop_event.is_set():
             try:
@@ -121,8 +131,11 @@ class Worker:
                 self._wait_for_database(exc)
                 resumed = self._retake(runner, claim.deployment_id, fence)
                 if resumed is None:
-                    self.log("lease_lost", deployment_id=claim.deployment_id,
-                             error="another runner took over while the database was away")
+                    self.log(
+                        "lease_lost",
+                        deployment_id=claim.deployment_id,
+                        error="another runner took over while the database was away",
+                    )
                     return
                 fence = resumed
                 continue
@@ -130,12 +143,19 @@ class Worker:
                 self.log("deployment_error", deployment_id=claim.deployment_id, error=str(exc))
                 return
             except Exception as exc:  # noqa: BLE001 -- a bug: keep the worker alive, record it, show the traceback
-                self.log("internal_error", deployment_id=claim.deployment_id, error=repr(exc),
-                         traceback=traceback.format_exc())
+                self.log(
+                    "internal_error",
+                    deployment_id=claim.deployment_id,
+                    error=repr(exc),
+                    traceback=traceback.format_exc(),
+                )
                 self._mark_failed(claim.deployment_id, f"internal error in {runner.owner}: {exc!r}")
                 return
-            self.log("finished" if status != DeploymentStatus.RUNNING else "released",
-                     deployment_id=claim.deployment_id, status=status.value)
+            self.log(
+                "finished" if status != DeploymentStatus.RUNNING else "released",
+                deployment_id=claim.deployment_id,
+                status=status.value,
+            )
             return
 
     def _retake(self, runner: leases.LeaseOwner, deployment_id: int, fence: Fence) -> Fence | None:
@@ -146,8 +166,12 @@ class Worker:
                 return None
             new_fence = leases.take(tx.session, endpoint, deployment_id, runner, self.lease_ttl_s)
             claims.abandon_running_attempts(tx.session, deployment_id)
-            tx.event(EventKind.DEPLOYMENT_RESUMED, f"deployment {deployment_id} resumed by {runner.owner} after a "
-                     "database outage", endpoint_id=endpoint.id, deployment_id=deployment_id)
+            tx.event(
+                EventKind.DEPLOYMENT_RESUMED,
+                f"deployment {deployment_id} resumed by {runner.owner} after a database outage",
+                endpoint_id=endpoint.id,
+                deployment_id=deployment_id,
+            )
             return new_fence
 
     def _wait_for_database(self, error: Exception) -> None:
@@ -176,4 +200,3 @@ class Worker:
     def _on_event(self, event: Any) -> None:
         if event.kind in STAGE_EVENTS or event.kind in LIFECYCLE_EVENTS:
             self.log(event.kind, deployment_id=event.deployment_id, message=event.message)
-

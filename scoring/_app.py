@@ -101,9 +101,7 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def timeout_error(timeout: float) -> RequestTimeout:
-    return RequestTimeout(
-        f"the request took longer than the {timeout:g} s limit (ORCHESTRATE_TIMEOUT)"
-    )
+    return RequestTimeout(f"the request took longer than the {timeout:g} s limit (ORCHESTRATE_TIMEOUT)")
 
 
 class Scorer:
@@ -124,8 +122,7 @@ class Scorer:
             return _json.predictions_body(predictions), enforced.ignored
         except (TypeError, ValueError) as exc:
             raise ModelError(
-                f"the model returned {type(predictions).__name__}, which cannot be written "
-                f"as JSON: {exc}"
+                f"the model returned {type(predictions).__name__}, which cannot be written as JSON: {exc}"
             ) from None
 
     def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
@@ -253,9 +250,7 @@ class Observe:
                 start_response(_STATUS_LINES[code], headers)
                 return [body]
 
-            def _start_response(
-                status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
-            ) -> Any:
+            def _start_response(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 status[0] = int(status_line[:3])
                 headers.append(("X-Request-ID", request_id))
                 return start_response(status_line, headers, exc_info)
@@ -289,9 +284,7 @@ class Observe:
         self.metrics.started()
         self._record(environ, status, 0.0)
 
-    def timeout_answer(
-        self, environ: dict[str, Any], seconds: float
-    ) -> tuple[str, list[tuple[str, str]], bytes]:
+    def timeout_answer(self, environ: dict[str, Any], seconds: float) -> tuple[str, list[tuple[str, str]], bytes]:
         """The 504 for a request still running at its deadline, counted and logged here;
         the caller must have won ``environ["scoring.claim"]``."""
         from scoring._v2 import v2_error_body
@@ -311,9 +304,7 @@ class Observe:
         return _STATUS_LINES[504], headers, body
 
 
-_STATUS_LINES = {
-    code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 404, 413, 415, 500, 503, 504)
-}
+_STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in (200, 400, 404, 413, 415, 500, 503, 504)}
 
 
 def make_invocations(
@@ -374,18 +365,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "runner": runner,
         "scorer": scorer,
     }
-    _register_mlflow_routes(
-        app, cfg, model, make_invocations(scorer, runner, cfg.max_request_bytes)
-    )
+    _register_mlflow_routes(app, cfg, model, make_invocations(scorer, runner, cfg.max_request_bytes))
     _register_operations(app, cfg, model, metrics)
     from scoring._v2 import register_v2_routes
 
     register_v2_routes(app, cfg, model, scorer, runner)
     _register_errors(app)
     invocations = make_invocations(scorer, runner, cfg.max_request_bytes)
-    observe = Observe(
-        app.wsgi_app, metrics, AccessLog() if cfg.access_log else None, invocations, cfg.timeout
-    )
+    observe = Observe(app.wsgi_app, metrics, AccessLog() if cfg.access_log else None, invocations, cfg.timeout)
     app.wsgi_app = observe  # type: ignore[method-assign]
     app.extensions["scoring"]["observe"] = observe
     return app
@@ -435,9 +422,7 @@ def _register_mlflow_routes(
         return Response(body, status=status, headers=headers)
 
 
-def _register_operations(
-    app: Flask, cfg: ServerConfig, model: LoadedModel, metrics: Metrics
-) -> None:
+def _register_operations(app: Flask, cfg: ServerConfig, model: LoadedModel, metrics: Metrics) -> None:
     name = cfg.served_model_name
 
     @app.get("/metrics")

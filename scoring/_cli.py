@@ -15,9 +15,7 @@ from scoring._version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m scoring", description="Serve an MLflow model over HTTP."
-    )
+    parser = argparse.ArgumentParser(prog="python -m scoring", description="Serve an MLflow model over HTTP.")
     parser.add_argument("--version", action="version", version=f"scoring {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -42,15 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-name", help="the model's name in the V2 protocol")
     serve.add_argument("--loader", choices=("auto", "mlflow", "native"))
     serve.add_argument("--pid-file", help="write the gunicorn master's pid here")
-    serve.add_argument(
-        "--reuse-port", action="store_true", default=None, help="bind with SO_REUSEPORT"
-    )
-    serve.add_argument(
-        "--public-fd", type=int, help="serve on this inherited listening socket (not --host/--port)"
-    )
-    serve.add_argument(
-        "--private-fd", type=int, help="also serve on this inherited socket (not --private-port)"
-    )
+    serve.add_argument("--reuse-port", action="store_true", default=None, help="bind with SO_REUSEPORT")
+    serve.add_argument("--public-fd", type=int, help="serve on this inherited listening socket (not --host/--port)")
+    serve.add_argument("--private-fd", type=int, help="also serve on this inherited socket (not --private-port)")
     serve.add_argument(
         "--handoff-socket",
         help="unix socket path handing the public listening socket to the next server (SCM_RIGHTS)",
@@ -110,6 +102,7 @@ def serve(options: dict[str, Any]) -> int:
     except ModelLoadError:
         after_fork = False  # loading it below says why it cannot be loaded
     if after_fork:
+
         def make_app() -> Any:
             try:
                 return create_app({**overrides, "metrics": metrics})

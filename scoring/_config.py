@@ -103,9 +103,7 @@ class ServerConfig:
         if self.loader not in _LOADERS:
             raise ValueError(f"loader must be one of {', '.join(_LOADERS)}, got {self.loader!r}")
         if self.log_level not in _LOG_LEVELS:
-            raise ValueError(
-                f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
-            )
+            raise ValueError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
 
     @property
     def served_model_name(self) -> str:
@@ -160,9 +158,7 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def load_config(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
-) -> ServerConfig:
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
     """Merge defaults, environment and ``overrides`` (``None`` values do not override).
 
     Raises ``ValueError`` naming the setting for unknown keys and bad values.

@@ -56,8 +56,9 @@ class ThreadedScoringWorker(ThreadWorker):
 class ScoringServer(BaseApplication):
     """gunicorn application serving an already built WSGI app."""
 
-    def __init__(self, app: Any, cfg: ServerConfig, metrics: Metrics,
-                 make_app: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, app: Any, cfg: ServerConfig, metrics: Metrics, make_app: Callable[[], Any] | None = None
+    ) -> None:
         # `app`, loaded before forking; or None and `make_app`, called in each worker.
         self._app = app
         self._make_app = make_app

@@ -27,18 +27,14 @@ _content_types: dict[str, str] = {}
 def media_type(header: str | None) -> str:
     """``JSON`` or ``CSV`` for a Content-Type header; raises ``UnsupportedMediaType``."""
     if header is None or not header.strip():
-        raise UnsupportedMediaType(
-            "the request has no Content-Type header: send application/json or text/csv"
-        )
+        raise UnsupportedMediaType("the request has no Content-Type header: send application/json or text/csv")
     cached = _content_types.get(header)
     if cached is not None:
         return cached
     mime, *parameters = (part.strip() for part in header.split(";"))
     mime = mime.lower()
     if mime not in (JSON, CSV):
-        raise UnsupportedMediaType(
-            f"unsupported Content-Type {header[:100]!r}: send application/json or text/csv"
-        )
+        raise UnsupportedMediaType(f"unsupported Content-Type {header[:100]!r}: send application/json or text/csv")
     for parameter in parameters:
         key, _, value = parameter.partition("=")
         key = key.strip().lower()
@@ -57,17 +53,13 @@ def parse_json(body: bytes) -> tuple[RequestData, Any]:
     doc = _json.loads(body)
     if not isinstance(doc, dict):
         raise InvalidInput(
-            "expected a JSON object with one of the keys "
-            + ", ".join(FORMATS)
-            + f"; got a JSON {_kind(doc)}"
+            "expected a JSON object with one of the keys " + ", ".join(FORMATS) + f"; got a JSON {_kind(doc)}"
         )
     found = [k for k in doc if k in _FORMAT_SET]
     if len(found) != 1:
         shown = ", ".join(repr(k)[:40] for k in list(doc)[:10])
         raise InvalidInput(
-            "the request must have exactly one of the keys "
-            + ", ".join(FORMATS)
-            + f"; it has: {shown or 'no keys'}"
+            "the request must have exactly one of the keys " + ", ".join(FORMATS) + f"; it has: {shown or 'no keys'}"
         )
     key = found[0]
     value = doc[key]
@@ -83,9 +75,7 @@ def parse_json(body: bytes) -> tuple[RequestData, Any]:
         return Rows(value.get("columns"), value["data"]), params
     if key == "dataframe_records":
         if not isinstance(value, list):
-            raise InvalidInput(
-                f"'dataframe_records' must be a list of records, got a JSON {_kind(value)}"
-            )
+            raise InvalidInput(f"'dataframe_records' must be a list of records, got a JSON {_kind(value)}")
         return Records(value), params
     if key == "instances" and isinstance(value, list) and value and isinstance(value[0], dict):
         return Records(value), params
@@ -112,9 +102,7 @@ def parse_csv(body: bytes, enforcer: Enforcer) -> RequestData:
     for name in frame.columns:
         values = frame[name].to_numpy()
         if values.dtype == object:
-            columns[name] = [
-                None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()
-            ]
+            columns[name] = [None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()]
         else:
             columns[name] = values
     return Columns(columns)
@@ -144,14 +132,12 @@ def read_body(environ: dict[str, Any], max_bytes: int) -> bytes:
         size = int(length)
         if size > max_bytes:
             raise PayloadTooLarge(
-                f"the request body is {size} bytes; the limit is {max_bytes} "
-                "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+                f"the request body is {size} bytes; the limit is {max_bytes} (ORCHESTRATE_MAX_REQUEST_BYTES)"
             )
         return bytes(stream.read(size))
     body = bytes(stream.read(max_bytes + 1))  # chunked, or no body at all
     if len(body) > max_bytes:
         raise PayloadTooLarge(
-            f"the request body is larger than the limit of {max_bytes} bytes "
-            "(ORCHESTRATE_MAX_REQUEST_BYTES)"
+            f"the request body is larger than the limit of {max_bytes} bytes (ORCHESTRATE_MAX_REQUEST_BYTES)"
         )
     return body

@@ -111,9 +111,7 @@ def dumps(obj: Any) -> bytes:
     """``obj`` as compact JSON bytes; NaN and infinities as ``null``."""
     if _orjson is not None:
         try:
-            return _orjson.dumps(
-                obj, default=_default, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY
-            )
+            return _orjson.dumps(obj, default=_default, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:
             pass  # e.g. non-contiguous arrays: the standard path below handles them
     try:

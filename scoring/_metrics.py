@@ -105,17 +105,13 @@ class Metrics:
         """Everything in the Prometheus text exposition format (version 0.0.4)."""
         t = self._totals()
         out: list[str] = []
-        out += _header(
-            "scoring_requests_total", "counter", "Requests answered, by route and status."
-        )
+        out += _header("scoring_requests_total", "counter", "Requests answered, by route and status.")
         for r, route in enumerate(ROUTES):
             for s, status in enumerate(STATUSES):
                 n = t[_REQ + r * _NS + s]
                 if n:
                     label = str(status) if status else "other"
-                    out.append(
-                        f'scoring_requests_total{{route="{route}",status="{label}"}} {n:.0f}'
-                    )
+                    out.append(f'scoring_requests_total{{route="{route}",status="{label}"}} {n:.0f}')
         out += _header("scoring_request_errors_total", "counter", "Requests answered 4xx or 5xx.")
         for r, route in enumerate(ROUTES):
             n = sum(t[_REQ + r * _NS + s] for s, st in enumerate(STATUSES) if st != 200)
@@ -130,19 +126,13 @@ class Metrics:
             running = 0.0
             for bound, n in zip((*BUCKETS, "+Inf"), counts):
                 running += n
-                out.append(
-                    f'scoring_request_duration_seconds_bucket{{route="{route}",le="{bound}"}}'
-                    f" {running:.0f}"
-                )
+                out.append(f'scoring_request_duration_seconds_bucket{{route="{route}",le="{bound}"}} {running:.0f}')
             out.append(f'scoring_request_duration_seconds_sum{{route="{route}"}} {t[_SUM + r]!r}')
             out.append(f'scoring_request_duration_seconds_count{{route="{route}"}} {total:.0f}')
         out += _header("scoring_requests_in_flight", "gauge", "Requests being answered now.")
         out.append(f"scoring_requests_in_flight {max(t[_INFLIGHT], 0.0):.0f}")
         out += _header("scoring_model_load_seconds", "gauge", "Time the model took to load.")
-        out.append(
-            f'scoring_model_load_seconds{{model="{_escape(model_name)}"}} '
-            f"{self.model_load_seconds!r}"
-        )
+        out.append(f'scoring_model_load_seconds{{model="{_escape(model_name)}"}} {self.model_load_seconds!r}')
         return "\n".join(out) + "\n"
 
 

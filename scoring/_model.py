@@ -74,9 +74,7 @@ class LoadedModel:
         self._accepts_params = param
         # Direct call when our enforcement is all MLflow would do, or without mlflow at all.
         sig = self.signature
-        self.direct = (
-            pyfunc is None or sig.enforceable or (sig.inputs is None and not sig.from_type_hint)
-        )
+        self.direct = pyfunc is None or sig.enforceable or (sig.inputs is None and not sig.from_type_hint)
 
         self._array_fn: Callable[..., Any] | None = None
         self._ndarray: type | None = None
@@ -113,9 +111,9 @@ class LoadedModel:
         if array_fn is None:
             return
         width = len(enforcer._names)
-        probe = np.vstack(
-            [np.zeros(width), np.arange(1, width + 1), np.linspace(-2.5, 7.5, width)]
-        ).astype(enforcer._uniform_dtype)
+        probe = np.vstack([np.zeros(width), np.arange(1, width + 1), np.linspace(-2.5, 7.5, width)]).astype(
+            enforcer._uniform_dtype
+        )
         frame = enforcer._pd.DataFrame(probe, columns=enforcer._names)
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -329,7 +327,5 @@ def load_model(path: str, loader: str = "auto") -> LoadedModel:
                 raise ModelLoadError(message, missing_module=module) from exc
             cause = cause.__cause__ or cause.__context__
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelLoadError(
-            f"cannot load model from {path}: {type(exc).__name__}: {first_line}"
-        ) from exc
+        raise ModelLoadError(f"cannot load model from {path}: {type(exc).__name__}: {first_line}") from exc
     return model

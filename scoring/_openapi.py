@@ -27,10 +27,7 @@ def _errors(*codes: int, v2: bool = False) -> dict[str, Any]:
         503: "Not ready.",
         504: "The request took longer than the limit.",
     }
-    return {
-        str(c): {"description": texts[c], "content": _json_content(_V2_ERROR if v2 else _ERROR)}
-        for c in codes
-    }
+    return {str(c): {"description": texts[c], "content": _json_content(_V2_ERROR if v2 else _ERROR)} for c in codes}
 
 
 def _value_schema(spec: ColumnSpec) -> dict[str, Any]:
@@ -62,8 +59,7 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
     json_ok = {"description": "OK", "content": _json_content({"type": "object"})}
     invocation_body = {
         "type": "object",
-        "description": "Exactly one of dataframe_split, dataframe_records, instances, inputs; "
-        "optionally params.",
+        "description": "Exactly one of dataframe_split, dataframe_records, instances, inputs; optionally params.",
         "properties": {
             "dataframe_split": {
                 "type": "object",
@@ -123,13 +119,9 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
             "description": "MLflow scoring protocol and Open Inference Protocol (V2) for one model.",
         },
         "paths": {
-            "/ping": {
-                "get": {"summary": "Liveness and readiness (MLflow, SageMaker).", "responses": ping}
-            },
+            "/ping": {"get": {"summary": "Liveness and readiness (MLflow, SageMaker).", "responses": ping}},
             "/health": {"get": {"summary": "Same as /ping.", "responses": ping}},
-            "/version": {
-                "get": {"summary": "Server and model versions.", "responses": {"200": json_ok}}
-            },
+            "/version": {"get": {"summary": "Server and model versions.", "responses": {"200": json_ok}}},
             "/invocations": {
                 "post": {
                     "summary": "Predict (MLflow scoring protocol).",
@@ -168,12 +160,8 @@ def openapi_document(cfg: ServerConfig, model: LoadedModel) -> dict[str, Any]:
             },
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok}}},
             "/v2": {"get": {"summary": "Server metadata (V2).", "responses": {"200": json_ok}}},
-            "/v2/health/live": {
-                "get": {"summary": "Liveness (V2).", "responses": {"200": json_ok}}
-            },
-            "/v2/health/ready": {
-                "get": {"summary": "Readiness (V2).", "responses": {"200": json_ok}}
-            },
+            "/v2/health/live": {"get": {"summary": "Liveness (V2).", "responses": {"200": json_ok}}},
+            "/v2/health/ready": {"get": {"summary": "Readiness (V2).", "responses": {"200": json_ok}}},
             "/v2/models/{model_name}": {
                 "get": {
                     "summary": "Model metadata (V2), from the signature.",

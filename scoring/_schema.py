@@ -134,8 +134,7 @@ def parse_signature(mlmodel: Mapping[str, Any]) -> Signature:
         inputs=_parse_specs(raw.get("inputs")),
         outputs=_parse_specs(raw.get("outputs")),
         params=_parse_params(raw.get("params")),
-        from_type_hint=bool(mlmodel.get("is_signature_from_type_hint"))
-        or bool(mlmodel.get("type_hint_from_example")),
+        from_type_hint=bool(mlmodel.get("is_signature_from_type_hint")) or bool(mlmodel.get("type_hint_from_example")),
     )
 
 
@@ -212,9 +211,7 @@ class Enforcer:
 
             self._pd = pd
             self._names = [c.name for c in columns]
-            self._converters: dict[Any, Callable[[Any], Any]] = {
-                c.name: self._column_converter(c) for c in columns
-            }
+            self._converters: dict[Any, Callable[[Any], Any]] = {c.name: self._column_converter(c) for c in columns}
             types = {c.type for c in columns}
             only = next(iter(types)) if len(types) == 1 else None
             # Every column numeric of one type: rows convert in one numpy call.
@@ -253,12 +250,7 @@ class Enforcer:
                     if arr.size and (arr.min() < info.min or arr.max() > info.max):
                         raise fail(f"value out of range for {spec.type}")
                     return arr.astype(dtype, copy=False)
-                if (
-                    arr.dtype.kind == "f"
-                    and arr.size
-                    and np.all(np.isfinite(arr))
-                    and np.all(arr == np.floor(arr))
-                ):
+                if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.floor(arr)):
                     return arr.astype(dtype)
                 if arr.dtype.kind in "OUS":
                     # CSV text or mixed values: each must be an integer or integral text.
@@ -354,9 +346,7 @@ class Enforcer:
             if length is None:
                 length = len(arr)
             elif len(arr) != length:
-                raise InvalidInput(
-                    f"column '{name}' has {len(arr)} values, other columns have {length}"
-                )
+                raise InvalidInput(f"column '{name}' has {len(arr)} values, other columns have {length}")
             out[name] = arr
         ignored = [str(k) for k in given if k not in self._converters]
         return Enforced(self._frame(out), ignored)
@@ -368,9 +358,7 @@ class Enforcer:
         if columns is None:
             # Unnamed values match the signature's columns by position.
             columns = list(self._names)
-        elif not isinstance(columns, list) or not all(
-            isinstance(c, (str, int, float)) or c is None for c in columns
-        ):
+        elif not isinstance(columns, list) or not all(isinstance(c, (str, int, float)) or c is None for c in columns):
             raise InvalidInput("'columns' must be a list of column names")
         width = len(columns)
         if self._uniform_dtype is not None and set(self._names) <= set(columns):
@@ -398,9 +386,7 @@ class Enforcer:
         for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != width:
                 got = len(row) if isinstance(row, list) else "a non-list value"
-                raise InvalidInput(
-                    f"row {i} has {got} values, expected {width} ({_names(columns)})"
-                )
+                raise InvalidInput(f"row {i} has {got} values, expected {width} ({_names(columns)})")
         transposed = list(zip(*rows)) if rows else [() for _ in columns]
         return self._from_columns(dict(zip(columns, transposed)))
 
@@ -450,34 +436,21 @@ class Enforcer:
             arr = np.asarray(value)
             if arr.dtype == object:
                 raise ValueError
-            if (
-                dtype.kind in "iu"
-                and arr.dtype.kind == "f"
-                and arr.size
-                and not np.all(arr == np.floor(arr))
-            ):
+            if dtype.kind in "iu" and arr.dtype.kind == "f" and arr.size and not np.all(arr == np.floor(arr)):
                 raise InvalidInput(f"{spec.describe()}: expected integers")
             if dtype.kind in "iuf" and arr.dtype.kind not in "iufb":
                 raise ValueError
             arr = arr.astype(dtype, copy=False)
         except (ValueError, TypeError):
-            raise InvalidInput(
-                f"{spec.describe()}: expected a rectangular array of {spec.dtype}"
-            ) from None
+            raise InvalidInput(f"{spec.describe()}: expected a rectangular array of {spec.dtype}") from None
         shape = spec.shape
-        if arr.ndim != len(shape) or any(
-            want not in (-1, got) for want, got in zip(shape, arr.shape)
-        ):
+        if arr.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, arr.shape)):
             raise InvalidInput(f"{spec.describe()}: got shape {list(arr.shape)}")
         return arr
 
     def _tensors(self, data: RequestData) -> Enforced:
         specs = self.tensors or ()
-        if (
-            len(specs) == 1
-            and specs[0].name is None
-            or (len(specs) == 1 and isinstance(data, (Raw, Rows)))
-        ):
+        if len(specs) == 1 and specs[0].name is None or (len(specs) == 1 and isinstance(data, (Raw, Rows))):
             spec = specs[0]
             if isinstance(data, Raw):
                 value = data.value
@@ -512,8 +485,7 @@ class Enforcer:
             extra = set(given) - {s.name for s in specs}
         else:
             raise InvalidInput(
-                "this model takes named inputs: send an object {name: values} "
-                f"for {_names([s.name for s in specs])}"
+                f"this model takes named inputs: send an object {{name: values}} for {_names([s.name for s in specs])}"
             )
         missing = [s for s in specs if s.name not in given]
         if missing:
@@ -580,9 +552,7 @@ class Enforcer:
                 return self._from_rows(None, value)
             if isinstance(value, list) and len(self._names) == 1:
                 return self._from_columns({self._names[0]: value})
-            raise InvalidInput(
-                f"expected rows, records or columns for the model's columns {_names(self._names)}"
-            )
+            raise InvalidInput(f"expected rows, records or columns for the model's columns {_names(self._names)}")
         if self.tensors is not None:
             return self._tensors(data)
         return self._as_mlflow(data)
@@ -627,9 +597,7 @@ def _param_value(spec: ParamSpec, value: Any) -> Any:
                 pass
         if t == "binary" and isinstance(v, str):
             return v
-        raise InvalidInput(
-            f"param '{spec.name}': expected {t}{' list' if spec.shape else ''}, got {_excerpt(v)}"
-        )
+        raise InvalidInput(f"param '{spec.name}': expected {t}{' list' if spec.shape else ''}, got {_excerpt(v)}")
 
     if spec.shape:
         if not isinstance(value, list):

@@ -85,8 +85,7 @@ def model_metadata(name: str, model: LoadedModel) -> dict[str, Any]:
         "platform": "mlflow",
         "inputs": [_spec_metadata(s, f"input-{i}") for i, s in enumerate(sig.inputs or ())],
         "outputs": [
-            _spec_metadata(s, "predictions" if len(outputs) == 1 else f"output-{i}")
-            for i, s in enumerate(outputs)
+            _spec_metadata(s, "predictions" if len(outputs) == 1 else f"output-{i}") for i, s in enumerate(outputs)
         ],
     }
 
@@ -98,9 +97,7 @@ class V2Codec:
         self.model = model
         self.enforcer = model.enforcer
         outputs = model.signature.outputs or ()
-        self.output_name = (
-            outputs[0].name if len(outputs) == 1 and outputs[0].name else "predictions"
-        )
+        self.output_name = outputs[0].name if len(outputs) == 1 and outputs[0].name else "predictions"
 
     def _tensor(self, i: int, item: Any) -> tuple[str, Any]:
         import numpy as np
@@ -119,8 +116,7 @@ class V2Codec:
             raise InvalidInput(f"{label}: 'shape' must be a list of non-negative integers")
         if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
             raise InvalidInput(
-                f"{label}: unknown datatype {str(datatype)[:20]!r}; "
-                f"use one of {', '.join(V2_DATATYPES)}"
+                f"{label}: unknown datatype {str(datatype)[:20]!r}; use one of {', '.join(V2_DATATYPES)}"
             )
         if "data" not in item:
             raise InvalidInput(f"{label}: 'data' is missing")
@@ -191,8 +187,7 @@ class V2Codec:
                     arr = arr[:, 0]
                 if arr.ndim != 1:
                     raise InvalidInput(
-                        f"input '{name[:60]}': a column needs shape [n] or [n, 1], "
-                        f"got {list(arr.shape)}"
+                        f"input '{name[:60]}': a column needs shape [n] or [n, 1], got {list(arr.shape)}"
                     )
                 columns[name] = arr
             return Columns(columns)
@@ -205,9 +200,7 @@ class V2Codec:
         if wanted is not None:
             unknown = [w for w in wanted if w not in named]
             if unknown:
-                raise InvalidInput(
-                    f"unknown output {unknown[0][:60]!r}; the model has {', '.join(named)}"
-                )
+                raise InvalidInput(f"unknown output {unknown[0][:60]!r}; the model has {', '.join(named)}")
             named = {w: named[w] for w in wanted}
         return [self._output_tensor(name, value) for name, value in named.items()]
 
@@ -234,22 +227,16 @@ class V2Codec:
             data = (
                 _json.jsonable_predictions(arr.ravel())
                 if arr.dtype.kind in "MmS"
-                else [
-                    v if isinstance(v, str) or v is None else str(v) for v in arr.ravel().tolist()
-                ]
+                else [v if isinstance(v, str) or v is None else str(v) for v in arr.ravel().tolist()]
             )
         return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
 
 
-def register_v2_routes(
-    app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Any, runner: Any
-) -> None:
+def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer: Any, runner: Any) -> None:
     """Add the V2 routes to ``app``."""
     name = cfg.served_model_name
     codec = V2Codec(model)
-    server_body = _json.dumps(
-        {"name": "orchestrate-scoring", "version": __version__, "extensions": []}
-    )
+    server_body = _json.dumps({"name": "orchestrate-scoring", "version": __version__, "extensions": []})
     metadata_body = _json.dumps(model_metadata(name, model))
     live_body = _json.dumps({"live": True})
     ready_body = _json.dumps({"ready": True})
@@ -261,9 +248,7 @@ def register_v2_routes(
 
     def check_name(requested: str) -> None:
         if requested != name:
-            raise NotFound(
-                f"model '{requested[:100]}' is not served here; this server serves '{name}'"
-            )
+            raise NotFound(f"model '{requested[:100]}' is not served here; this server serves '{name}'")
 
     @app.get("/v2")
     def v2_server() -> Response:
@@ -314,9 +299,7 @@ def register_v2_routes(
             check_name(model_name)
             content_type = request.environ.get("CONTENT_TYPE") or "application/json"
             if content_type.split(";")[0].strip().lower() != "application/json":
-                raise UnsupportedMediaType(
-                    f"unsupported Content-Type {content_type[:100]!r}: send application/json"
-                )
+                raise UnsupportedMediaType(f"unsupported Content-Type {content_type[:100]!r}: send application/json")
             body = read_body(request.environ, max_bytes)
             out = runner.run(infer, body, request.environ["scoring.request_id"])
         except ScoringError as exc:

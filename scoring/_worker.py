@@ -222,9 +222,7 @@ class ScoringWorker(Worker):
         self.claims: dict[int, bool] = {}
         self.serial = itertools.count()
         # Per request thread: (claim key, start, environ, connection) while answering.
-        self.busy: list[tuple[int, float, dict[str, Any], Connection] | None] = [
-            None
-        ] * self.nthreads
+        self.busy: list[tuple[int, float, dict[str, Any], Connection] | None] = [None] * self.nthreads
         self.stuck: set[int] = set()  # threads still inside a request that was answered 504
         # When each thread started its current request (reading, answering, writing); 0: none.
         self.since = [0.0] * self.nthreads
@@ -464,12 +462,7 @@ class ScoringWorker(Worker):
         conn.fd = -1
         with self.lock:
             self.nconns -= 1
-            resume = (
-                not self.stopping
-                and not self.accepting
-                and not self.accept_again
-                and self.nconns < self.max_conns
-            )
+            resume = not self.stopping and not self.accepting and not self.accept_again and self.nconns < self.max_conns
         if resume:
             self._set_accepting(True)
 
@@ -739,9 +732,7 @@ class ScoringWorker(Worker):
     def _call(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], list[bytes]]:
         result: list[Any] = []
 
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if exc_info and result:
                 raise exc_info[1].with_traceback(exc_info[2])
             result[:] = [status, headers]
@@ -1013,9 +1004,7 @@ class _Chunked:
                 else:
                     self.trailer += len(line) + 2
                     if self.trailer > self.trailer_limit:
-                        raise BadRequest(
-                            "431 Request Header Fields Too Large", "trailers too large"
-                        )
+                        raise BadRequest("431 Request Header Fields Too Large", "trailers too large")
                     name, sep, _ = line.partition(b":")
                     if not sep or not _TOKEN(name.decode("latin-1")):
                         raise BadRequest("400 Bad Request", "invalid trailer line")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Lint and type-check: ruff on orchestrator/, targets/, scoring/ and tests/, mypy (strict) on
-# orchestrator/, targets/ and scoring/, both configured in pyproject.toml. scripts/test.sh runs
-# this before pytest; alone, with an interpreter that has the [test] extra installed:
+# Lint, format and type-check: ruff check on orchestrator/, targets/, scoring/ and tests/,
+# ruff format --check and mypy (strict) on orchestrator/, targets/ and scoring/, all configured
+# in pyproject.toml. scripts/test.sh runs this before pytest; alone, with an interpreter that
+# has the [test] extra installed:
 #
 #   ORCHESTRATE_PYTHON=.venv/bin/python bash scripts/check.sh
 #
@@ -17,6 +18,7 @@ source "$REPO_ROOT/scripts/_common.sh"
 
 LINTED=(orchestrator targets scoring tests)
 TYPED=(orchestrator targets scoring)
+FORMATTED=(orchestrator targets scoring)
 
 choose_python
 for tool in ruff mypy; do
@@ -28,6 +30,8 @@ start=$SECONDS
 failed=()
 log "lint: $PYTHON -m ruff check ${LINTED[*]}"
 "$PYTHON" -m ruff check --quiet "${LINTED[@]}" || failed+=(ruff)
+log "format: $PYTHON -m ruff format --check ${FORMATTED[*]}"
+"$PYTHON" -m ruff format --check --quiet "${FORMATTED[@]}" || failed+=(format)
 log "types: $PYTHON -m mypy ${TYPED[*]} (strict)"
 "$PYTHON" -m mypy "${TYPED[@]}" || failed+=(mypy)
 
@@ -35,6 +39,8 @@ for tool in "${failed[@]}"; do
     case "$tool" in
         ruff) printf '%s: error: ruff found the problems listed above; fix them (`%s -m ruff check --fix` fixes those marked [*]), or, where the rule is wrong, add `# noqa: CODE -- why`\n' \
             "$(basename "$0")" "$PYTHON" >&2 ;;
+        format) printf '%s: error: ruff format would rewrite the files listed above; run `%s -m ruff format %s`\n' \
+            "$(basename "$0")" "$PYTHON" "${FORMATTED[*]}" >&2 ;;
         mypy) printf '%s: error: mypy (strict) found the type errors listed above; fix them, or, where the stubs are wrong, add `# type: ignore[code]` with a comment saying why\n' \
             "$(basename "$0")" >&2 ;;
     esac

@@ -22,25 +22,37 @@ from orchestrator.errors import (
 IAM_DOC = "docs/sagemaker.md (IAM permissions)"
 
 # AWS error codes that mean "try again shortly": throttling and server-side faults.
-RETRYABLE_CODES = frozenset({
-    "ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException",
-    "RequestLimitExceeded", "ProvisionedThroughputExceededException", "SlowDown",
-    "InternalFailure", "InternalServerError", "InternalError", "ServiceUnavailable",
-    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
-})
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "SlowDown",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 
 # AWS error codes retrying cannot fix, with what the user should change.
 PERMANENT_HINTS: dict[str, str] = {
     "ValidationException": "fix the value AWS names above (see docs/sagemaker.md for each config key)",
     "AccessDeniedException": f"grant the caller the IAM permissions listed in {IAM_DOC}, "
-                             "or use another profile or role",
+    "or use another profile or role",
     "AccessDenied": f"grant the caller the IAM permissions listed in {IAM_DOC}, or use another profile or role",
     "UnrecognizedClientException": "check your AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the role)",
     "InvalidClientTokenId": "check your AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the role)",
     "ExpiredTokenException": "refresh your AWS credentials (e.g. `aws sso login`), then resume",
     "ExpiredToken": "refresh your AWS credentials (e.g. `aws sso login`), then resume",
     "ResourceLimitExceeded": "ask for a quota increase in Service Quotas, choose a smaller -C instance_type "
-                             "or -C instance_count, or delete unused endpoints",
+    "or -C instance_count, or delete unused endpoints",
     "LimitExceededException": "ask for a quota increase in Service Quotas, or delete unused resources",
     "ResourceInUse": "another operation holds this resource; wait for it, then resume",
     "ResourceNotFound": "the resource is gone; resume to create it again",
@@ -48,7 +60,7 @@ PERMANENT_HINTS: dict[str, str] = {
     "RepositoryPolicyNotFoundException": "check the ECR repository's policy",
     "ImageNotFoundException": "push the image again: resume from the push stage",
     "ModelError": "the model container answered with an error; see its CloudWatch logs "
-                  "(/aws/sagemaker/Endpoints/<endpoint>)",
+    "(/aws/sagemaker/Endpoints/<endpoint>)",
     "ModelNotReadyException": "the endpoint is not ready; wait for InService, then resume",
 }
 
@@ -75,8 +87,11 @@ def translate(exc: Exception, doing: str) -> OrchestrateError:
             return RetryableTargetError(text)
         return PermanentTargetError(text, hint=PERMANENT_HINTS.get(code, "see the AWS message above"))
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ProfileNotFound)):
-        return ConfigError(f"{doing}: {exc}", hint="configure AWS credentials (a profile with -C profile=NAME, "
-                           "AWS_* environment variables, or an instance role)")
+        return ConfigError(
+            f"{doing}: {exc}",
+            hint="configure AWS credentials (a profile with -C profile=NAME, "
+            "AWS_* environment variables, or an instance role)",
+        )
     if isinstance(exc, NoRegionError):
         return ConfigError(f"{doing}: no AWS region", hint="give -C region=eu-west-1 or set AWS_REGION")
     if isinstance(exc, BotoConnectionError):
@@ -101,8 +116,9 @@ class Aws:
     _lock = threading.Lock()
     _clients: ClassVar[dict[tuple[str, str, str], Any]] = {}
 
-    def __init__(self, *, region: str = "", profile: str = "", log: Callable[[str], None] | None = None,
-                 attempts: int = 5) -> None:
+    def __init__(
+        self, *, region: str = "", profile: str = "", log: Callable[[str], None] | None = None, attempts: int = 5
+    ) -> None:
         self.profile = profile
         self.log = log or (lambda _m: None)
         self.attempts = attempts
@@ -129,8 +145,7 @@ class Aws:
                 from botocore.config import Config
 
                 # Retries are ours (tenacity below), so botocore makes exactly one try.
-                config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10,
-                                read_timeout=70)
+                config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=70)
                 try:
                     session = boto3.session.Session(profile_name=self.profile or None, region_name=self.region)
                     # The stubs type only literal service names; this one is chosen at run time.
@@ -148,7 +163,8 @@ class Aws:
             wait=wait_exponential_jitter(multiplier=0.2, max=3.0, jitter=0.2),
             retry=retry_if_exception_type(RetryableTargetError),
             before_sleep=lambda state: self.log(
-                f"{service} {operation}: {state.outcome.exception() if state.outcome else ''}; retrying"),
+                f"{service} {operation}: {state.outcome.exception() if state.outcome else ''}; retrying"
+            ),
             reraise=True,
         )
         for attempt in retrying:
@@ -166,6 +182,9 @@ def is_not_found(exc: OrchestrateError) -> bool:
     """SageMaker says "Could not find ..." with a ValidationException for a missing resource."""
     code = error_code(exc)
     text = str(exc.__cause__ or exc)
-    return code in ("ValidationException", "ResourceNotFound", "RepositoryNotFoundException",
-                    "ImageNotFoundException") and ("not find" in text or "not found" in text
-                                                   or "does not exist" in text or code != "ValidationException")
+    return code in (
+        "ValidationException",
+        "ResourceNotFound",
+        "RepositoryNotFoundException",
+        "ImageNotFoundException",
+    ) and ("not find" in text or "not found" in text or "does not exist" in text or code != "ValidationException")

@@ -73,10 +73,7 @@ class ContainerImageTarget(Target):
                     home=ctx.home,
                 )
             ),
-            base_image=str(
-                ctx.config.get("base_image")
-                or images.default_base_image(ctx.outputs["python_version"])
-            ),
+            base_image=str(ctx.config.get("base_image") or images.default_base_image(ctx.outputs["python_version"])),
             loader_module=str(ctx.outputs.get("loader_module") or "mlflow.pyfunc"),
             user=str(ctx.config.get("user") or dockerfile.USER_NAME),
         )
@@ -88,9 +85,7 @@ class ContainerImageTarget(Target):
         client = connect()
         spec = self.image_spec(ctx)
         repository = self.image_repository(ctx)
-        base_id, platform = images.probe_base(
-            client, spec.base_image, ctx.home / "cache" / "platforms", ctx.log
-        )
+        base_id, platform = images.probe_base(client, spec.base_image, ctx.home / "cache" / "platforms", ctx.log)
         tag, _requirements_hash, _labels = images.plan_tag(spec, base_id, platform)
         resource = ctx.plan(IMAGE, f"{repository}:{tag}")
         built = images.build(
@@ -164,8 +159,4 @@ class ContainerImageTarget(Target):
 def _recorded_state(resource: ResourceView, *, made: bool) -> ResourceState:
     """Created when this stage made it, adopted when it was there already; a rerun that finds
     what an earlier attempt of this deployment made keeps it created (so it is this one's to delete)."""
-    return (
-        ResourceState.CREATED
-        if made or resource.state == ResourceState.CREATED
-        else ResourceState.ADOPTED
-    )
+    return ResourceState.CREATED if made or resource.state == ResourceState.CREATED else ResourceState.ADOPTED

@@ -47,8 +47,11 @@ LABEL = "io.orchestrate."
 # of consecutive deployments sharing a pod never ask for the same one.
 PRIVATE_PORT_BASE = 20000
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
-_POD_COMMAND = ["python3", "-c", ("import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
-                                  "signal.pause()")]
+_POD_COMMAND = [
+    "python3",
+    "-c",
+    ("import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"),
+]
 
 
 class DockerTarget(ContainerImageTarget):
@@ -58,21 +61,25 @@ class DockerTarget(ContainerImageTarget):
         "image": ConfigKey(str, "", "image repository (default: orchestrate/<endpoint>)"),
         "registry": ConfigKey(str, "", "registry host[:port][/namespace] to push to (default: no push)"),
         "registry_username": ConfigKey(str, "", "registry user (default: `docker login` credentials)"),
-        "registry_password_env": ConfigKey(str, images.PASSWORD_VARIABLE,
-                                           "environment variable that holds the registry password"),
+        "registry_password_env": ConfigKey(
+            str, images.PASSWORD_VARIABLE, "environment variable that holds the registry password"
+        ),
         "base_image": ConfigKey(str, "", "base image (default: python:X.Y-slim for the model's python_env.yaml)"),
         "user": ConfigKey(str, "orchestrate", "user the container runs as ('root' for platforms that need it)"),
         "host": ConfigKey(str, "127.0.0.1", "host address the port is published on"),
-        "port": ConfigKey(int, 0, "host port; 0 keeps the endpoint's port, or picks a free one",
-                          minimum=0, maximum=65535),
-        "restart_policy": ConfigKey(str, "unless-stopped", "Docker restart policy",
-                                    choices=("no", "always", "unless-stopped", "on-failure")),
+        "port": ConfigKey(
+            int, 0, "host port; 0 keeps the endpoint's port, or picks a free one", minimum=0, maximum=65535
+        ),
+        "restart_policy": ConfigKey(
+            str, "unless-stopped", "Docker restart policy", choices=("no", "always", "unless-stopped", "on-failure")
+        ),
         "cpus": ConfigKey(float, 0.0, "CPU limit of the server container (0: none)", minimum=0),
         "memory": ConfigKey(str, "", "memory limit, e.g. 512m or 2g (empty: none)"),
         "workers": ConfigKey(int, 1, "gunicorn worker processes", minimum=1),
         "threads": ConfigKey(int, 4, "threads per worker", minimum=1),
-        "pip_requirements_override": ConfigKey(str, "", "comma-separated requirements that replace or add to "
-                                                        "the model's (e.g. 'scikit-learn==1.5.2')"),
+        "pip_requirements_override": ConfigKey(
+            str, "", "comma-separated requirements that replace or add to the model's (e.g. 'scikit-learn==1.5.2')"
+        ),
         "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0),
         "remove_image": ConfigKey(bool, False, "delete also removes the endpoint's images"),
     }
@@ -104,8 +111,10 @@ class DockerTarget(ContainerImageTarget):
     def registry_credentials(self, ctx: StageContext, registry: str) -> images.Credentials | None:
         """-C registry_username with the password in the environment, or the engine's `docker login`."""
         return images.credentials_from_environment(
-            str(ctx.config.get("registry_username") or ""), registry,
-            str(ctx.config.get("registry_password_env") or images.PASSWORD_VARIABLE))
+            str(ctx.config.get("registry_username") or ""),
+            registry,
+            str(ctx.config.get("registry_password_env") or images.PASSWORD_VARIABLE),
+        )
 
     def create_endpoint(self, ctx: StageContext) -> Outputs:
         client = connect()
@@ -113,11 +122,13 @@ class DockerTarget(ContainerImageTarget):
         namespace = _namespace(ctx)
         host = str(ctx.config["host"])
         live = ctx.live_outputs or {}
-        port = int(ctx.config.get("port") or 0) or (int(live["port"]) if live.get("host") == host and live.get("port")
-                                                    else free_port(host))
+        port = int(ctx.config.get("port") or 0) or (
+            int(live["port"]) if live.get("host") == host and live.get("port") else free_port(host)
+        )
         labels = {f"{LABEL}namespace": namespace, f"{LABEL}endpoint": ctx.deployment.endpoint_name}
-        pod = self._pod(ctx, client, image, f"orchestrate-{namespace}-{ctx.deployment.endpoint_name}-{port}",
-                        host, port, labels)
+        pod = self._pod(
+            ctx, client, image, f"orchestrate-{namespace}-{ctx.deployment.endpoint_name}-{port}", host, port, labels
+        )
         name = f"orchestrate-{namespace}-{ctx.deployment.endpoint_name}-{ctx.deployment.id}"
         private_port = PRIVATE_PORT_BASE + ctx.deployment.id % 40000
         resource = ctx.plan(CONTAINER, name, {"pod": pod.name, "private_port": private_port})
@@ -131,8 +142,10 @@ class DockerTarget(ContainerImageTarget):
                     container.start()
         else:
             environment = {
-                "ORCHESTRATE_REUSE_PORT": "1", "ORCHESTRATE_PRIVATE_PORT": str(private_port),
-                "ORCHESTRATE_WORKERS": str(ctx.config["workers"]), "ORCHESTRATE_THREADS": str(ctx.config["threads"]),
+                "ORCHESTRATE_REUSE_PORT": "1",
+                "ORCHESTRATE_PRIVATE_PORT": str(private_port),
+                "ORCHESTRATE_WORKERS": str(ctx.config["workers"]),
+                "ORCHESTRATE_THREADS": str(ctx.config["threads"]),
                 "ORCHESTRATE_GRACEFUL_TIMEOUT": str(ctx.config["drain_timeout"]),
             }
             policy = str(ctx.config["restart_policy"])
@@ -140,18 +153,29 @@ class DockerTarget(ContainerImageTarget):
             restart_policy: Any = {"Name": policy, **({"MaximumRetryCount": 3} if policy == "on-failure" else {})}
             with translated(f"starting container {name} from {image}"):
                 container = client.containers.run(
-                    image, detach=True, name=name, network_mode=f"container:{pod.id}", environment=environment,
+                    image,
+                    detach=True,
+                    name=name,
+                    network_mode=f"container:{pod.id}",
+                    environment=environment,
                     labels={**labels, f"{LABEL}deployment": str(ctx.deployment.id), f"{LABEL}pod": pod.name},
                     restart_policy=restart_policy,
-                    nano_cpus=int(float(ctx.config["cpus"]) * 1e9) or None, mem_limit=ctx.config.get("memory") or None,
+                    nano_cpus=int(float(ctx.config["cpus"]) * 1e9) or None,
+                    mem_limit=ctx.config.get("memory") or None,
                     stop_signal="SIGTERM",
                 )
             ctx.log(f"started container {name} ({container.short_id}) from {image}")
         if resource.state != ResourceState.CREATED or resource.external_id != container.id:
             ctx.mark(resource, ResourceState.CREATED, external_id=str(container.id))
         return {
-            "container_id": container.id, "container_name": name, "pod": pod.name, "pod_ip": _address(pod),
-            "host": host, "port": port, "private_port": private_port, "url": f"http://{host}:{port}",
+            "container_id": container.id,
+            "container_name": name,
+            "pod": pod.name,
+            "pod_ip": _address(pod),
+            "host": host,
+            "port": port,
+            "private_port": private_port,
+            "url": f"http://{host}:{port}",
         }
 
     def _local_image(self, client: Any, ctx: StageContext) -> str:
@@ -160,8 +184,10 @@ class DockerTarget(ContainerImageTarget):
             return image
         pinned = ctx.outputs.get("pushed_image")
         if not pinned:
-            raise PermanentTargetError(f"image {image} is no longer on this Docker engine",
-                                       hint="deploy the model again: `orchestrate deploy ...` rebuilds it")
+            raise PermanentTargetError(
+                f"image {image} is no longer on this Docker engine",
+                hint="deploy the model again: `orchestrate deploy ...` rebuilds it",
+            )
         ctx.log(f"image {image} is gone from this engine; pulling {pinned}")
         credentials = self.registry_credentials(ctx, images.registry_of(images.split_reference(image)[0]))
         if credentials is not None:
@@ -172,8 +198,9 @@ class DockerTarget(ContainerImageTarget):
             pulled.tag(repository, tag)
         return image
 
-    def _pod(self, ctx: StageContext, client: Any, image: str, name: str, host: str, port: int,
-             labels: Mapping[str, str]) -> Any:
+    def _pod(
+        self, ctx: StageContext, client: Any, image: str, name: str, host: str, port: int, labels: Mapping[str, str]
+    ) -> Any:
         resource = ctx.plan(POD, name, {"host": host, "port": port})
         with translated(f"looking for pod container {name}"):
             found = client.containers.list(all=True, filters={"name": f"^{name}$"})
@@ -182,15 +209,26 @@ class DockerTarget(ContainerImageTarget):
             if pod.status != "running":
                 with translated(f"starting pod container {name}"):
                     pod.start()
-            state = ResourceState.ADOPTED if resource.state == ResourceState.PLANNED and resource.external_id is None \
-                and not _started_by(pod, ctx) else ResourceState.CREATED
+            state = (
+                ResourceState.ADOPTED
+                if resource.state == ResourceState.PLANNED
+                and resource.external_id is None
+                and not _started_by(pod, ctx)
+                else ResourceState.CREATED
+            )
         else:
             with translated(f"starting pod container {name} on {host}:{port}"):
                 pod = client.containers.run(
-                    image, _POD_COMMAND, detach=True, name=name, entrypoint=[], user="0",
-                    ports={"8080/tcp": (host, port)}, labels={**labels, f"{LABEL}role": "pod",
-                                                              f"{LABEL}deployment": str(ctx.deployment.id)},
-                    restart_policy={"Name": "unless-stopped"}, healthcheck={"test": ["NONE"]},
+                    image,
+                    _POD_COMMAND,
+                    detach=True,
+                    name=name,
+                    entrypoint=[],
+                    user="0",
+                    ports={"8080/tcp": (host, port)},
+                    labels={**labels, f"{LABEL}role": "pod", f"{LABEL}deployment": str(ctx.deployment.id)},
+                    restart_policy={"Name": "unless-stopped"},
+                    healthcheck={"test": ["NONE"]},
                     # When the old server closes its SO_REUSEPORT socket, the kernel (5.14+) moves
                     # connections queued on it to the new server's instead of resetting them.
                     sysctls={"net.ipv4.tcp_migrate_req": "1"},
@@ -218,9 +256,14 @@ class DockerTarget(ContainerImageTarget):
             return "container log tail:\n" + _log_tail(client, container_id, 20)
 
         return health.check_new_server(
-            private_url, timeout_s=float(ctx.config["startup_timeout"]), still_starting=starting,
-            failure_details=details, model_dir=Path(ctx.outputs["model_dir"]),
-            example=ctx.outputs.get("input_example"), log=ctx.log, what="container",
+            private_url,
+            timeout_s=float(ctx.config["startup_timeout"]),
+            still_starting=starting,
+            failure_details=details,
+            model_dir=Path(ctx.outputs["model_dir"]),
+            example=ctx.outputs.get("input_example"),
+            log=ctx.log,
+            what="container",
         )
 
     def shift_traffic(self, ctx: StageContext) -> Outputs:
@@ -229,11 +272,13 @@ class DockerTarget(ContainerImageTarget):
 
     def release(self, ctx: StageContext, resource: ResourceView) -> None:
         if resource.kind == CONTAINER:
-            self._remove_container(ctx, resource.external_id or resource.name, float(ctx.config.get("drain_timeout",
-                                                                                                     30.0)))
+            self._remove_container(
+                ctx, resource.external_id or resource.name, float(ctx.config.get("drain_timeout", 30.0))
+            )
         elif resource.kind == POD:
-            others = [r for r in ctx.endpoint_resources()
-                      if r.kind == POD and r.name == resource.name and r.id != resource.id]
+            others = [
+                r for r in ctx.endpoint_resources() if r.kind == POD and r.name == resource.name and r.id != resource.id
+            ]
             if others:
                 return  # a newer deployment serves through this pod
             client = connect()
@@ -298,13 +343,18 @@ class DockerTarget(ContainerImageTarget):
         except OSError:
             answering = False
         state = container.attrs.get("State", {})
-        return {"container": container.name, "container_status": container.status,
-                "health": (state.get("Health") or {}).get("Status"), "answering": answering,
-                "image": outputs.get("image")}
+        return {
+            "container": container.name,
+            "container_status": container.status,
+            "health": (state.get("Health") or {}).get("Status"),
+            "answering": answering,
+            "image": outputs.get("image"),
+        }
 
     def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
-        return invoke_scoring_server(str(outputs["url"]), body, content_type,
-                                     hint="check `orchestrate status` that the container is up")
+        return invoke_scoring_server(
+            str(outputs["url"]), body, content_type, hint="check `orchestrate status` that the container is up"
+        )
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         return _log_tail(connect(), str(outputs["container_id"]), tail)
@@ -328,10 +378,13 @@ def _started_by(container: Any, ctx: StageContext) -> bool:
 def _address(container: Any) -> str:
     settings = container.attrs.get("NetworkSettings", {})
     address = settings.get("IPAddress") or next(
-        (n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")), "")
+        (n.get("IPAddress") for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")), ""
+    )
     if not address:
-        raise PermanentTargetError(f"pod container {container.name} has no bridge address",
-                                   hint="the docker target needs the default bridge network")
+        raise PermanentTargetError(
+            f"pod container {container.name} has no bridge address",
+            hint="the docker target needs the default bridge network",
+        )
     return str(address)
 
 

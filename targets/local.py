@@ -44,18 +44,25 @@ class LocalTarget(Target):
     description = "a scoring-server process on this machine, in a virtualenv built from the model's requirements"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "host": ConfigKey(str, "127.0.0.1", "address the server listens on"),
-        "port": ConfigKey(int, 0, "public port; 0 keeps the endpoint's port, or picks a free one",
-                          minimum=0, maximum=65535),
+        "port": ConfigKey(
+            int, 0, "public port; 0 keeps the endpoint's port, or picks a free one", minimum=0, maximum=65535
+        ),
         "workers": ConfigKey(int, 1, "gunicorn worker processes", minimum=1, maximum=64),
         "threads": ConfigKey(int, 4, "threads per worker", minimum=1, maximum=1024),
         "python": ConfigKey(str, "", "interpreter for the model's virtualenv (default: matches python_env.yaml)"),
         "installer": ConfigKey(str, "auto", "how to build the virtualenv", choices=("auto", "uv", "pip")),
-        "pip_requirements_override": ConfigKey(str, "", "comma-separated requirements that replace or add to "
-                                                        "the model's (e.g. 'scikit-learn==1.5.2')"),
-        "drain_timeout": ConfigKey(float, 30.0, "seconds an old server has to finish requests", minimum=0,
-                                   maximum=3600),
-        "env": ConfigKey(dict, None, "environment variables of the server, beyond the minimal one it gets "
-                                     "(mapping, or k=v,k2=v2; values may be env:NAME or file:PATH)"),
+        "pip_requirements_override": ConfigKey(
+            str, "", "comma-separated requirements that replace or add to the model's (e.g. 'scikit-learn==1.5.2')"
+        ),
+        "drain_timeout": ConfigKey(
+            float, 30.0, "seconds an old server has to finish requests", minimum=0, maximum=3600
+        ),
+        "env": ConfigKey(
+            dict,
+            None,
+            "environment variables of the server, beyond the minimal one it gets "
+            "(mapping, or k=v,k2=v2; values may be env:NAME or file:PATH)",
+        ),
     }
     not_applicable = frozenset({Stage.PUSH})
     disposable_kinds = frozenset({PROCESS})
@@ -127,19 +134,42 @@ class LocalTarget(Target):
                 "handoff": str(run_dir / f"{name}.sock"),
                 "log": str(log_dir / f"{name}.log"),
             }
-            resource = existing if existing is not None and existing.state == ResourceState.PLANNED \
+            resource = (
+                existing
+                if existing is not None and existing.state == ResourceState.PLANNED
                 else ctx.plan(PROCESS, name, data)
+            )
             command = [
-                str(Path(ctx.outputs["env_path"]) / "bin" / "python"), "-m", "scoring", "serve",
-                ctx.outputs["model_dir"], "--public-fd", str(public.fileno()), "--private-fd", str(private.fileno()),
-                "--handoff-socket", data["handoff"], "--pid-file", data["pid_file"],
-                "--workers", str(ctx.config["workers"]), "--threads", str(ctx.config["threads"]),
+                str(Path(ctx.outputs["env_path"]) / "bin" / "python"),
+                "-m",
+                "scoring",
+                "serve",
+                ctx.outputs["model_dir"],
+                "--public-fd",
+                str(public.fileno()),
+                "--private-fd",
+                str(private.fileno()),
+                "--handoff-socket",
+                data["handoff"],
+                "--pid-file",
+                data["pid_file"],
+                "--workers",
+                str(ctx.config["workers"]),
+                "--threads",
+                str(ctx.config["threads"]),
             ]
             env = {**server_environment(ctx.config.get("env")), "PYTHONPATH": ctx.outputs["server_path"]}
             with open(data["log"], "ab", opener=private_opener) as log:
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           env=env, start_new_session=True, cwd=ctx.outputs["model_dir"],
-                                           pass_fds=(public.fileno(), private.fileno()))
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    cwd=ctx.outputs["model_dir"],
+                    pass_fds=(public.fileno(), private.fileno()),
+                )
         ctx.mark(resource, ResourceState.CREATED, external_id=str(process.pid), data=data)
         ctx.log(f"started server pid {process.pid} on {data['host']}:{data['port']} (log {data['log']})")
         return _process_outputs(data, process.pid)
@@ -175,9 +205,13 @@ class LocalTarget(Target):
             return "server log tail:\n" + log_tail(log, 20)
 
         return health.check_new_server(
-            private_url, timeout_s=float(ctx.config["startup_timeout"]), still_starting=lambda: pid_alive(pid),
-            failure_details=details, model_dir=Path(ctx.outputs["model_dir"]),
-            example=ctx.outputs.get("input_example"), log=ctx.log,
+            private_url,
+            timeout_s=float(ctx.config["startup_timeout"]),
+            still_starting=lambda: pid_alive(pid),
+            failure_details=details,
+            model_dir=Path(ctx.outputs["model_dir"]),
+            example=ctx.outputs.get("input_example"),
+            log=ctx.log,
         )
 
     def shift_traffic(self, ctx: StageContext) -> Outputs:
@@ -210,8 +244,9 @@ class LocalTarget(Target):
         return {"pid": pid, "process_alive": alive, "answering": answering, "log": outputs.get("log")}
 
     def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
-        return invoke_scoring_server(str(outputs["url"]), body, content_type,
-                                     hint="check `orchestrate status` that the server is alive")
+        return invoke_scoring_server(
+            str(outputs["url"]), body, content_type, hint="check `orchestrate status` that the server is alive"
+        )
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         return log_tail(Path(outputs["log"]), tail)
@@ -222,17 +257,21 @@ def _check_interpreter(python: str) -> None:
     so /etc/passwd or a script fails here rather than in build."""
     probe = "import sys; print(sys.version_info[0])"
     try:
-        result = subprocess.run([python, "-c", probe], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                check=False, timeout=30)
+        result = subprocess.run(
+            [python, "-c", probe], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, timeout=30
+        )
         ok = result.returncode == 0 and result.stdout.strip() == "3"
-        reason = (result.stderr.strip().splitlines() or [
-            f"exit status {result.returncode}" if result.returncode else "it does not run Python code"])[-1]
+        reason = (
+            result.stderr.strip().splitlines()
+            or [f"exit status {result.returncode}" if result.returncode else "it does not run Python code"]
+        )[-1]
     except (OSError, subprocess.TimeoutExpired) as exc:
         ok, reason = False, getattr(exc, "strerror", None) or str(exc)
     if not ok:
-        raise ConfigError(f"-C python={python} is not a Python 3 interpreter that runs: {reason}",
-                          hint="give the path of a python3 executable, or leave python out to use the "
-                               "one python_env.yaml names")
+        raise ConfigError(
+            f"-C python={python} is not a Python 3 interpreter that runs: {reason}",
+            hint="give the path of a python3 executable, or leave python out to use the one python_env.yaml names",
+        )
 
 
 def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
@@ -241,16 +280,32 @@ def _process_outputs(data: Mapping[str, Any], pid: int) -> Outputs:
 
 # What the server inherits from the deployer: enough to run (locale, paths, the CA bundle TLS
 # clients need), nothing that could be a credential (proxy URLs can hold one: name them in `env`).
-SERVER_ENVIRONMENT_ALLOWED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-                                        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"})
+SERVER_ENVIRONMENT_ALLOWED = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+    }
+)
 
 
 def server_environment(configured: Mapping[str, Any] | None) -> dict[str, str]:
     """The scoring server's environment: an allow-list of the deployer's (locale, PATH, HOME...)
     plus exactly what the deployment's `env` config names. The server runs model code for days,
     so the deployer's credentials, virtualenv and ORCHESTRATE_* settings stay out."""
-    env = {name: value for name, value in os.environ.items()
-           if name in SERVER_ENVIRONMENT_ALLOWED or name.startswith("LC_")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name in SERVER_ENVIRONMENT_ALLOWED or name.startswith("LC_")
+    }
     env.update({str(name): str(value) for name, value in (configured or {}).items()})
     return env
 

@@ -23,8 +23,11 @@ class NoopTarget(Target):
     description = "does nothing in each stage (optionally sleeps); for benchmarks and drills"
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "sleep_s": ConfigKey(float, 0.0, "seconds each stage sleeps", minimum=0, maximum=3600),
-        "api_token": ConfigKey(str, "", "a credential (env:NAME or file:PATH) it only reads and logs, "
-                                        "scrubbed; for drills of secret handling"),
+        "api_token": ConfigKey(
+            str,
+            "",
+            "a credential (env:NAME or file:PATH) it only reads and logs, scrubbed; for drills of secret handling",
+        ),
     }
     disposable_kinds = frozenset({"noop"})
 

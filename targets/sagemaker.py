@@ -90,8 +90,12 @@ def _key(kind: type, default: Any, help_: str, **kw: Any) -> ConfigKey:
 
 
 # MLflow's SageMaker deployment config names and ours (see docs/mlflow.md).
-_MLFLOW_RENAMED = {"region_name": "region", "execution_role_arn": "role_arn", "image_url": "image",
-                   "timeout_seconds": "wait_timeout"}
+_MLFLOW_RENAMED = {
+    "region_name": "region",
+    "execution_role_arn": "role_arn",
+    "image_url": "image",
+    "timeout_seconds": "wait_timeout",
+}
 _MLFLOW_UNSUPPORTED = {
     "bucket": "the model travels inside the image, so no S3 bucket is used; drop it",
     "assume_role_arn": "give the role through an AWS profile (-C profile=NAME) or the credential chain",
@@ -106,8 +110,10 @@ def _json_value(key: str, value: Any, where: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
-        raise ConfigError(f"config key {key!r} ({where}) must be JSON, as MLflow takes it; got {value!r}",
-                          hint=f"""e.g. -C {key}='{{"...": ...}}'""") from None
+        raise ConfigError(
+            f"config key {key!r} ({where}) must be JSON, as MLflow takes it; got {value!r}",
+            hint=f"""e.g. -C {key}='{{"...": ...}}'""",
+        ) from None
 
 
 def _mapping(key: str, value: Any) -> Mapping[str, Any]:
@@ -120,7 +126,10 @@ def _mapping(key: str, value: Any) -> Mapping[str, Any]:
 
 def _from_vpc_config(value: Any) -> dict[str, Any]:
     vpc = _mapping("vpc_config", value)
-    return {"vpc.subnets": list(vpc.get("Subnets") or []), "vpc.security_groups": list(vpc.get("SecurityGroupIds") or [])}
+    return {
+        "vpc.subnets": list(vpc.get("Subnets") or []),
+        "vpc.security_groups": list(vpc.get("SecurityGroupIds") or []),
+    }
 
 
 def _from_data_capture_config(value: Any) -> dict[str, Any]:
@@ -138,17 +147,23 @@ def _from_async_inference_config(value: Any) -> dict[str, Any]:
     output = _mapping("async_inference_config.OutputConfig", config.get("OutputConfig"))
     notify = _mapping("async_inference_config.OutputConfig.NotificationConfig", output.get("NotificationConfig"))
     client = _mapping("async_inference_config.ClientConfig", config.get("ClientConfig"))
-    pairs = {"async.output_path": output.get("S3OutputPath"), "async.failure_path": output.get("S3FailurePath"),
-             "async.success_topic": notify.get("SuccessTopic"), "async.error_topic": notify.get("ErrorTopic"),
-             "async.max_concurrent_invocations": client.get("MaxConcurrentInvocationsPerInstance")}
+    pairs = {
+        "async.output_path": output.get("S3OutputPath"),
+        "async.failure_path": output.get("S3FailurePath"),
+        "async.success_topic": notify.get("SuccessTopic"),
+        "async.error_topic": notify.get("ErrorTopic"),
+        "async.max_concurrent_invocations": client.get("MaxConcurrentInvocationsPerInstance"),
+    }
     return {key: item for key, item in pairs.items() if item is not None}
 
 
 def _from_serverless_config(value: Any) -> dict[str, Any]:
     config = _mapping("serverless_config", value)
-    pairs = {"serverless.memory_mb": config.get("MemorySizeInMB"),
-             "serverless.max_concurrency": config.get("MaxConcurrency"),
-             "serverless.provisioned_concurrency": config.get("ProvisionedConcurrency")}
+    pairs = {
+        "serverless.memory_mb": config.get("MemorySizeInMB"),
+        "serverless.max_concurrency": config.get("MaxConcurrency"),
+        "serverless.provisioned_concurrency": config.get("ProvisionedConcurrency"),
+    }
     return {key: item for key, item in pairs.items() if item is not None}
 
 
@@ -169,13 +184,18 @@ class SageMakerTarget(ContainerImageTarget):
         "role_arn": _key(str, "", "SageMaker execution role ARN (default: derived from the caller's assumed role)"),
         "image": _key(str, "", "a local image to push instead of building one"),
         "base_image": _key(str, "", "base of the built image (default: python:X.Y-slim matching the model)"),
-        "pip_requirements_override": _key(str, "", "comma-separated requirements that replace or add to the "
-                                                   "model's (e.g. 'scikit-learn==1.5.2')"),
+        "pip_requirements_override": _key(
+            str, "", "comma-separated requirements that replace or add to the model's (e.g. 'scikit-learn==1.5.2')"
+        ),
         "ecr_repository": _key(str, "orchestrate-models", "ECR repository name for the image"),
         "instance_type": _key(str, "ml.m5.large", "instance type of the production variant"),
         "instance_count": _key(int, 1, "initial instance count", minimum=1),
-        "mode": _key(str, "replace", "create: fail if the endpoint exists; replace: update it; "
-                                     "add: add a variant next to the live ones", choices=("create", "replace", "add")),
+        "mode": _key(
+            str,
+            "replace",
+            "create: fail if the endpoint exists; replace: update it; add: add a variant next to the live ones",
+            choices=("create", "replace", "add"),
+        ),
         "variant_weight": _key(float, 1.0, "add mode: the new variant's weight once health-checked", minimum=0),
         "vpc.subnets": _key(list, None, "VPC subnet ids (list or comma-separated)"),
         "vpc.security_groups": _key(list, None, "VPC security group ids (list or comma-separated)"),
@@ -184,22 +204,29 @@ class SageMakerTarget(ContainerImageTarget):
         "data_capture.sampling_percentage": _key(int, 100, "percent of requests captured", minimum=1),
         "tags": _key(dict, None, "tags on every resource (mapping, or k=v,k2=v2)"),
         "env": _key(dict, None, "environment variables of the model container (mapping, or k=v,k2=v2)"),
-        "serverless.memory_mb": _key(int, 0, "serverless endpoint memory (1024-6144 MB, steps of 1024); "
-                                             "0: instance-backed", minimum=0),
+        "serverless.memory_mb": _key(
+            int, 0, "serverless endpoint memory (1024-6144 MB, steps of 1024); 0: instance-backed", minimum=0
+        ),
         "serverless.max_concurrency": _key(int, 5, "serverless max concurrent invocations", minimum=1),
         "serverless.provisioned_concurrency": _key(int, 0, "serverless provisioned concurrency", minimum=0),
         "async.output_path": _key(str, "", "s3:// output path: makes the endpoint asynchronous"),
         "async.failure_path": _key(str, "", "s3:// path for failed async invocations"),
         "async.success_topic": _key(str, "", "SNS topic ARN notified on async success"),
         "async.error_topic": _key(str, "", "SNS topic ARN notified on async errors"),
-        "async.max_concurrent_invocations": _key(int, 0, "async invocations per instance (0: SageMaker's)",
-                                                 minimum=0),
-        "container_startup_timeout": _key(int, 0, "seconds the container has to pass /ping "
-                                                  "(ContainerStartupHealthCheckTimeoutInSeconds; 0: SageMaker's)",
-                                          minimum=0),
+        "async.max_concurrent_invocations": _key(int, 0, "async invocations per instance (0: SageMaker's)", minimum=0),
+        "container_startup_timeout": _key(
+            int,
+            0,
+            "seconds the container has to pass /ping (ContainerStartupHealthCheckTimeoutInSeconds; 0: SageMaker's)",
+            minimum=0,
+        ),
         "model_data_download_timeout": _key(int, 0, "ModelDataDownloadTimeoutInSeconds (0: SageMaker's)", minimum=0),
-        "deployment.type": _key(str, "none", "update policy: none (SageMaker's default), all_at_once, canary "
-                                             "or linear (blue/green)", choices=DEPLOYMENT_TYPES),
+        "deployment.type": _key(
+            str,
+            "none",
+            "update policy: none (SageMaker's default), all_at_once, canary or linear (blue/green)",
+            choices=DEPLOYMENT_TYPES,
+        ),
         "deployment.canary_percent": _key(int, 10, "canary: percent of capacity shifted first", minimum=1),
         "deployment.linear_percent": _key(int, 25, "linear: percent of capacity shifted per step", minimum=1),
         "deployment.wait_s": _key(int, 300, "seconds to bake between traffic shifts", minimum=0),
@@ -232,12 +259,16 @@ class SageMakerTarget(ContainerImageTarget):
                 normalized.update(_MLFLOW_JSON_KEYS[key](_json_value(key, value, where)))
             elif key == "synchronous":
                 if str(value).strip().lower() not in ("1", "true", "yes", "on"):
-                    raise ConfigError(f"config key 'synchronous={value}' ({where}): orchestrate always waits for "
-                                      "the endpoint and records each stage",
-                                      hint="queue it for a worker instead with `orchestrate deploy --detach`")
+                    raise ConfigError(
+                        f"config key 'synchronous={value}' ({where}): orchestrate always waits for "
+                        "the endpoint and records each stage",
+                        hint="queue it for a worker instead with `orchestrate deploy --detach`",
+                    )
             elif key in _MLFLOW_UNSUPPORTED:
-                raise ConfigError(f"config key {key!r} ({where}) of MLflow's SageMaker target has no use here: "
-                                  f"{_MLFLOW_UNSUPPORTED[key]}")
+                raise ConfigError(
+                    f"config key {key!r} ({where}) of MLflow's SageMaker target has no use here: "
+                    f"{_MLFLOW_UNSUPPORTED[key]}"
+                )
             else:
                 normalized[key] = value
         return normalized
@@ -245,14 +276,19 @@ class SageMakerTarget(ContainerImageTarget):
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
         role = str(config.get("role_arn") or "")
         if role and not role.startswith(("env:", "file:")) and not _ROLE_ARN.match(role):
-            raise ConfigError(f"role_arn {role!r} is not an IAM role ARN",
-                              hint="write arn:aws:iam::123456789012:role/NAME")
+            raise ConfigError(
+                f"role_arn {role!r} is not an IAM role ARN", hint="write arn:aws:iam::123456789012:role/NAME"
+            )
         if not re.fullmatch(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*", str(config["ecr_repository"])):
-            raise ConfigError(f"ecr_repository {config['ecr_repository']!r} is not a valid ECR repository name",
-                              hint="use lower-case letters, digits and . _ - /")
+            raise ConfigError(
+                f"ecr_repository {config['ecr_repository']!r} is not a valid ECR repository name",
+                hint="use lower-case letters, digits and . _ - /",
+            )
         if not str(config["instance_type"]).startswith("ml."):
-            raise ConfigError(f"instance_type {config['instance_type']!r} is not a SageMaker instance type",
-                              hint="e.g. -C instance_type=ml.m5.large")
+            raise ConfigError(
+                f"instance_type {config['instance_type']!r} is not a SageMaker instance type",
+                hint="e.g. -C instance_type=ml.m5.large",
+            )
         subnets = _as_list(config.get("vpc.subnets"))
         groups = _as_list(config.get("vpc.security_groups"))
         if bool(subnets) != bool(groups):
@@ -266,7 +302,8 @@ class SageMakerTarget(ContainerImageTarget):
         if memory and (memory % 1024 or not 1024 <= memory <= 6144):
             raise ConfigError(f"serverless.memory_mb must be 1024, 2048, ... 6144; got {memory}")
         if memory and int(config.get("serverless.provisioned_concurrency") or 0) > int(
-                config["serverless.max_concurrency"]):
+            config["serverless.max_concurrency"]
+        ):
             raise ConfigError("serverless.provisioned_concurrency cannot exceed serverless.max_concurrency")
         for key in ("async.output_path", "async.failure_path"):
             if config.get(key) and not str(config[key]).startswith("s3://"):
@@ -280,8 +317,9 @@ class SageMakerTarget(ContainerImageTarget):
                 raise ConfigError(f"{key} must be 60-3600 seconds (SageMaker's range), or 0 for SageMaker's default")
         kind = config["deployment.type"]
         if kind != "none" and memory:
-            raise ConfigError("blue/green deployment.type does not apply to serverless endpoints",
-                              hint="leave deployment.type=none")
+            raise ConfigError(
+                "blue/green deployment.type does not apply to serverless endpoints", hint="leave deployment.type=none"
+            )
         if kind == "canary" and not 1 <= int(config["deployment.canary_percent"]) <= 99:
             raise ConfigError("deployment.canary_percent must be 1-99")
         if kind == "linear" and not 1 <= int(config["deployment.linear_percent"]) <= 99:
@@ -296,8 +334,11 @@ class SageMakerTarget(ContainerImageTarget):
         """AWS clients for the config's profile, in the recorded region when there is one."""
         from targets._aws import Aws
 
-        return Aws(region=region or str(config.get("region") or ""), profile=str(config.get("profile") or ""),
-                   log=ctx.log if ctx is not None else None)
+        return Aws(
+            region=region or str(config.get("region") or ""),
+            profile=str(config.get("profile") or ""),
+            log=ctx.log if ctx is not None else None,
+        )
 
     def _ctx_aws(self, ctx: StageContext) -> Any:
         return self._aws(ctx, ctx.config, ctx.outputs.get("region"))
@@ -333,8 +374,7 @@ class SageMakerTarget(ContainerImageTarget):
             return caller_arn
         raise ConfigError(
             f"cannot derive a SageMaker execution role from the caller {caller_arn} (not an assumed role)",
-            hint="give one: -C role_arn=arn:aws:iam::ACCOUNT:role/NAME (it needs the permissions in "
-            "docs/sagemaker.md)",
+            hint="give one: -C role_arn=arn:aws:iam::ACCOUNT:role/NAME (it needs the permissions in docs/sagemaker.md)",
         )
 
     # -- the image (the stages themselves: targets/_container.py) --------------------------
@@ -366,8 +406,9 @@ class SageMakerTarget(ContainerImageTarget):
                 raise
             record = ctx.plan(ECR_REPOSITORY, repository)
             tags = _tag_list(_as_dict("tags", ctx.config.get("tags")))
-            repo = aws.call("ecr", "create_repository", repositoryName=repository,
-                            **({"tags": tags} if tags else {}))["repository"]
+            repo = aws.call("ecr", "create_repository", repositoryName=repository, **({"tags": tags} if tags else {}))[
+                "repository"
+            ]
             ctx.mark(record, ResourceState.CREATED, external_id=repo["repositoryArn"])
             ctx.log(f"created ECR repository {repo['repositoryUri']}")
         return str(repo["repositoryUri"])
@@ -386,8 +427,9 @@ class SageMakerTarget(ContainerImageTarget):
     @staticmethod
     def _ecr_digest(aws: Any, repository: str, tag: str) -> str | None:
         try:
-            details = aws.call("ecr", "describe_images", repositoryName=repository,
-                               imageIds=[{"imageTag": tag}])["imageDetails"]
+            details = aws.call("ecr", "describe_images", repositoryName=repository, imageIds=[{"imageTag": tag}])[
+                "imageDetails"
+            ]
         except TargetError as exc:
             if _aws_code(exc, "ImageNotFoundException"):
                 return None
@@ -399,13 +441,25 @@ class SageMakerTarget(ContainerImageTarget):
         config = ctx.config
         endpoint = ctx.deployment.endpoint_name
         name = resource_name(endpoint, ctx.deployment.id)
-        tags = _tag_list({**_as_dict("tags", config.get("tags")),
-                          "orchestrate:endpoint": endpoint, "orchestrate:deployment": str(ctx.deployment.id)})
-        model_arn = self._ensure(ctx, aws, MODEL, name, "describe_model", "ModelName", "ModelArn",
-                                 lambda: aws.call("sagemaker", "create_model", **self._model_request(ctx, name, tags)))
+        tags = _tag_list(
+            {
+                **_as_dict("tags", config.get("tags")),
+                "orchestrate:endpoint": endpoint,
+                "orchestrate:deployment": str(ctx.deployment.id),
+            }
+        )
+        model_arn = self._ensure(
+            ctx,
+            aws,
+            MODEL,
+            name,
+            "describe_model",
+            "ModelName",
+            "ModelArn",
+            lambda: aws.call("sagemaker", "create_model", **self._model_request(ctx, name, tags)),
+        )
         current = self._describe_endpoint(aws, endpoint)
-        if current is not None and current["EndpointStatus"] in _SETTLING and current.get(
-                "EndpointConfigName") != name:
+        if current is not None and current["EndpointStatus"] in _SETTLING and current.get("EndpointConfigName") != name:
             ctx.log(f"endpoint {endpoint} is {current['EndpointStatus']}; waiting for it to settle first")
             current = self._settle(ctx, aws, endpoint)
         previous_config = (current or {}).get("EndpointConfigName")
@@ -419,17 +473,29 @@ class SageMakerTarget(ContainerImageTarget):
                 hint="update it with -C mode=replace, add a variant with -C mode=add, or choose another --name",
             )
         variants = self._variants(ctx, name, mode, current, aws)
-        config_request: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": variants, "Tags": tags,
-                                          **self._endpoint_config_extras(config)}
-        config_arn = self._ensure(ctx, aws, ENDPOINT_CONFIG, name, "describe_endpoint_config", "EndpointConfigName",
-                                  "EndpointConfigArn",
-                                  lambda: aws.call("sagemaker", "create_endpoint_config", **config_request),
-                                  data={"previous_config": previous_config})
+        config_request: dict[str, Any] = {
+            "EndpointConfigName": name,
+            "ProductionVariants": variants,
+            "Tags": tags,
+            **self._endpoint_config_extras(config),
+        }
+        config_arn = self._ensure(
+            ctx,
+            aws,
+            ENDPOINT_CONFIG,
+            name,
+            "describe_endpoint_config",
+            "EndpointConfigName",
+            "EndpointConfigArn",
+            lambda: aws.call("sagemaker", "create_endpoint_config", **config_request),
+            data={"previous_config": previous_config},
+        )
         if current is not None and current["EndpointStatus"] == "Failed":
             if ctx.live_outputs is not None:
                 raise PermanentTargetError(
                     f"endpoint {endpoint} is Failed ({current.get('FailureReason')}) and cannot be updated",
-                    hint=f"`orchestrate delete {endpoint}`, then deploy again")
+                    hint=f"`orchestrate delete {endpoint}`, then deploy again",
+                )
             # A failed endpoint cannot be updated; one from a failed first creation is made anew.
             ctx.log(f"endpoint {endpoint} is Failed ({current.get('FailureReason')}); deleting it to create anew")
             self._delete_endpoint(ctx, aws, endpoint)
@@ -441,13 +507,18 @@ class SageMakerTarget(ContainerImageTarget):
             record = ctx.find(ENDPOINT, endpoint)
             if record is None or record.state == ResourceState.DELETED:
                 record = ctx.plan(ENDPOINT, endpoint, {"config": name})
-            arn = aws.call("sagemaker", "create_endpoint", EndpointName=endpoint, EndpointConfigName=name,
-                           Tags=tags)["EndpointArn"]
+            arn = aws.call("sagemaker", "create_endpoint", EndpointName=endpoint, EndpointConfigName=name, Tags=tags)[
+                "EndpointArn"
+            ]
             ctx.mark(record, ResourceState.CREATED, external_id=arn, data={"config": name})
             ctx.log(f"creating endpoint {endpoint} with config {name}")
         elif current.get("EndpointConfigName") != name:
             record = ctx.find(ENDPOINT_UPDATE, endpoint)
-            if record is not None and record.state == ResourceState.CREATED and current["EndpointStatus"] == "InService":
+            if (
+                record is not None
+                and record.state == ResourceState.CREATED
+                and current["EndpointStatus"] == "InService"
+            ):
                 # Our update was accepted earlier and the endpoint is back on another config.
                 raise self._rolled_back(endpoint, name, current)
             record = record or ctx.plan(ENDPOINT_UPDATE, endpoint, {"config": name, "previous_config": previous_config})
@@ -457,8 +528,10 @@ class SageMakerTarget(ContainerImageTarget):
                 request["DeploymentConfig"] = policy
             aws.call("sagemaker", "update_endpoint", **request)
             ctx.mark(record, ResourceState.CREATED, external_id=current["EndpointArn"])
-            ctx.log(f"updating endpoint {endpoint}: {previous_config} → {name}"
-                    + (f" ({config['deployment.type']})" if policy else ""))
+            ctx.log(
+                f"updating endpoint {endpoint}: {previous_config} → {name}"
+                + (f" ({config['deployment.type']})" if policy else "")
+            )
         else:
             record = ctx.find(ENDPOINT, endpoint)
             if record is not None and record.state == ResourceState.PLANNED:
@@ -494,8 +567,18 @@ class SageMakerTarget(ContainerImageTarget):
             hint="the previous deployment keeps serving; fix the model, then deploy again",
         )
 
-    def _ensure(self, ctx: StageContext, aws: Any, kind: str, name: str, describe: str, key: str, arn_key: str,
-                create: Any, data: dict[str, Any] | None = None) -> str:
+    def _ensure(
+        self,
+        ctx: StageContext,
+        aws: Any,
+        kind: str,
+        name: str,
+        describe: str,
+        key: str,
+        arn_key: str,
+        create: Any,
+        data: dict[str, Any] | None = None,
+    ) -> str:
         """Describe before create: adopt what exists, else record planned, create, record created."""
         record = ctx.find(kind, name)
         try:
@@ -527,18 +610,21 @@ class SageMakerTarget(ContainerImageTarget):
         request: dict[str, Any] = {
             "ModelName": name,
             "ExecutionRoleArn": ctx.outputs["role_arn"],
-            "PrimaryContainer": {"Image": _pushed_image(ctx.outputs), "Mode": "SingleModel",
-                                 "Environment": _as_dict("env", config.get("env"))},
+            "PrimaryContainer": {
+                "Image": _pushed_image(ctx.outputs),
+                "Mode": "SingleModel",
+                "Environment": _as_dict("env", config.get("env")),
+            },
             "Tags": tags,
         }
         subnets = _as_list(config.get("vpc.subnets"))
         if subnets:
-            request["VpcConfig"] = {"Subnets": subnets,
-                                    "SecurityGroupIds": _as_list(config.get("vpc.security_groups"))}
+            request["VpcConfig"] = {"Subnets": subnets, "SecurityGroupIds": _as_list(config.get("vpc.security_groups"))}
         return request
 
-    def _variants(self, ctx: StageContext, name: str, mode: str, current: Mapping[str, Any] | None,
-                  aws: Any) -> list[dict[str, Any]]:
+    def _variants(
+        self, ctx: StageContext, name: str, mode: str, current: Mapping[str, Any] | None, aws: Any
+    ) -> list[dict[str, Any]]:
         config = ctx.config
         variant: dict[str, Any] = {"ModelName": name}
         memory = int(config.get("serverless.memory_mb") or 0)
@@ -562,8 +648,10 @@ class SageMakerTarget(ContainerImageTarget):
             return [{"VariantName": "AllTraffic", "InitialVariantWeight": 1.0, **variant}]
         # add: the live variants stay as they are; ours starts with no traffic until health-checked.
         live = aws.call("sagemaker", "describe_endpoint_config", EndpointConfigName=current["EndpointConfigName"])
-        weights = {v["VariantName"]: v.get("CurrentWeight", v.get("DesiredWeight"))
-                   for v in current.get("ProductionVariants", [])}
+        weights = {
+            v["VariantName"]: v.get("CurrentWeight", v.get("DesiredWeight"))
+            for v in current.get("ProductionVariants", [])
+        }
         kept = []
         for old in live["ProductionVariants"]:
             old = dict(old)
@@ -586,14 +674,18 @@ class SageMakerTarget(ContainerImageTarget):
             output: dict[str, Any] = {"S3OutputPath": str(config["async.output_path"])}
             if config.get("async.failure_path"):
                 output["S3FailurePath"] = str(config["async.failure_path"])
-            notify = {k: str(config[c]) for k, c in (("SuccessTopic", "async.success_topic"),
-                                                      ("ErrorTopic", "async.error_topic")) if config.get(c)}
+            notify = {
+                k: str(config[c])
+                for k, c in (("SuccessTopic", "async.success_topic"), ("ErrorTopic", "async.error_topic"))
+                if config.get(c)
+            }
             if notify:
                 output["NotificationConfig"] = notify
             async_config: dict[str, Any] = {"OutputConfig": output}
             if int(config.get("async.max_concurrent_invocations") or 0):
                 async_config["ClientConfig"] = {
-                    "MaxConcurrentInvocationsPerInstance": int(config["async.max_concurrent_invocations"])}
+                    "MaxConcurrentInvocationsPerInstance": int(config["async.max_concurrent_invocations"])
+                }
             extras["AsyncInferenceConfig"] = async_config
         return extras
 
@@ -609,8 +701,10 @@ class SageMakerTarget(ContainerImageTarget):
             routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": int(config["deployment.canary_percent"])}
         elif kind == "linear":
             routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": int(config["deployment.linear_percent"])}
-        blue_green: dict[str, Any] = {"TrafficRoutingConfiguration": routing,
-                                      "TerminationWaitInSeconds": int(config["deployment.termination_wait_s"])}
+        blue_green: dict[str, Any] = {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": int(config["deployment.termination_wait_s"]),
+        }
         if int(config.get("deployment.max_execution_s") or 0):
             blue_green["MaximumExecutionTimeoutInSeconds"] = int(config["deployment.max_execution_s"])
         policy: dict[str, Any] = {"BlueGreenUpdatePolicy": blue_green}
@@ -636,8 +730,10 @@ class SageMakerTarget(ContainerImageTarget):
         while True:
             described = self._describe_endpoint(aws, endpoint)
             if described is None:
-                raise PermanentTargetError(f"endpoint {endpoint} disappeared while we waited for it",
-                                           hint=f"`orchestrate resume {ctx.deployment.id}` creates it again")
+                raise PermanentTargetError(
+                    f"endpoint {endpoint} disappeared while we waited for it",
+                    hint=f"`orchestrate resume {ctx.deployment.id}` creates it again",
+                )
             status = described["EndpointStatus"]
             if status != last:
                 reason = described.get("FailureReason")
@@ -661,8 +757,12 @@ class SageMakerTarget(ContainerImageTarget):
             return {"smoke_test": "skipped: the model has no input example"}
         body, rows = mlmodel.load_input_example(Path(ctx.outputs["model_dir"]), example)
         aws = self._ctx_aws(ctx)
-        request: dict[str, Any] = {"EndpointName": ctx.outputs["endpoint_name"], "Body": body,
-                                   "ContentType": "application/json", "Accept": "application/json"}
+        request: dict[str, Any] = {
+            "EndpointName": ctx.outputs["endpoint_name"],
+            "Body": body,
+            "ContentType": "application/json",
+            "Accept": "application/json",
+        }
         if str(ctx.config["mode"]) == "add":
             request["TargetVariant"] = ctx.outputs["variant"]  # ours has no traffic yet
         started = time.monotonic()
@@ -670,19 +770,22 @@ class SageMakerTarget(ContainerImageTarget):
             answer = aws.call("sagemaker-runtime", "invoke_endpoint", **request)
             payload = answer["Body"].read()
         except TargetError as exc:
-            raise PermanentTargetError(f"smoke prediction with {example} failed: {exc}",
-                                       hint="see the endpoint's CloudWatch logs") from exc
+            raise PermanentTargetError(
+                f"smoke prediction with {example} failed: {exc}", hint="see the endpoint's CloudWatch logs"
+            ) from exc
         latency_ms = round((time.monotonic() - started) * 1000, 2)
         try:
             predictions = json.loads(payload)["predictions"]
         except (ValueError, KeyError, TypeError):
-            raise PermanentTargetError(f"smoke prediction answer is not {{'predictions': ...}}: {payload[:300]!r}") \
-                from None
+            raise PermanentTargetError(
+                f"smoke prediction answer is not {{'predictions': ...}}: {payload[:300]!r}"
+            ) from None
         count = len(predictions) if isinstance(predictions, list) else None
         if rows is not None and count is not None and count != rows:
             raise PermanentTargetError(f"smoke prediction returned {count} predictions for {rows} input rows")
-        ctx.log(f"smoke prediction answered in {latency_ms} ms by variant "
-                f"{answer.get('InvokedProductionVariant', '?')}")
+        ctx.log(
+            f"smoke prediction answered in {latency_ms} ms by variant {answer.get('InvokedProductionVariant', '?')}"
+        )
         return {"smoke_test": example, "smoke_latency_ms": latency_ms, "smoke_predictions": count}
 
     def shift_traffic(self, ctx: StageContext) -> Outputs:
@@ -693,8 +796,12 @@ class SageMakerTarget(ContainerImageTarget):
             described = self._describe_endpoint(aws, endpoint) or {}
             current = {v["VariantName"]: v.get("CurrentWeight") for v in described.get("ProductionVariants", [])}
             if current.get(ctx.outputs["variant"]) != weight:
-                aws.call("sagemaker", "update_endpoint_weights_and_capacities", EndpointName=endpoint,
-                         DesiredWeightsAndCapacities=[{"VariantName": ctx.outputs["variant"], "DesiredWeight": weight}])
+                aws.call(
+                    "sagemaker",
+                    "update_endpoint_weights_and_capacities",
+                    EndpointName=endpoint,
+                    DesiredWeightsAndCapacities=[{"VariantName": ctx.outputs["variant"], "DesiredWeight": weight}],
+                )
                 ctx.log(f"variant {ctx.outputs['variant']} weight → {weight}")
         final = self._settle(ctx, aws, endpoint)
         return {"variants": _variant_summary(final), "endpoint_status": final["EndpointStatus"]}
@@ -705,8 +812,12 @@ class SageMakerTarget(ContainerImageTarget):
             return {"released": [], "archived": True}
         aws = self._ctx_aws(ctx)
         serving_config = ctx.outputs["endpoint_config"]
-        serving = {v["ModelName"] for v in aws.call("sagemaker", "describe_endpoint_config",
-                                                     EndpointConfigName=serving_config)["ProductionVariants"]}
+        serving = {
+            v["ModelName"]
+            for v in aws.call("sagemaker", "describe_endpoint_config", EndpointConfigName=serving_config)[
+                "ProductionVariants"
+            ]
+        }
         released = []
         for resource in ctx.endpoint_resources():
             if resource.deployment_id == ctx.deployment.id or resource.kind not in (MODEL, ENDPOINT_CONFIG):
@@ -721,8 +832,10 @@ class SageMakerTarget(ContainerImageTarget):
 
     def release_recorded(self, ctx: StageContext, resource: ResourceView) -> None:
         if self._keep_failed(ctx, resource):
-            ctx.log(f"keeping {resource.kind} {resource.name} (keep_failed); "
-                    f"`orchestrate resume {ctx.deployment.id}` reuses it, `orchestrate cancel` deletes it")
+            ctx.log(
+                f"keeping {resource.kind} {resource.name} (keep_failed); "
+                f"`orchestrate resume {ctx.deployment.id}` reuses it, `orchestrate cancel` deletes it"
+            )
             return
         super().release_recorded(ctx, resource)
 
@@ -756,8 +869,12 @@ class SageMakerTarget(ContainerImageTarget):
             if image.kind not in (PUSHED_IMAGE, ECR_IMAGE) or image.state != ResourceState.CREATED:
                 continue
             try:
-                aws.call("ecr", "batch_delete_image", repositoryName=_ecr_repository_name(image.data["repository"]),
-                         imageIds=[{"imageTag": image.data["tag"]}])
+                aws.call(
+                    "ecr",
+                    "batch_delete_image",
+                    repositoryName=_ecr_repository_name(image.data["repository"]),
+                    imageIds=[{"imageTag": image.data["tag"]}],
+                )
             except TargetError as exc:
                 if not _aws_missing(exc):
                     raise
@@ -789,8 +906,10 @@ class SageMakerTarget(ContainerImageTarget):
         aws.call("sagemaker", "update_endpoint", EndpointName=endpoint, EndpointConfigName=previous)
         final = self._settle(ctx, aws, endpoint)
         if final["EndpointStatus"] != "InService" or final.get("EndpointConfigName") != previous:
-            raise PermanentTargetError(f"could not restore endpoint {endpoint} to config {previous}: "
-                                       f"{final['EndpointStatus']} {final.get('FailureReason') or ''}")
+            raise PermanentTargetError(
+                f"could not restore endpoint {endpoint} to config {previous}: "
+                f"{final['EndpointStatus']} {final.get('FailureReason') or ''}"
+            )
 
     def _delete_endpoint(self, ctx: StageContext, aws: Any, endpoint: str) -> None:
         self._delete_quietly(ctx, aws, "delete_endpoint", EndpointName=endpoint)
@@ -820,9 +939,13 @@ class SageMakerTarget(ContainerImageTarget):
             return {"endpoint": endpoint, "describe_error": str(exc).splitlines()[0]}
         if described is None:
             return {"endpoint": endpoint, "endpoint_status": "missing"}
-        facts = {"endpoint": endpoint, "endpoint_status": described["EndpointStatus"],
-                 "endpoint_config": described.get("EndpointConfigName"), "arn": described.get("EndpointArn"),
-                 "variants": _variant_summary(described)}
+        facts = {
+            "endpoint": endpoint,
+            "endpoint_status": described["EndpointStatus"],
+            "endpoint_config": described.get("EndpointConfigName"),
+            "arn": described.get("EndpointArn"),
+            "variants": _variant_summary(described),
+        }
         if described.get("FailureReason"):
             facts["failure_reason"] = described["FailureReason"]
         return facts
@@ -830,12 +953,19 @@ class SageMakerTarget(ContainerImageTarget):
     def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
         aws = self._aws(None, outputs, outputs.get("region"))
         try:
-            answer = aws.call("sagemaker-runtime", "invoke_endpoint", EndpointName=outputs["endpoint_name"],
-                              Body=body, ContentType=content_type, Accept="application/json")
+            answer = aws.call(
+                "sagemaker-runtime",
+                "invoke_endpoint",
+                EndpointName=outputs["endpoint_name"],
+                Body=body,
+                ContentType=content_type,
+                Accept="application/json",
+            )
         except TargetError as exc:
             cause = getattr(exc.__cause__, "response", None) or {}
-            status = int(cause.get("OriginalStatusCode") or cause.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                         or 0)
+            status = int(
+                cause.get("OriginalStatusCode") or cause.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            )
             if 400 <= status < 500 and _aws_code(exc, "ModelError"):
                 message = cause.get("OriginalMessage") or cause.get("Error", {}).get("Message", "")
                 return Invocation(status, "application/json", str(message).encode())
@@ -867,10 +997,15 @@ def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def _variant_summary(described: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"name": v["VariantName"], "weight": v.get("CurrentWeight"),
-             "instances": v.get("CurrentInstanceCount"),
-             **({"serverless": v["CurrentServerlessConfig"]} if v.get("CurrentServerlessConfig") else {})}
-            for v in described.get("ProductionVariants", [])]
+    return [
+        {
+            "name": v["VariantName"],
+            "weight": v.get("CurrentWeight"),
+            "instances": v.get("CurrentInstanceCount"),
+            **({"serverless": v["CurrentServerlessConfig"]} if v.get("CurrentServerlessConfig") else {}),
+        }
+        for v in described.get("ProductionVariants", [])
+    ]
 
 
 def _pushed_image(outputs: Mapping[str, Any]) -> str:
