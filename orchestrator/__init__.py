@@ -6,6 +6,7 @@ ORCHESTRATE_DB_URL, else SQLite under ORCHESTRATE_HOME) and closes it again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import (
@@ -131,6 +132,33 @@ def build_image(
     )
 
 
+def render_objects(
+    model_uri: str,
+    *,
+    name: str,
+    target: str = "kubernetes",
+    config: dict[str, Any] | None = None,
+    config_file: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The objects `deploy` would apply for a model on a declarative target (kubernetes), as
+    dicts in apply order; nothing is recorded and no cluster is asked. `config` as `-C` gives it
+    (`image` skips the build; `registry` builds and pushes the image there); `log` hears the build."""
+    from .config import load_config_file
+    from .rendering import render
+    from .store import orchestrate_home
+
+    return render(
+        model_uri,
+        name=name,
+        target=target,
+        home=orchestrate_home(),
+        file_values=load_config_file(config_file) if config_file else {},
+        cli_values=config or {},
+        log=log or (lambda _line: None),
+    )
+
+
 def status(ref: str | int, *, db_url: str | None = None) -> dict[str, Any]:
     """An endpoint's status by name, or a deployment's record by id."""
     if isinstance(ref, int) or str(ref).isdigit():
@@ -182,6 +210,7 @@ __all__ = [
     "history",
     "list_deployments",
     "predict",
+    "render_objects",
     "resume",
     "rollback",
     "status",

@@ -964,6 +964,39 @@ def generate_dockerfile(
     click.echo(path)
 
 
+@cli.command()
+@click.argument("model", required=False)
+@model_uri_option
+@click.option("-n", "--name", required=True, help="Endpoint name the objects are named for.")
+@click.option("-t", "--target", default="kubernetes", show_default=True, help="A target that renders (see `targets`).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of target config.")
+@click.option("-C", "assignments", multiple=True, metavar="KEY=VALUE", help="A config value; repeatable.")
+def render(
+    model: str | None,
+    model_uri: str | None,
+    name: str,
+    target: str,
+    config_file: str | None,
+    assignments: tuple[str, ...],
+) -> None:
+    """Print, as multi-document YAML, the objects `deploy` would apply for MODEL, without a cluster
+    and without recording anything (-C image=REF skips the build; -C registry=... builds and
+    pushes the model's image). Review, diff or `kubectl apply -f -` them."""
+    from . import render_objects
+    from .config import parse_assignments
+    from .rendering import to_yaml
+
+    objects = render_objects(
+        _model_argument(model, model_uri),
+        name=name,
+        target=target,
+        config=parse_assignments(assignments),
+        config_file=config_file,
+        log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(to_yaml(objects), nl=False)
+
+
 @cli.group()
 def db() -> None:
     """State store schema."""

@@ -23,6 +23,8 @@ _SECRET_KEY = re.compile(
 )
 # A key ending in _env names the environment variable holding a secret; the name is not secret.
 _VARIABLE_KEY = re.compile(r"_env$", re.IGNORECASE)
+# A key ending in _names lists objects that hold secrets (Kubernetes Secrets), not a secret.
+_NAMES_KEY = re.compile(r"_names$", re.IGNORECASE)
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***"
 _REFERENCE = re.compile(r"^(env|file):(.+)$")
@@ -52,7 +54,7 @@ _lock = threading.Lock()
 
 def is_secret_key(key: str) -> bool:
     """A key whose value is a secret (password, token, ...); `*_env` keys name a variable instead."""
-    return bool(_SECRET_KEY.search(key)) and not _VARIABLE_KEY.search(key)
+    return bool(_SECRET_KEY.search(key)) and not _VARIABLE_KEY.search(key) and not _NAMES_KEY.search(key)
 
 
 def is_variable_key(key: str) -> bool:

@@ -45,6 +45,7 @@ __all__ = [
     "Invocation",
     "Outputs",
     "PermanentTargetError",
+    "RenderRequest",
     "ResourceState",
     "ResourceView",
     "RetryableTargetError",
@@ -143,6 +144,8 @@ def _resource_view(row: Any) -> ResourceView:
 
 
 if TYPE_CHECKING:
+    from .mlmodel import ModelInfo
+    from .model_uri import ModelSource
     from .store import Fence, Store
 
 
@@ -328,6 +331,18 @@ class Invocation:
     body: bytes
 
 
+@dataclass(frozen=True)
+class RenderRequest:
+    """What `orchestrate render` hands a target: the endpoint, the model's snapshot and where it
+    came from, the image the objects run, and the target's resolved config."""
+
+    endpoint: str
+    model: ModelInfo
+    source: ModelSource
+    image: str
+    config: Mapping[str, Any]
+
+
 class Target(ABC):
     """A place models serve from. Stage methods are idempotent: run twice, they adopt."""
 
@@ -414,6 +429,16 @@ class Target(ABC):
 
     def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
         raise ConfigError(f"target {self.name!r} keeps no logs orchestrate can read")
+
+    # Targets whose endpoint is a set of declarative objects print them with `orchestrate render`.
+    renders: ClassVar[bool] = False
+
+    def check_render(self, endpoint: str, config: Mapping[str, Any]) -> None:
+        """Checks of the config `render` runs before any build; raise ConfigError."""
+
+    def render(self, request: RenderRequest) -> list[dict[str, Any]]:
+        """The objects `deploy` would apply for this model and config, as plain dicts."""
+        raise ConfigError(f"target {self.name!r} has no objects to render")
 
 
 def validated_model(ctx: StageContext) -> Outputs:
