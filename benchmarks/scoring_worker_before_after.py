@@ -1,13 +1,13 @@
 """Benchmark: the scoring worker before and after llhttp framing (issue 17), side by side.
 
 The OLD server is the scoring package of another checkout (by default a git worktree of
-1407a72, the last commit with the hand-written HTTP/1.1 parser), run with its own directory
+fdfdcbf, the last commit with the hand-written HTTP/1.1 parser), run with its own directory
 on PYTHONPATH; the NEW one is this checkout's. Both run at once, one worker each, on the
 same model; each wrk run goes to one, then the other, for ``--rounds`` rounds, so background
 load affects both alike. Printed, not asserted: requests/s, p50 and p99 of each, and the
 ratios new/old. Uses wrk (Debian package ``wrk``), 127.0.0.1 only.
 
-    git worktree add /tmp/old-scoring 1407a72
+    git worktree add /tmp/old-scoring fdfdcbf
     flock /tmp/team/heavy.lock python benchmarks/scoring_worker_before_after.py
 
 Models: the iris logistic regression (4 columns, ``dataframe_split``) and a Pipeline of
@@ -181,7 +181,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     if not (args.old / "scoring" / "_worker.py").exists():
-        raise SystemExit(f"no old checkout at {args.old} (git worktree add {args.old} 1407a72)")
+        raise SystemExit(f"no old checkout at {args.old} (git worktree add {args.old} fdfdcbf)")
     work = Path(tempfile.mkdtemp(prefix="scoring-before-after-"))
     trees = {"old": args.old.resolve(), "new": REPO_ROOT}
     try:

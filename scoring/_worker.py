@@ -15,32 +15,40 @@ request in the thread that read it:
   away when it comes), closes connections past their deadline and sends gunicorn's
   heartbeat. It stops the heartbeat when every thread is stuck past the timeout, so gunicorn
   replaces a worker that a hung model has wedged.
-- ``SIGTERM`` (or ``max_requests`` answered): stop accepting, close idle keep-alive
+- ``SIGTERM`` (or ``max_requests`` answered): accept what is queued, close the listening
+  sockets (the next server on the port gets new connections), close idle keep-alive
   connections, let requests in flight finish (up to ``graceful_timeout``), answering them
-  with ``Connection: close``.
+  with ``Connection: close``; a connection whose first request has not arrived yet gets it
+  answered too (its head deadline bounds the wait).
+
+Framing is decided by llhttp (Node.js's HTTP/1.1 parser, through ``httptools``) in its
+strict mode, never by code of ours: where a request ends, its Content-Length or chunked body,
+bare CR or LF, control characters, obs-fold, Content-Length with Transfer-Encoding, duplicate
+Content-Length, bad chunk sizes. Whatever llhttp refuses is answered 400 (505 for an HTTP
+version other than 1.0 and 1.1, 501 for a transfer coding other than ``chunked``) and the
+connection closed after the requests before it are answered. On what llhttp accepts, this
+worker adds only limits and policy: gunicorn's ``limit_request_line`` (414),
+``limit_request_fields`` and ``limit_request_field_size`` (431), ``max_request_bytes`` (413),
+no chunked body in HTTP/1.0, ``Expect`` only ``100-continue`` (417). A refused request is
+counted in ``/metrics`` and written to the access log like any other.
 
 Clients are untrusted, so a thread never waits on one: request heads, bodies and answers
 move only when epoll says the socket is ready. A connection's state between two readiness
-events lives on its ``Connection``: the bytes not yet parsed, a request waiting for the rest
-of its body, an answer the client has not read yet (nothing more is read from a client that
-does not read its answers). Each armed connection has a deadline: the whole request head
-within ``keepalive`` seconds of the connection going idle (trickling bytes does not extend
-it), and at most ``_IO_TIMEOUT`` seconds without progress while a body or an answer is in
-transit. Bodies larger than one read are buffered only within a per-worker byte budget
-(``threads`` x ``max_request_bytes``); a body beyond it waits, unread, for its turn.
-
-Parsing is strict, so that no proxy in front can frame a request differently: no bare CR
-or LF, no control characters, no obs-fold, one Content-Length (digits only) and never with
-Transfer-Encoding, which must be ``chunked`` (HTTP/1.1 only), chunk sizes in hex only.
-Such requests are answered 400 (or 414, 431, 501, 505) and the connection closed. gunicorn's
-``limit_request_line``, ``limit_request_fields`` and ``limit_request_field_size`` apply.
+events lives on its ``Connection``: its parser, the requests parsed and not answered yet, an
+answer the client has not read yet (nothing more is read from a client that does not read
+its answers). Each armed connection has a deadline: the whole request head within
+``keepalive`` seconds of the connection going idle (trickling bytes does not extend it), and
+at most ``_IO_TIMEOUT`` seconds without progress while a body or an answer is in transit.
+Bodies larger than one read are buffered only within a per-worker byte budget (``threads`` x
+``max_request_bytes``); a body beyond it waits, unread, for its turn.
 
 Request bodies are read whole before the application runs (up to ``max_request_bytes``;
-beyond it the application answers 413 from the headers alone and the connection is closed).
-``Expect: 100-continue`` and chunked bodies are supported; responses always carry a
-Content-Length. Who answers a request is decided once: the application's middleware
-(``Observe``) and the supervisor both go through ``environ["scoring.claim"]``, so a request
-is counted and logged exactly once, as 200 or as 504.
+beyond it the application answers 413 from the headers alone and the connection is closed;
+a chunked body is refused 413 as soon as its chunk sizes pass the limit). ``Expect:
+100-continue`` is supported; responses always carry a Content-Length. Who answers a request
+is decided once: the application's middleware (``Observe``) and the supervisor both go
+through ``environ["scoring.claim"]``, so a request is counted and logged exactly once, as 200
+or as 504.
 """
 
 from __future__ import annotations
@@ -50,7 +58,6 @@ import errno
 import itertools
 import json
 import os
-import re
 import select
 import socket
 import sys
@@ -58,9 +65,10 @@ import threading
 import time
 from email.utils import formatdate
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
+import httptools
 from gunicorn.workers.base import Worker
 
 _TICK = 0.01  # supervisor period, seconds
@@ -74,85 +82,131 @@ _IN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 _ONESHOT = select.EPOLLONESHOT if hasattr(select, "EPOLLONESHOT") else 0
 _ONESHOT_IN = _IN | _ONESHOT
 _ONESHOT_OUT = (select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4) | _ONESHOT
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}").fullmatch
-# Control characters other than HT, CR and LF (CR and LF are checked to come in pairs).
-_CTL = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
-_CHUNK_LINE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = ("1", "204", "304")
 _NO_LENGTH_STATUS = ("1", "204")
+# llhttp's reasons that are not a plain 400 (it gives a reason, not an error number, here).
+_VERSION_REASONS = ("Invalid HTTP version", "Expected HTTP/", "Pause on PRI/Upgrade")
+_CODING_REASONS = ("Invalid `Transfer-Encoding` header value", "Request has invalid `Transfer")
 
 
 class BadRequest(Exception):
     """A request this worker answers itself, then closes the connection."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, error_code: str = "BAD_REQUEST") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.error_code = error_code
+        self.environ: dict[str, Any] | None = None  # what is known of the request
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: parse nothing more on this connection."""
+
+
+class _Limits(NamedTuple):
+    line: int  # request line, bytes (414)
+    fields: int  # header fields (431)
+    field: int  # one header field, bytes (431)
+    head: int  # request line and headers, or trailers, in all (431)
+    body: int  # request body, bytes (413)
+
+
+def _parser_refusal(exc: httptools.HttpParserError) -> BadRequest:
+    """The answer to a request llhttp refused, or to one a callback of ours refused."""
+    cause = exc.__context__
+    if isinstance(cause, BadRequest):
+        return cause
+    reason = str(exc)
+    if reason.startswith(_VERSION_REASONS):
+        return BadRequest("505 HTTP Version Not Supported", "only HTTP/1.0 and 1.1")
+    if reason.startswith(_CODING_REASONS):
+        return BadRequest("501 Not Implemented", "only the chunked transfer coding")
+    return BadRequest("400 Bad Request", f"malformed request: {reason}")
 
 
 class _Request:
-    """A parsed request head: what framing its body has and how to answer it."""
+    """One request, from its first byte until it is answered."""
 
     __slots__ = (
+        "body",
+        "chunk_open",
+        "chunk_read",
         "chunked",
         "close_after",
-        "decoder",
         "environ",
         "expect",
+        "fields",
+        "head_bytes",
+        "headers_done",
         "http10",
         "keep",
         "length",
+        "reserved",
+        "url",
     )
 
-    def __init__(
-        self,
-        environ: dict[str, Any],
-        http10: bool,
-        keep: bool,
-        length: int,
-        chunked: bool,
-        expect: bool,
-    ) -> None:
-        self.environ = environ
-        self.http10 = http10
-        self.keep = keep
-        self.length = length  # Content-Length (0 when chunked)
-        self.chunked = chunked
-        self.decoder: _Chunked | None = None  # while a chunked body is arriving
-        self.expect = expect  # a 100 Continue is owed before the body is read
+    def __init__(self) -> None:
+        self.url = b""
+        self.environ: dict[str, Any] = {}
+        self.fields = 0  # header fields so far
+        self.head_bytes = 0  # request line and headers (then trailers) so far
+        self.headers_done = False
+        self.http10 = False
+        self.keep = True
+        self.length = 0  # Content-Length (0 when chunked)
+        self.chunked = False
+        self.body: bytes | bytearray = b""
+        self.chunk_open = False  # inside a chunk whose size line came in the current read
+        self.chunk_read = 0  # bytes of that chunk so far
+        self.expect = False  # a 100 Continue is owed before the body is read
+        self.reserved = False  # the body budget was asked for
         self.close_after = False
 
 
 class Connection:
-    """One client connection: its socket and the state between two readiness events."""
+    """One client connection: its socket, its parser, and the state between two readiness
+    events. It is the parser's protocol: llhttp calls the ``on_*`` methods as it frames."""
 
     __slots__ = (
-        "body",
-        "buf",
+        "begun",
         "closing",
+        "done",
         "draining",
+        "ended",
         "environ",
+        "events",
         "expires",
         "fd",
+        "fresh",
+        "limits",
         "linger",
+        "message",
         "out",
         "parked",
-        "pending",
+        "parser",
+        "partial",
         "reserved",
         "sock",
+        "stalled",
         "want",
     )
 
-    def __init__(self, sock: socket.socket, environ: dict[str, Any], expires: float) -> None:
+    def __init__(self, sock: socket.socket, environ: dict[str, Any], expires: float, limits: _Limits) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.environ = environ  # what every request's WSGI environ on it starts from
-        self.buf = b""  # read, not parsed yet
-        self.pending: _Request | None = None  # a request whose body is still arriving
-        self.body: bytearray | None = None  # its Content-Length body so far
+        self.limits = limits
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.message: _Request | None = None  # the request being parsed
+        self.done: collections.deque[_Request | BadRequest] = collections.deque()  # to answer
+        self.ended = False  # nothing more is parsed (after a refusal or a last request)
+        self.events = 0  # parser callbacks so far
+        self.stalled = 0  # bytes read since the parser last made visible progress
+        self.partial = 0  # bytes of the head line in progress
+        self.begun = False  # a request began in the current read
+        self.fresh = True  # no request has begun on it yet
         self.out: memoryview | None = None  # answer bytes the client has not taken yet
         self.closing = False  # close once ``out`` is sent
         # Half-close and drain instead: the client may still be sending what we will not read
@@ -165,10 +219,235 @@ class Connection:
         self.parked = False  # waiting for body budget (not armed, no deadline)
 
     def close(self) -> None:
+        self.parser = None  # it holds the bound callbacks: a reference cycle
         try:
             self.sock.close()
         except OSError:
             pass
+
+    # ---- feeding the parser --------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; complete requests and refusals go to ``done``, in order."""
+        if self.ended:
+            return  # after the last request: read (and drained), never parsed
+        events = self.events
+        self.begun = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._end()  # an upgrade (or CONNECT) is answered as a plain request, then closed
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Stop):
+                self._end()
+            elif not self.ended:  # else: bytes after a request that closes the connection
+                self._refuse(_parser_refusal(exc))
+            return
+        message = self.message
+        try:
+            if message is None:
+                self.partial = 0  # llhttp begins a message at its first byte: none is open
+            elif not message.headers_done:
+                # In a head, the line in progress is what follows the last LF (llhttp
+                # checked the lines before); llhttp buffers it without a callback.
+                end = data.rfind(b"\n")
+                if end >= 0:
+                    self.partial = len(data) - end - 1
+                elif self.begun:
+                    self.partial = 0  # the request line, bounded by on_url
+                else:
+                    self.partial += len(data)
+                if self.partial > self.limits.head:
+                    raise BadRequest("431 Request Header Fields Too Large", "request head too large")
+            if self.events == events:
+                # An endless trailer line (or chunk extension): nothing llhttp tells of.
+                self.stalled += len(data)
+                if self.stalled > self.limits.head:
+                    raise BadRequest("431 Request Header Fields Too Large", "request head too large")
+            else:
+                self.stalled = 0
+            if message is not None and message.chunk_open:
+                message.chunk_open = False
+                self._check_chunk_size(message, data)
+        except BadRequest as exc:
+            self._refuse(exc)
+
+    def _check_chunk_size(self, message: _Request, data: bytes) -> None:
+        """Refuse a chunked body at once when the size of the chunk now arriving passes the
+        limit (llhttp does not tell the size: it is on the line that ends where the chunk's
+        data, all at the end of ``data``, starts; llhttp validated it as hex)."""
+        end = len(data) - message.chunk_read
+        if data[end - 2 : end] != b"\r\n":
+            return
+        line = data[data.rfind(b"\n", 0, end - 1) + 1 : end - 2].partition(b";")[0]
+        try:
+            size = int(line, 16)
+        except ValueError:
+            return  # a trailer line: this was the last chunk, or the line began in a past read
+        if len(message.body) - message.chunk_read + size > self.limits.body:
+            raise self._too_large()
+
+    def _too_large(self) -> BadRequest:
+        return BadRequest(
+            "413 Payload Too Large",
+            f"the request body is larger than the limit of {self.limits.body} bytes (ORCHESTRATE_MAX_REQUEST_BYTES)",
+            "PAYLOAD_TOO_LARGE",
+        )
+
+    def _refuse(self, exc: BadRequest) -> None:
+        message = self.message
+        if message is not None and "PATH_INFO" in message.environ:
+            exc.environ = message.environ
+        else:
+            exc.environ = environ = self.environ.copy()
+            url = message.url if message is not None else b""
+            environ["REQUEST_METHOD"] = self.parser.get_method().decode("ascii") if url else ""
+            environ["PATH_INFO"] = url.partition(b"?")[0].decode("latin-1")
+        self.done.append(exc)
+        self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        self.message = None
+
+    # ---- llhttp's callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.events += 1
+        self.fresh = False
+        self.begun = True
+        self.message = message = _Request()
+        message.environ = self.environ.copy()
+
+    def on_url(self, url: bytes) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        message.url += url
+        message.head_bytes += len(url)
+        if len(message.url) + 16 > self.limits.line:  # with the method and the version
+            raise BadRequest("414 URI Too Long", "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        size = len(name) + len(value) + 4
+        message.head_bytes += size
+        message.fields += 1
+        limits = self.limits
+        # One test on the common path; which limit (or a trailer) is sorted out off it.
+        if (
+            message.headers_done
+            or size > limits.field + 2
+            or message.fields > limits.fields
+            or message.head_bytes > limits.head
+        ):
+            if message.headers_done:  # a trailer: bounded like headers, then dropped
+                if message.head_bytes > limits.head:
+                    raise BadRequest("431 Request Header Fields Too Large", "trailers too large")
+                return
+            if size > limits.field + 2:
+                raise BadRequest("431 Request Header Fields Too Large", "header too large")
+            if message.fields > limits.fields:
+                raise BadRequest("431 Request Header Fields Too Large", "too many headers")
+            raise BadRequest("431 Request Header Fields Too Large", "headers too large")
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _environ_key(name)
+        if not key:
+            return  # as gunicorn: X_Foo would pass for X-Foo in the environ
+        text = value.decode("latin-1").strip(" \t")
+        if key in _FRAMING_KEYS:
+            if key == "CONTENT_LENGTH":
+                message.length = int(text)  # digits only, and only one: llhttp checked
+            elif key == "HTTP_TRANSFER_ENCODING":
+                # llhttp frames any coding list ending in chunked; we decode no other coding.
+                if text.lower() != "chunked":
+                    raise BadRequest("501 Not Implemented", "only the chunked transfer coding")
+                message.chunked = True
+            elif text.lower() != "100-continue":  # Expect
+                raise BadRequest("417 Expectation Failed", "only 100-continue is supported")
+            else:
+                message.expect = True
+        environ = message.environ
+        if key in environ and key.startswith("HTTP_"):
+            environ[key] += "," + text
+        else:
+            environ[key] = text
+
+    def on_headers_complete(self) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        message.headers_done = True
+        message.head_bytes = 0  # trailers are counted from here
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version == "0.9":  # a request line without a version
+                raise BadRequest("400 Bad Request", "invalid request line")
+            raise BadRequest("505 HTTP Version Not Supported", "only HTTP/1.0 and 1.1")
+        message.http10 = http10 = version == "1.0"
+        if http10 and message.chunked:  # how request smuggling starts (RFC 9112, 6.1)
+            raise BadRequest("400 Bad Request", "Transfer-Encoding in HTTP/1.0")
+        environ = message.environ
+        method = parser.get_method()
+        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("ascii")
+        environ["SERVER_PROTOCOL"] = "HTTP/1.0" if http10 else "HTTP/1.1"
+        target = _TARGETS.get(message.url)
+        if target is None:
+            target = _split_target(message.url)
+        environ["RAW_URI"], environ["PATH_INFO"], environ["QUERY_STRING"] = target
+        message.expect = message.expect and not http10 and (message.chunked or message.length > 0)
+        if message.length > self.limits.body:
+            # The application answers 413 from the headers; the body is never read.
+            message.close_after = True
+            message.keep = False
+            message.expect = False
+            self.done.append(message)
+            raise _Stop
+
+    def on_body(self, body: bytes) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        if message.body:
+            if isinstance(message.body, bytes):
+                message.body = bytearray(message.body)
+            message.body += body
+        else:
+            message.body = body
+        if message.chunked:
+            message.chunk_read += len(body)
+            if len(message.body) > self.limits.body:
+                raise self._too_large()
+
+    def on_chunk_header(self) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        message.chunk_open = True
+        message.chunk_read = 0
+
+    def on_chunk_complete(self) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        message.chunk_open = False
+
+    def on_message_complete(self) -> None:
+        self.events += 1
+        message = self.message
+        assert message is not None
+        parser = self.parser
+        message.keep = parser.should_keep_alive() and not parser.should_upgrade()
+        message.expect = False
+        self.done.append(message)
+        self.message = None
+        if not message.keep:
+            self.ended = True  # llhttp refuses what follows; it is not a request
 
 
 class _Date:
@@ -201,10 +480,15 @@ class ScoringWorker(Worker):
         self.max_conns = cfg.worker_connections
         self.multiprocess = cfg.workers > 1
         # gunicorn's request limits, read as gunicorn reads them (0: its own maximum).
-        self.limit_line = min(cfg.limit_request_line, 8190) or 8190
-        self.limit_fields = min(cfg.limit_request_fields, 32768) or 32768
-        self.limit_field = cfg.limit_request_field_size or 8190
-        self.max_head = max(_MAX_HEAD, self.limit_line + self.limit_field + 8)
+        line = min(cfg.limit_request_line, 8190) or 8190
+        field = cfg.limit_request_field_size or 8190
+        self.limits = _Limits(
+            line=line,
+            fields=min(cfg.limit_request_fields, 32768) or 32768,
+            field=field,
+            head=max(_MAX_HEAD, line + field + 8),
+            body=self.max_body,
+        )
         self.body_budget = self.nthreads * (self.max_body + 1)
         self.last_request = self.max_requests - 1  # max_requests: sys.maxsize when unset
 
@@ -326,13 +610,26 @@ class ScoringWorker(Worker):
     def _shutdown(self) -> None:
         self.stopping = True
         self._set_accepting(False)
+        # Take what the kernel has queued for this worker, then close the listeners at once:
+        # from then on the kernel gives new connections to the other servers on the port (the
+        # next deployment's, with SO_REUSEPORT or an inherited socket) and moves any it queued
+        # here meanwhile to theirs (tcp_migrate_req). Holding them open while draining left
+        # connections queued on a socket nobody accepts from.
+        listeners, self.listeners = self.listeners, {}
+        for listener, name in listeners.values():
+            self._accept(listener, name, last=True)
+            listener.close()
         deadline = time.monotonic() + self.cfg.graceful_timeout
         while time.monotonic() < deadline:
             # Idle keep-alive connections go now (a request already sent on one is answered).
+            # A connection that has not sent its first request yet is not idle: its request
+            # is on the way (a proxy connects before it forwards), so it gets until its head
+            # deadline, as any new connection does.
             for fd, conn in list(self.idle.items()):
                 if (
-                    not conn.buf
-                    and conn.pending is None
+                    not conn.fresh
+                    and not conn.done
+                    and conn.message is None
                     and conn.out is None
                     and not _has_data(conn.sock)
                     and self.idle.pop(fd, None) is not None
@@ -343,8 +640,6 @@ class ScoringWorker(Worker):
             time.sleep(_TICK)
             self._supervise(time.monotonic())
             self._close_expired(time.monotonic())
-        for sock, _ in self.listeners.values():
-            sock.close()
 
     # ---- request threads -------------------------------------------------------------------
 
@@ -396,8 +691,9 @@ class ScoringWorker(Worker):
             except OSError:
                 pass
 
-    def _accept(self, listener: socket.socket, name: tuple[str, str]) -> None:
-        while self.accepting and self.nconns < self.max_conns:
+    def _accept(self, listener: socket.socket, name: tuple[str, str], *, last: bool = False) -> None:
+        """Accept what ``listener`` has queued (``last``: also while stopping)."""
+        while (self.accepting or last) and self.nconns < self.max_conns:
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -426,6 +722,7 @@ class ScoringWorker(Worker):
                 sock,
                 self._connection_environ(name, addr),
                 time.monotonic() + self.keepalive,
+                self.limits,
             )
             self.idle[conn.fd] = conn
             self.epoll.register(conn.fd, _ONESHOT_IN)
@@ -515,6 +812,8 @@ class ScoringWorker(Worker):
 
     # ---- one connection's turn -------------------------------------------------------------
 
+    # ---- one connection's turn -------------------------------------------------------------
+
     def _on_ready(self, index: int, conn: Connection) -> None:
         """Move ``conn`` along: send what its client can take, or read and answer every
         complete request in what was read; then arm it again, or close it."""
@@ -550,16 +849,8 @@ class ScoringWorker(Worker):
         answered = False
         try:
             if data:
-                pending = conn.pending
-                if pending is None:
-                    conn.buf = conn.buf + data if conn.buf else data
-                elif pending.decoder is not None:
-                    pending.decoder.feed(data)
-                else:
-                    conn.body += data  # type: ignore[operator]
+                conn.feed(data)
             answered = self._process(index, conn)
-        except BadRequest as exc:
-            self._send_error(conn, exc)
         except OSError:
             conn.closing = True
             conn.linger = False
@@ -577,8 +868,13 @@ class ScoringWorker(Worker):
             self._arm(conn, _ONESHOT_OUT)
         elif conn.closing:
             self._close(conn)
+        elif conn.ended and not conn.done:
+            # The last request is answered; whatever the client still sends is not read.
+            conn.closing = conn.linger = True
+            self._close(conn)
         else:
-            if conn.pending is not None:
+            message = conn.message
+            if message is not None and message.headers_done:
                 conn.expires = time.monotonic() + _IO_TIMEOUT
             elif answered:
                 conn.expires = time.monotonic() + self.keepalive
@@ -599,106 +895,45 @@ class ScoringWorker(Worker):
         self._arm(conn, _ONESHOT_IN)
 
     def _process(self, index: int, conn: Connection) -> bool:
-        """Answer the complete requests buffered on ``conn``, in order, until one needs more
-        bytes or its answer is not all sent; whether any was answered."""
+        """Answer the requests parsed on ``conn``, in order, until one's answer is not all
+        sent; then see to the body still arriving. Whether any request was answered."""
         answered = False
-        while not conn.closing and conn.out is None:
-            req = conn.pending
-            if req is not None:
-                body = self._complete_body(conn, req)
-                if body is None:
-                    break
-            else:
-                buf = conn.buf
-                if not buf:
-                    break
-                if buf[0] == 13 or buf[0] == 10:
-                    # Empty lines before a request line are ignored (RFC 9112, 2.2).
-                    conn.buf = buf = buf.lstrip(b"\r\n")
-                    if not buf:
-                        break
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    self._check_partial_head(buf)
-                    break
-                req = self._parse(buf[:end], conn)
-                body = self._start_body(conn, req, buf[end + 4 :])
-                if body is None:
-                    break
-            self._answer(index, conn, req, body)
+        done = conn.done
+        while done and not conn.closing and conn.out is None:
+            item = done.popleft()
+            if isinstance(item, BadRequest):
+                self._send_error(conn, item)
+                break
+            self._answer(index, conn, item)
             answered = True
+        message = conn.message
+        if message is not None and message.headers_done and not done and not conn.closing and conn.out is None:
+            self._await_body(conn, message)
         return answered
 
-    def _check_partial_head(self, buf: bytes) -> None:
-        if len(buf) > self.limit_line and buf.find(b"\r\n", 0, self.limit_line + 2) < 0:
-            raise BadRequest("414 URI Too Long", "request line too long")
-        if len(buf) > self.max_head:
-            raise BadRequest("431 Request Header Fields Too Large", "headers too large")
-
-    def _start_body(self, conn: Connection, req: _Request, rest: bytes) -> bytes | None:
-        """The body of ``req`` if ``rest`` holds all of it (``conn.buf`` then keeps what
-        follows); else None, with ``conn`` waiting for the rest."""
-        if req.chunked:
-            decoder = _Chunked(self.max_body, self.limit_field, self.max_head)
-            decoder.feed(rest)
-            req.decoder = decoder
-            conn.buf = b""
-            conn.pending = req
-            if decoder.done:
-                return self._complete_body(conn, req)
-            want = self.max_body + 1
-        elif req.length > self.max_body:
-            # The application answers 413 from the headers; the body is never read.
-            conn.buf = b""
-            req.close_after = True
-            return b""
-        elif len(rest) >= req.length:
-            conn.buf = rest[req.length :]
-            return rest[: req.length]
-        else:
-            conn.body = bytearray(rest)
-            conn.buf = b""
-            conn.pending = req
-            want = req.length
-        if want > _RECV and not self._reserve(conn, want):
-            return None
+    def _await_body(self, conn: Connection, message: _Request) -> None:
+        """Once per request whose body is still to come: take a share of the body budget for
+        it (or park ``conn`` until there is one), then send the 100 Continue it may be owed."""
+        if not message.reserved:
+            message.reserved = True
+            want = self.max_body + 1 if message.chunked else message.length
+            if want > _RECV and not self._reserve(conn, want):
+                return
         self._send_continue(conn)
-        return None
-
-    def _complete_body(self, conn: Connection, req: _Request) -> bytes | None:
-        """The body of the request waiting on ``conn``, once all of it is here."""
-        decoder = req.decoder
-        if decoder is not None:
-            if not decoder.done:
-                return None
-            body = bytes(decoder.body)
-            if decoder.too_large:
-                req.close_after = True  # the rest of the body is never read
-            else:
-                conn.buf = decoder.rest
-        else:
-            data = conn.body
-            if data is None or len(data) < req.length:
-                return None
-            body = bytes(data[: req.length])
-            conn.buf = bytes(data[req.length :])
-            conn.body = None
-        conn.pending = None
-        if conn.reserved:
-            self._release(conn)
-        return body
 
     def _send_continue(self, conn: Connection) -> None:
-        req = conn.pending
-        if req is not None and req.expect:
-            req.expect = False
+        message = conn.message
+        if message is not None and message.expect:
+            message.expect = False
             if conn.sock.send(_CONTINUE) != len(_CONTINUE):
                 raise OSError(errno.ENOBUFS, "the client does not read")
 
-    def _answer(self, index: int, conn: Connection, req: _Request, body: bytes) -> None:
+    def _answer(self, index: int, conn: Connection, req: _Request) -> None:
         """Run the application on ``req`` and send (or queue) its answer."""
+        if conn.reserved:
+            self._release(conn)
         environ = req.environ
-        environ["wsgi.input"] = _Input(body)
+        environ["wsgi.input"] = _Input(bytes(req.body))
         key = next(self.serial)
         if key >= self.last_request and self.alive:
             self.log.info("Autorestarting worker after current request.")
@@ -798,15 +1033,16 @@ class ScoringWorker(Worker):
         return True
 
     def _send_error(self, conn: Connection, exc: BadRequest) -> None:
-        """Answer a request this worker rejects; the connection is closed after it."""
-        conn.pending = None
-        conn.body = None
-        conn.buf = b""
+        """Answer a request this worker refuses (counted and logged like any other); the
+        connection is closed after it."""
+        conn.done.clear()
         conn.closing = True
         conn.linger = True
         if conn.reserved:
             self._release(conn)
-        body = _error_body("BAD_REQUEST", exc.message)
+        if self.observe is not None:
+            self.observe.refused(exc.environ or dict(conn.environ), int(exc.status[:3]))
+        body = _error_body(exc.error_code, exc.message)
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
@@ -818,197 +1054,6 @@ class ScoringWorker(Worker):
             )
         except OSError:
             conn.out = None
-
-    # ---- parsing -----------------------------------------------------------------------------
-
-    def _parse(self, head_bytes: bytes, conn: Connection) -> _Request:
-        """The request whose line and headers are ``head_bytes``; raises ``BadRequest``."""
-        # CR and LF only as line ends, no other control characters: a proxy that ends lines
-        # at a bare LF (or drops NUL) would otherwise see other headers than this parser.
-        crlf = head_bytes.count(b"\r\n")
-        if (
-            head_bytes.count(b"\r") != crlf
-            or head_bytes.count(b"\n") != crlf
-            or len(head_bytes.translate(None, _CTL)) != len(head_bytes)
-        ):
-            raise BadRequest("400 Bad Request", "invalid character in the request head")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        if len(lines[0]) > self.limit_line:
-            raise BadRequest("414 URI Too Long", "request line too long")
-        if len(lines) > self.limit_fields + 1:
-            raise BadRequest("431 Request Header Fields Too Large", "too many headers")
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
-            raise BadRequest("400 Bad Request", "invalid request line")
-        method, target, version = parts
-        if version == "HTTP/1.1":
-            http10 = False
-        elif version == "HTTP/1.0":
-            http10 = True
-        else:
-            raise BadRequest("505 HTTP Version Not Supported", "only HTTP/1.0 and 1.1")
-        if not _TOKEN(method):
-            raise BadRequest("400 Bad Request", "invalid method")
-        if target.startswith("/"):
-            path, _, query = target.partition("?")
-        elif target.startswith(("http://", "https://")):
-            rest = target.split("/", 3)
-            path, _, query = ("/" + (rest[3] if len(rest) > 3 else "")).partition("?")
-        elif target == "*":
-            path, query = "*", ""
-        else:
-            raise BadRequest("400 Bad Request", "invalid request target")
-        if "%" in path:
-            path = unquote_to_bytes(path).decode("latin-1")
-        environ = conn.environ.copy()
-        environ["REQUEST_METHOD"] = method
-        environ["PATH_INFO"] = path
-        environ["QUERY_STRING"] = query
-        environ["RAW_URI"] = target
-        environ["SERVER_PROTOCOL"] = version
-        connection = ""
-        length = 0
-        chunked = False
-        expect = False
-        seen_length = None
-        limit_field = self.limit_field
-        for line in itertools.islice(lines, 1, None):
-            if len(line) > limit_field:
-                raise BadRequest("431 Request Header Fields Too Large", "header too large")
-            name, sep, value = line.partition(":")
-            key = _ENVIRON_KEYS.get(name) if sep else None  # names seen before are valid
-            if key is None:
-                # Also obs-fold (a line starting with a space) and "Name :" end up here.
-                if not sep or not _TOKEN(name):
-                    raise BadRequest("400 Bad Request", "invalid header line")
-                if "_" in name:
-                    continue  # as gunicorn: X_Foo would pass for X-Foo in the environ
-                key = _environ_key(name)
-            value = value.strip(" \t")
-            if key == "CONTENT_LENGTH":
-                # Digits only (no sign, no list, no non-ASCII digit), and all copies equal.
-                if (
-                    not (value.isascii() and value.isdigit())
-                    or len(value) > 18
-                    or (seen_length is not None and value != seen_length)
-                ):
-                    raise BadRequest("400 Bad Request", "invalid Content-Length")
-                seen_length = value
-                length = int(value)
-            elif key == "HTTP_TRANSFER_ENCODING":
-                if value.lower() != "chunked":
-                    raise BadRequest("501 Not Implemented", "only chunked transfer coding")
-                chunked = True
-            elif key == "HTTP_CONNECTION":
-                connection = connection + "," + value if connection else value
-            elif key == "HTTP_EXPECT":
-                if value.lower() != "100-continue":
-                    raise BadRequest("417 Expectation Failed", "only 100-continue is supported")
-                expect = not http10
-            if key in environ and key.startswith("HTTP_"):
-                environ[key] += "," + value
-            else:
-                environ[key] = value
-        if chunked and (seen_length is not None or http10):
-            # Either is how request smuggling starts (RFC 9112, 6.1 and 6.3).
-            raise BadRequest("400 Bad Request", "Transfer-Encoding with Content-Length or HTTP/1.0")
-        if connection:
-            options = {option.strip().lower() for option in connection.split(",")}
-            keep = "keep-alive" in options if http10 else "close" not in options
-        else:
-            keep = not http10
-        return _Request(environ, http10, keep, length, chunked, expect and (chunked or length > 0))
-
-
-class _Chunked:
-    """A chunked request body, decoded as it arrives: hex sizes only (no sign, prefix or
-    whitespace, at most 16 digits), extensions ignored, trailers read and dropped, at most
-    ``limit + 1`` bytes kept (more means too large: decoding stops)."""
-
-    __slots__ = (
-        "body",
-        "done",
-        "limit",
-        "line_limit",
-        "raw",
-        "remaining",
-        "rest",
-        "state",
-        "too_large",
-        "trailer",
-        "trailer_limit",
-    )
-
-    _SIZE, _DATA, _CRLF, _TRAILER = range(4)
-
-    def __init__(self, limit: int, line_limit: int, trailer_limit: int) -> None:
-        self.limit = limit
-        self.line_limit = line_limit
-        self.trailer_limit = trailer_limit
-        self.body = bytearray()
-        self.raw = b""  # bytes received, not decoded yet
-        self.state = self._SIZE
-        self.remaining = 0  # of the current chunk's data
-        self.trailer = 0  # trailer bytes so far
-        self.done = False
-        self.too_large = False
-        self.rest = b""  # what followed the body (a pipelined request)
-
-    def feed(self, data: bytes) -> None:
-        """Decode ``data``; raises ``BadRequest`` at the first byte out of place."""
-        buf = self.raw + data if self.raw else data
-        pos = 0
-        size = len(buf)
-        while True:
-            state = self.state
-            if state == self._DATA:
-                take = min(self.remaining, size - pos, self.limit + 1 - len(self.body))
-                self.body += memoryview(buf)[pos : pos + take]
-                pos += take
-                self.remaining -= take
-                if len(self.body) > self.limit:
-                    self.too_large = self.done = True
-                    pos = size
-                    break
-                if self.remaining:
-                    break
-                self.state = self._CRLF
-            elif state == self._CRLF:
-                if size - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise BadRequest("400 Bad Request", "invalid chunk")
-                pos += 2
-                self.state = self._SIZE
-            else:
-                end = buf.find(b"\r\n", pos, pos + self.line_limit + 2)
-                if end < 0:
-                    if size - pos > self.line_limit:
-                        raise BadRequest("400 Bad Request", "chunk line too long")
-                    break
-                line = buf[pos:end]
-                pos = end + 2
-                if _CHUNK_LINE_CTL(line):
-                    raise BadRequest("400 Bad Request", "invalid character in a chunk line")
-                if state == self._SIZE:
-                    digits = line.split(b";", 1)[0].rstrip(b" \t")
-                    if not _HEX(digits):
-                        raise BadRequest("400 Bad Request", "invalid chunk size")
-                    self.remaining = int(digits, 16)
-                    self.state = self._DATA if self.remaining else self._TRAILER
-                elif not line:
-                    self.done = True
-                    self.rest = buf[pos:]
-                    pos = size
-                    break
-                else:
-                    self.trailer += len(line) + 2
-                    if self.trailer > self.trailer_limit:
-                        raise BadRequest("431 Request Header Fields Too Large", "trailers too large")
-                    name, sep, _ = line.partition(b":")
-                    if not sep or not _TOKEN(name.decode("latin-1")):
-                        raise BadRequest("400 Bad Request", "invalid trailer line")
-        self.raw = buf[pos:]
 
 
 class _Input:
@@ -1069,16 +1114,45 @@ def _no_write(data: bytes) -> None:
     raise RuntimeError("this server does not support the WSGI write() callable")
 
 
-def _environ_key(name: str) -> str:
-    key = name.upper().replace("-", "_")
-    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+def _environ_key(name: bytes) -> str:
+    """The environ key of header ``name`` ("" for a name with an underscore, dropped as
+    gunicorn drops it: X_Foo would pass for X-Foo), cached for the names seen first."""
+    text = name.decode("latin-1")
+    key = "" if "_" in text else text.upper().replace("-", "_")
+    if key and key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         key = "HTTP_" + key
     if len(_ENVIRON_KEYS) < 512:
         _ENVIRON_KEYS[name] = key
     return key
 
 
-_ENVIRON_KEYS: dict[str, str] = {}
+def _split_target(url: bytes) -> tuple[str, str, str]:
+    """RAW_URI, PATH_INFO and QUERY_STRING of a request target, cached for the targets seen
+    first (a scoring server is asked for a handful of paths)."""
+    if url[:1] == b"/" and b"#" not in url:
+        path, _, query = url.partition(b"?")  # the origin form: llhttp checked it
+    elif url == b"*":
+        path, query = b"*", b""
+    else:
+        try:
+            parts = httptools.parse_url(url)  # the absolute form, or a fragment
+        except httptools.HttpParserInvalidURLError:
+            raise BadRequest("400 Bad Request", "invalid request target") from None
+        path, query = parts.path or b"/", parts.query or b""
+        if not path.startswith(b"/"):
+            raise BadRequest("400 Bad Request", "invalid request target")
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    target = (url.decode("latin-1"), path.decode("latin-1"), query.decode("latin-1"))
+    if len(_TARGETS) < 512:
+        _TARGETS[url] = target
+    return target
+
+
+_ENVIRON_KEYS: dict[bytes, str] = {}
+_TARGETS: dict[bytes, tuple[str, str, str]] = {}
+_METHODS = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_FRAMING_KEYS = frozenset(("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_EXPECT"))
 
 
 def _has_data(sock: socket.socket) -> bool:

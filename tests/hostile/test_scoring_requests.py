@@ -7,11 +7,10 @@ must get a clear 4xx answer, at once, counted and logged, never a 500, a hang or
 | C10 | a 1M-row request stalls ``/ping`` for seconds | benchmark ``scoring_worker_before_after.py --stall`` (see the note below) |
 | B (values) | NaN, Infinity, -Infinity, 1e999 (JSON, CSV): 500 | ``test_values_the_model_refuses_are_400_naming_the_column`` |
 | B (rows) | zero rows, header-only CSV: 500 | ``test_no_rows_is_400`` |
-
-Not fixed on main: bare-LF heads, a 16-hex-digit chunk size, HTTP-layer refusals in the access log
-and ``/metrics``, lower-case methods. Their fix came with the llhttp worker (issue 17), which was
-taken back out before landing because it broke the docker target's zero-downtime swap; its tests
-return with it.
+| B (bare LF) | a head ended by bare LFs: never answered | ``test_bare_lf_heads_are_answered_400`` |
+| B (chunk size) | a 16-hex-digit chunk size: waits 30 s | ``test_a_chunk_size_past_the_limit_is_413_at_once`` |
+| B (log) | HTTP-layer refusals in neither the access log nor ``/metrics`` | ``test_refusals_are_logged_and_counted`` |
+| K (method) | lower-case ``get`` routed as GET | ``test_lower_case_methods_are_refused`` |
 
 C10 is a question of time (how long ``/ping`` waits), which the project checks with benchmark
 scripts that print figures, not with timed assertions.
@@ -24,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +149,73 @@ def test_no_rows_is_400(server: Server, body: str, mime: str) -> None:
     response = _post(server, body.encode(), mime)
     assert response.status_code == 400, response.text
     assert "no rows" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /ping HTTP/1.1\nHost: x\n\n",
+        b"GET /ping HTTP/1.1\r\nHost: x\n\n",
+        b"GET /ping HTTP/1.1\nHost: x\r\n\r\n",
+    ],
+)
+def test_bare_lf_heads_are_answered_400(server: Server, head: bytes) -> None:
+    answer = _answer_within(server, head)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Connection: close" in answer
+
+
+def test_a_chunk_size_past_the_limit_is_413_at_once(server: Server) -> None:
+    started = time.monotonic()
+    answer = _answer_within(
+        server,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+        seconds=10,
+    )
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"PAYLOAD_TOO_LARGE" in answer
+    assert time.monotonic() - started < 10  # answered, not closed at the 30 s I/O timeout
+
+
+def _count(metrics: str, route: str, status: str) -> float:
+    prefix = f'scoring_requests_total{{route="{route}",status="{status}"}} '
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+def _metrics(server: Server) -> str:
+    return requests.get(server.url + "/metrics", timeout=10).text
+
+
+def test_refusals_are_logged_and_counted(server: Server) -> None:
+    before = _metrics(server)
+    refused = {
+        b"POST /invocations HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab": (
+            "/invocations",
+            "400",
+        ),
+        b"GET /ping HTTP/1.1\nHost: x\n\n": ("/ping", "400"),
+        b"GET /ping?" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n": ("/ping", "other"),  # 414
+    }
+    for data in refused:
+        assert _answer_within(server, data).startswith(b"HTTP/1.1 4"), data
+    after = _metrics(server)
+    for route, status in set(refused.values()):
+        wanted = sum(1 for value in refused.values() if value == (route, status))
+        assert _count(after, route, status) - _count(before, route, status) == wanted, after
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    logged = {(line["method"], line["path"], line["status"]) for line in lines}
+    assert ("POST", "/invocations", 400) in logged
+    assert ("GET", "/ping", 400) in logged
+    assert any(status == 414 for _, _, status in logged)
+
+
+@pytest.mark.parametrize("method", [b"get", b"Get", b"pOST"])
+def test_lower_case_methods_are_refused(server: Server, method: bytes) -> None:
+    answer = _answer_within(server, method + b" /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"BAD_REQUEST" in answer
 
 
 def test_valid_requests_still_answered(server: Server) -> None:
