@@ -5,6 +5,7 @@ targets, with every change checked in orchestrate's own records."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -272,7 +273,7 @@ def test_run_local_serves_until_interrupted(mlflow_deployments: MlflowDeployment
         server = subprocess.Popen(
             [mlflow_executable(), "deployments", "run-local", "-t", "orchestrate", "--name", "iris", "-m",
              str(example_model), "-C", f"port={port}", "-C", "env_manager=local"],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -292,7 +293,12 @@ def test_run_local_serves_until_interrupted(mlflow_deployments: MlflowDeployment
         assert orchestrator.list_deployments() == []  # nothing recorded
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C: the plugin stops its server, then exits
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)  # its server too: nothing left behind
+            server.wait()
+            pytest.fail("run-local did not stop within 60 s of Ctrl-C:\n" + log.read_text())
     assert "serving" in log.read_text()
 
 
