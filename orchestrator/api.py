@@ -24,11 +24,10 @@ from .states import (
     TERMINAL_STATUSES,
     DeploymentStatus,
     EventKind,
-    Stage,
 )
 from .store import Store, describe_failure, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
-from .target_contract import DeploymentView, ResourceView, StageContext, Target, load_target, merged_outputs
+from .target_contract import DeploymentView, ResourceView, Target, load_target, merged_outputs
 
 
 @dataclass
@@ -488,22 +487,9 @@ class Client:
             fence = leases.take(tx.session, endpoint, anchor, self.owner, self.lease_ttl_s)
             view = DeploymentView.of(tx.session.get_one(Deployment, anchor), name)
         plugin = self.targets(view.target)
-        released: list[str] = []
         try:
-            ctx = StageContext(
-                store=self.store,
-                fence=fence,
-                deployment=view,
-                stage=Stage.CLEANUP,
-                home=self.home,
-                outputs={},
-                log_file=self.runner.attempt_log(view.id, Stage.CLEANUP, 0),
-                echo=self.runner.echo,
-            )
-            for resource in ctx.endpoint_resources():
-                if resource.kind in plugin.disposable_kinds:
-                    plugin.release_recorded(ctx, resource)
-                    released.append(f"{resource.kind} {resource.name}")
+            ctx = self.runner.cleanup_context(view, fence, "cleanup-0.log")
+            released = [f"{r.kind} {r.name}" for r in plugin.release_disposable(ctx, ctx.endpoint_resources())]
             with self.store.write(fence) as tx:
                 endpoint = tx.session.get_one(Endpoint, view.endpoint_id)
                 endpoint.live_deployment_id = None

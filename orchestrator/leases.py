@@ -11,19 +11,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol, final
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import EndpointBusy
 from .processes import pid_alive
-from .store import Fence, Store, expiry
+from .store import END_LEASE, FENCED, Fence, Store, expiry
 from .tables import Endpoint, utcnow
 
 DEFAULT_TTL_S = 30.0
 
-_FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
 _TAKEN = (
     "lease_owner",
     "lease_host",
@@ -33,18 +32,10 @@ _TAKEN = (
     "lease_expires_at",
     "fencing_token",
 )
-_TAKE = _FENCED.values({column: bindparam(f"new_{column}") for column in _TAKEN})
-_RELEASE = _FENCED.values(
-    lease_owner=None,
-    lease_host=None,
-    lease_pid=None,
-    lease_deployment_id=None,
-    lease_acquired_at=None,
-    lease_expires_at=None,
-)
+_TAKE = FENCED.values({column: bindparam(f"new_{column}") for column in _TAKEN})
 # A beat after the lease was freed (the runner's last write frees it) must not set an expiry
 # on it again.
-_BEAT = _FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
+_BEAT = FENCED.where(Endpoint.lease_owner.is_not(None)).values(lease_expires_at=bindparam("expires"))
 
 
 @dataclass(frozen=True)
@@ -132,7 +123,7 @@ def lock_endpoint(session: Session, endpoint_id: int) -> Endpoint:
 
 def release(store: Store, fence: Fence) -> None:
     with store.engine.begin() as connection:
-        connection.execute(_RELEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
+        connection.execute(END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
 
 
 @final

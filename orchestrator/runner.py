@@ -408,11 +408,14 @@ class DeploymentRunner:
         state.released = state.released or end_lease
 
     def attempt_log(self, deployment_id: int, stage: Stage, attempt: int) -> Path:
+        return self.log_path(deployment_id, f"{stage.value}-{attempt}.log")
+
+    def log_path(self, deployment_id: int, name: str) -> Path:
         from .store import private_directory
 
         # Logs can quote what a stage saw: the owner's eyes only (0700 directories, 0600 files).
         directory = private_directory(self.home / "logs" / "deployments" / str(deployment_id), "log directory")
-        return directory / f"{stage.value}-{attempt}.log"
+        return directory / name
 
     def _write_end(
         self,
@@ -594,20 +597,21 @@ class DeploymentRunner:
                 .scalars()
                 .all()
             )
-        ctx = StageContext(
+        target.release_disposable(self.cleanup_context(view, fence, "abort.log"), map(ResourceView.of, rows))
+        return [row.stage for row in rows]
+
+    def cleanup_context(self, view: DeploymentView, fence: Fence, log_name: str) -> StageContext:
+        """The context releases outside a stage run in (an abort, ``delete``): no outputs."""
+        return StageContext(
             store=self.store,
             fence=fence,
             deployment=view,
             stage=Stage.CLEANUP,
             home=self.home,
             outputs={},
-            log_file=self.home / "logs" / "deployments" / str(view.id) / "abort.log",
+            log_file=self.log_path(view.id, log_name),
             echo=self.echo,
         )
-        ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            target.release_recorded(ctx, ResourceView.of(row))
-        return [row.stage for row in rows]
 
     def _set_status(self, view: DeploymentView, fence: Fence, status: DeploymentStatus, message: str) -> None:
         with self.store.write(fence) as tx:

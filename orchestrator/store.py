@@ -30,9 +30,11 @@ PING_AFTER_IDLE_S = 0.25
 # The hot path's statements, built once: constructing a statement costs more CPU than
 # executing a cached one.
 _INSERT_EVENTS = insert(Event)
-_FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
-_EXTEND_LEASE = _FENCED.values(lease_expires_at=bindparam("expires"))
-_END_LEASE = _FENCED.values(
+# The fenced lease statements, here and in leases.py: an update of the endpoint row that
+# matches only while the caller's fencing token is current.
+FENCED = update(Endpoint).where(Endpoint.id == bindparam("endpoint"), Endpoint.fencing_token == bindparam("token"))
+_EXTEND_LEASE = FENCED.values(lease_expires_at=bindparam("expires"))
+END_LEASE = FENCED.values(
     lease_owner=None,
     lease_host=None,
     lease_pid=None,
@@ -459,7 +461,7 @@ class Store:
         # Extends (or frees) the lease and checks the token in one statement; the row lock it
         # takes keeps a takeover from slipping in before this transaction commits.
         if end_lease:
-            result = connection.execute(_END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
+            result = connection.execute(END_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token})
         else:
             result = connection.execute(
                 _EXTEND_LEASE, {"endpoint": fence.endpoint_id, "token": fence.token, "expires": expiry(fence.ttl_s)}

@@ -11,7 +11,7 @@ Re-exported here, so a target needs no other module of orchestrate's core: the c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -391,12 +391,8 @@ class Target(ABC):
 
     def cleanup(self, ctx: StageContext) -> Outputs:
         """Release what older deployments of this endpoint still hold."""
-        released = []
-        for resource in ctx.endpoint_resources():
-            if resource.deployment_id != ctx.deployment.id and resource.kind in self.disposable_kinds:
-                self.release_recorded(ctx, resource)
-                released.append(resource.name)
-        return {"released": released}
+        older = (r for r in ctx.endpoint_resources() if r.deployment_id != ctx.deployment.id)
+        return {"released": [resource.name for resource in self.release_disposable(ctx, older)]}
 
     def run_stage(self, stage: Stage, ctx: StageContext) -> Outputs:
         """The runner's one way into a target: the stage's method, chosen by a typed table."""
@@ -414,6 +410,14 @@ class Target(ABC):
     @abstractmethod
     def release(self, ctx: StageContext, resource: ResourceView) -> None:
         """Delete one external resource; one already gone is not an error."""
+
+    def release_disposable(self, ctx: StageContext, resources: Iterable[ResourceView]) -> list[ResourceView]:
+        """Release, in the order given, those of ``resources`` this target disposes of (the
+        one loop cleanup, an abort and ``delete`` share); returns them."""
+        disposable = [resource for resource in resources if resource.kind in self.disposable_kinds]
+        for resource in disposable:
+            self.release_recorded(ctx, resource)
+        return disposable
 
     def release_recorded(self, ctx: StageContext, resource: ResourceView) -> None:
         if resource.state in LIVE_RESOURCE_STATES or resource.state == ResourceState.PLANNED:
