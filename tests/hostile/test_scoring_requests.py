@@ -19,9 +19,7 @@ scripts that print figures, not with timed assertions.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 import warnings
@@ -31,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.scoring.conftest import IRIS_COLUMNS, REPO_ROOT, Server, free_port
+from tests.scoring.conftest import IRIS_COLUMNS, Server, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,16 +61,7 @@ def server(iris_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     port = free_port()
     log = tmp_path_factory.mktemp("hostile-server") / "server.log"
     cmd = [sys.executable, "-m", "scoring", "serve", str(iris_dir), "--port", str(port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--workers", "1", "--max-request-bytes", "100000"],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        )
-    running = Server(proc, port, log)
+    running = start_server([*cmd, "--workers", "1", "--max-request-bytes", "100000"], port, log)
     try:
         running.wait_ready()
         yield running

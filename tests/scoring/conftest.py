@@ -258,6 +258,20 @@ class Server:
         return self.proc.returncode
 
 
+def start_server(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Server:
+    """Run ``command`` (a server on ``port``) from the repository root, output to ``log``."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        )
+    return Server(proc, port, log)
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``serve(model_dir, *args, env=None, wait=True)``: start a server on a free port."""
@@ -276,16 +290,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         if model_dir is not None:
             cmd.append(str(model_dir))
         cmd += ["--port", str(port), *args]
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-            )
-        server = Server(proc, port, log)
+        server = start_server(cmd, port, log, env)
         servers.append(server)
         if wait:
             server.wait_ready()

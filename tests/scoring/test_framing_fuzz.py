@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.scoring.conftest import REPO_ROOT, Server, free_port
+from tests.scoring.conftest import free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +33,16 @@ Framed = tuple[str, str, bytes]  # method, target, body
 def echo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     log = tmp_path_factory.mktemp("echo") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "gunicorn", "--worker-class",
-                "scoring._worker.ScoringWorker", "--workers", "1", "--threads", "2",
-                "--bind", f"127.0.0.1:{port}", "--no-control-socket",
-                "tests.scoring.echo_app:app",
-            ],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        )  # fmt: skip
-    server = Server(proc, port, log)
+    server = start_server(
+        [
+            sys.executable, "-m", "gunicorn", "--worker-class",
+            "scoring._worker.ScoringWorker", "--workers", "1", "--threads", "2",
+            "--bind", f"127.0.0.1:{port}", "--no-control-socket",
+            "tests.scoring.echo_app:app",
+        ],
+        port,
+        log,
+    )  # fmt: skip
     try:
         server.wait_ready()
         yield port
