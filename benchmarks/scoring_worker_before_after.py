@@ -95,14 +95,14 @@ def make_models(root: Path) -> list[Model]:
 
 
 class Server:
-    def __init__(self, name: str, tree: Path, model: Path, log: Path) -> None:
+    def __init__(self, name: str, tree: Path, model: Path, log: Path, workers: int = 1) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "scoring", "serve", str(model), "--port", str(self.port)]
-                + ["--workers", "1"],
+                + ["--workers", str(workers)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=tree,
@@ -138,9 +138,10 @@ def wrk(url: str, script: Path, duration: float) -> Result:
     return scoring_vs_mlflow.wrk(url.removesuffix("/invocations"), script, 16, duration)
 
 
-def ping_stall(server: Server, body: bytes) -> tuple[float, float, int]:
+def ping_stall(server: Server, body: bytes, fresh: bool = False) -> tuple[float, float, int]:
     """(longest /ping wait in s, time the big request took in s, its status) while one
-    large request is answered; /ping is asked every 20 ms on a kept-alive connection."""
+    large request is answered; /ping is asked every 20 ms on a kept-alive connection, or on
+    a new connection each time (``fresh``: as kubelet and load balancers probe)."""
     done = threading.Event()
     outcome: dict[str, float] = {}
 
@@ -163,7 +164,10 @@ def ping_stall(server: Server, body: bytes) -> tuple[float, float, int]:
         thread.start()
         while not done.is_set():
             started = time.monotonic()
-            session.get(server.url + "/ping", timeout=60)
+            if fresh:
+                requests.get(server.url + "/ping", timeout=60)
+            else:
+                session.get(server.url + "/ping", timeout=60)
             longest = max(longest, time.monotonic() - started)
             time.sleep(0.02)
         thread.join()
@@ -177,6 +181,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="old/new alternations per model")
     parser.add_argument("--stall", action="store_true", help="also measure /ping during a big body")
     parser.add_argument("--stall-rows", type=int, default=800_000)
+    parser.add_argument("--stall-only", action="store_true", help="skip the wrk runs")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
@@ -194,7 +199,7 @@ def main() -> int:
         print("| model | server | req/s | p50 ms | p99 ms | errors |")
         print("|---|---|---|---|---|---|")
         summary = []
-        for model in models:
+        for model in [] if args.stall_only else models:
             script = work / "post.lua"
             script.write_text(LUA.format(body=model.body))
             servers = {
@@ -228,8 +233,9 @@ def main() -> int:
                     best["new"].rps / best["old"].rps,
                 )
             )
-        print("\n| model | req/s new/old (mean) | p99 new/old (mean) | req/s new/old (best) |")
-        print("|---|---|---|---|")
+        if summary:
+            print("\n| model | req/s new/old (mean) | p99 new/old (mean) | req/s new/old (best) |")
+            print("|---|---|---|---|")
         for name, rps, p99, best_rps in summary:
             print(f"| {name} | {rps:.3f} | {p99:.3f} | {best_rps:.3f} |")
         if args.stall:
@@ -238,15 +244,20 @@ def main() -> int:
             record = dict(zip(row["columns"], row["data"][0]))
             body = json.dumps({"dataframe_records": [record] * args.stall_rows}).encode()
             print(f"\n/ping while one {len(body) / 1e6:.0f} MB, {args.stall_rows}-row request runs")
-            print("| server | longest /ping s | big request s | big request status |")
-            print("|---|---|---|---|")
-            for name, tree in trees.items():
-                server = Server(name, tree, iris.path, work / f"{name}-stall.log")
-                try:
-                    longest, seconds, status = ping_stall(server, body)
-                finally:
-                    server.stop()
-                print(f"| {name} | {longest:.2f} | {seconds:.2f} | {status} |", flush=True)
+            print("| server | workers | /ping asked on | longest /ping s | big request s | big request status |")
+            print("|---|---|---|---|---|---|")
+            for workers, fresh in ((1, False), (2, True)):
+                for name, tree in trees.items():
+                    server = Server(name, tree, iris.path, work / f"{name}-stall.log", workers)
+                    try:
+                        longest, seconds, status = ping_stall(server, body, fresh)
+                    finally:
+                        server.stop()
+                    how = "new connections" if fresh else "one kept-alive connection"
+                    print(
+                        f"| {name} | {workers} | {how} | {longest:.2f} | {seconds:.2f} | {status} |",
+                        flush=True,
+                    )
         print(f"\n# load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         shutil.rmtree(work, ignore_errors=True)

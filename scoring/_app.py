@@ -29,7 +29,7 @@ from scoring._errors import (
     RequestTimeout,
     ScoringError,
 )
-from scoring._invocations import JSON, media_type, parse_csv, parse_json, read_body
+from scoring._invocations import JSON, media_type, no_cycle_collection, parse_csv, parse_json, read_body
 from scoring._metrics import ROUTE_INDEX, Metrics
 from scoring._model import LoadedModel, load_model
 from scoring._version import __version__
@@ -112,11 +112,13 @@ class Scorer:
         self.enforcer = model.enforcer
 
     def invocations(self, body: bytes, mime: str) -> tuple[bytes, list[str]]:
-        if mime == JSON:
-            data, params = parse_json(body)
-        else:
-            data, params = parse_csv(body, self.enforcer), None
-        enforced = self.enforcer.enforce(data)
+        with no_cycle_collection():
+            if mime == JSON:
+                data, params = parse_json(body)
+            else:
+                data, params = parse_csv(body, self.enforcer), None
+            enforced = self.enforcer.enforce(data)
+            del data  # freed now, by reference counting, not walked by the collector later
         predictions = self.predict(enforced.data, self.enforcer.params(params))
         try:
             return _json.predictions_body(predictions), enforced.ignored

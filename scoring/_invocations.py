@@ -7,9 +7,12 @@ JSON or CSV only: nothing in a request is unpickled or evaluated.
 
 from __future__ import annotations
 
+import gc
 import io
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from scoring import _json
@@ -22,6 +25,34 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _FORMAT_SET = frozenset(FORMATS)
 _SPLIT_KEYS = frozenset({"columns", "data", "index"})
 _content_types: dict[str, str] = {}
+_collector_lock = threading.Lock()
+_decoders = 0  # requests inside ``no_cycle_collection`` now
+_collector_paused = False  # whether ``no_cycle_collection`` turned the collector off
+
+
+@contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off while request bodies are decoded into model
+    input (a counter: the collector comes back when the last decoding request leaves).
+
+    A large body becomes millions of fresh dicts and lists, and the collector then walks all
+    of them again and again, each walk holding the GIL, so ``/ping`` waited for it (issue 11's
+    C10) and the decode took twice as long. Decoded JSON holds no reference cycles: reference
+    counting frees it either way. A collector someone else turned off stays off."""
+    global _decoders, _collector_paused
+    with _collector_lock:
+        if _decoders == 0 and gc.isenabled():
+            gc.disable()
+            _collector_paused = True
+        _decoders += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _decoders -= 1
+            if _decoders == 0 and _collector_paused:
+                _collector_paused = False
+                gc.enable()
 
 
 def media_type(header: str | None) -> str:

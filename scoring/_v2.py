@@ -17,7 +17,7 @@ from flask import Flask, Response, request
 from scoring import _json
 from scoring._config import ServerConfig
 from scoring._errors import InvalidInput, ModelError, NotFound, ScoringError, UnsupportedMediaType
-from scoring._invocations import read_body
+from scoring._invocations import no_cycle_collection, read_body
 from scoring._model import LoadedModel
 from scoring._schema import Columns, ColumnSpec, Raw, RequestData, Rows, TensorSpec
 from scoring._version import __version__
@@ -279,9 +279,12 @@ def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer
         return ok(metadata_body)
 
     def infer(body: bytes, request_id: str) -> bytes:
-        doc = _json.loads(body)
-        data, params, wanted = codec.request_data(doc)
-        enforced = codec.enforcer.enforce(data)
+        with no_cycle_collection():
+            doc = _json.loads(body)
+            data, params, wanted = codec.request_data(doc)
+            enforced = codec.enforcer.enforce(data)
+            given_id = doc.get("id")
+            del doc, data  # freed now, by reference counting, not walked by the collector later
         predictions = scorer.predict(enforced.data, codec.enforcer.params(params))
         try:
             outputs = codec.outputs(predictions, wanted)
@@ -290,7 +293,7 @@ def register_v2_routes(app: Flask, cfg: ServerConfig, model: LoadedModel, scorer
         except (TypeError, ValueError) as exc:
             raise ModelError(f"the model's output cannot be written as tensors: {exc}") from None
         answer: dict[str, Any] = {"model_name": name, "outputs": outputs}
-        answer["id"] = doc.get("id") if isinstance(doc.get("id"), str) else request_id
+        answer["id"] = given_id if isinstance(given_id, str) else request_id
         return _json.dumps(answer)
 
     @app.post("/v2/models/<path:model_name>/infer")

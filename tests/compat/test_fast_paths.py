@@ -157,3 +157,40 @@ def test_a_pipeline_that_needs_column_names_keeps_the_dataframe(tmp_path: Path) 
     enforced = model.enforcer.enforce(Records(json.loads(X.head(5).to_json(orient="records"))))
     assert isinstance(enforced.data, pd.DataFrame)
     assert np.array_equal(model.predict(enforced.data, None), pipeline.predict(X.head(5)))
+
+
+@pytest.mark.parametrize("case", ["floats", "null", "text", "huge integer", "missing column", "not a record"])
+def test_uniform_records_past_one_slice_convert_as_the_column_path_does(case: str) -> None:
+    """The fast path converts ``_SLICE`` rows per numpy call (so /ping is not kept waiting):
+    a value it refuses in a later slice is found as in the first."""
+    from scoring._schema import _SLICE
+
+    enf = enforcer(["double"] * 13)
+    records = [row()] * (2 * _SLICE) + CASES[case]
+    try:
+        expected = column_path(enf, records)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            fast_path(enf, records)
+        return
+    got = fast_path(enf, records)
+    if isinstance(expected, str):
+        assert got == expected
+        return
+    pd.testing.assert_frame_equal(got[0], expected[0])
+    assert got[1] == expected[1]
+
+
+def test_rows_past_one_slice_make_the_array_one_numpy_call_makes() -> None:
+    from scoring._schema import _SLICE, _rows_array
+
+    rows = [[float(i), i * 0.5] for i in range(2 * _SLICE + 3)]
+    np.testing.assert_array_equal(_rows_array(np, rows, np.float64, 2), np.asarray(rows))
+    ints = [[i, i + 1] for i in range(_SLICE)]
+    assert _rows_array(np, ints, None, 2).dtype.kind == "i"
+    assert _rows_array(np, ints + [[0.5, 1]], None, 2).dtype.kind == "f"  # then refused as not integers
+    text = _rows_array(np, ints + [["a", 1]], None, 2)  # text in a later slice: not integers either
+    assert text is None or text.dtype.kind not in "iu"
+    assert _rows_array(np, rows + [[1.0]], np.float64, 2) is None  # a short row in a later slice
+    assert _rows_array(np, rows, np.float64, 3) is None
+    assert _rows_array(np, [], np.float64, 2) is None

@@ -4,7 +4,7 @@ must get a clear 4xx answer, at once, counted and logged, never a 500, a hang or
 | finding | what was wrong on 1407a72 | test |
 |---|---|---|
 | C9 | a JSON integer of over 4,300 digits: 500 | ``test_an_integer_past_the_digit_limit_is_400`` |
-| C10 | a 1M-row request stalls ``/ping`` for seconds | benchmark ``scoring_worker_before_after.py --stall`` (see the note below) |
+| C10 | a 1M-row request stalls ``/ping`` for seconds | ``tests/scoring/test_invocations.py::test_the_collector_does_not_run_while_a_large_body_is_decoded``, ``tests/compat/test_fast_paths.py`` (slices); the wait itself: benchmark ``scoring_worker_before_after.py --stall`` |
 | B (values) | NaN, Infinity, -Infinity, 1e999 (JSON, CSV): 500 | ``test_values_the_model_refuses_are_400_naming_the_column`` |
 | B (rows) | zero rows, header-only CSV: 500 | ``test_no_rows_is_400`` |
 | B (bare LF) | a head ended by bare LFs: never answered | ``test_bare_lf_heads_are_answered_400`` |
@@ -12,8 +12,9 @@ must get a clear 4xx answer, at once, counted and logged, never a 500, a hang or
 | B (log) | HTTP-layer refusals in neither the access log nor ``/metrics`` | ``test_refusals_are_logged_and_counted`` |
 | K (method) | lower-case ``get`` routed as GET | ``test_lower_case_methods_are_refused`` |
 
-C10 is a question of time (how long ``/ping`` waits), which the project checks with benchmark
-scripts that print figures, not with timed assertions.
+C10's wait is a question of time, which the project measures with benchmark scripts that
+print figures, not with timed assertions; the tests check its causes: no garbage collection
+while a body is decoded, conversions in slices that give what one numpy call gives.
 """
 
 from __future__ import annotations

@@ -345,3 +345,82 @@ def test_timeout_zero_means_no_limit(client: Any, custom_model: Path) -> None:
     }
     response = post(client(custom_model, timeout=0), payload)
     assert response.status_code == 200, response.get_data(as_text=True)
+
+
+# ---- a large body is decoded without the cyclic collector (issue 11's C10) ----------------
+
+
+def _records_body(copies: int) -> bytes:
+    return json.dumps({"dataframe_records": [dict(zip(IRIS_COLUMNS, r)) for r in IRIS_ROWS] * copies}).encode()
+
+
+def test_the_collector_does_not_run_while_a_large_body_is_decoded(iris_model: Path) -> None:
+    import gc
+
+    from scoring._app import Scorer
+    from scoring._invocations import JSON, parse_json
+    from scoring._model import load_model
+
+    scorer = Scorer(load_model(str(iris_model)))
+    model_predict = scorer.model.predict
+    events: list[str] = []
+
+    def predict(data: Any, params: Any) -> Any:
+        events.append("predict")
+        return model_predict(data, params)
+
+    def on_collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            events.append(f"collection {info['generation']}")
+
+    body = _records_body(60_000)
+    scorer.model.predict = predict  # type: ignore[method-assign]
+    gc.callbacks.append(on_collection)
+    try:
+        parse_json(body)  # what decoding alone does with the collector on
+        collections_without_pause = len(events)
+        events.clear()
+        answer, _ = scorer.invocations(body, JSON)
+    finally:
+        gc.callbacks.remove(on_collection)
+    assert collections_without_pause > 0
+    assert events[0] == "predict", events[:5]  # nothing collected before the model is called
+    assert gc.isenabled()
+    assert len(json.loads(answer)["predictions"]) == 3 * 60_000
+
+
+def test_the_collector_comes_back_when_the_last_decoding_request_leaves() -> None:
+    import gc
+    import threading
+
+    from scoring._invocations import no_cycle_collection
+
+    first_inside, second_inside, first_may_leave = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with no_cycle_collection():
+            first_inside.set()
+            first_may_leave.wait(10)
+        seen["after the first left"] = gc.isenabled()
+        second_inside.set()
+
+    assert gc.isenabled()
+    thread = threading.Thread(target=first)
+    with no_cycle_collection():
+        thread.start()
+        assert first_inside.wait(10)
+        first_may_leave.set()
+        assert second_inside.wait(10)
+        seen["inside"] = gc.isenabled()
+    thread.join(10)
+    assert seen == {"after the first left": False, "inside": False}
+    assert gc.isenabled()
+
+    gc.disable()  # a collector someone else turned off stays off
+    try:
+        with no_cycle_collection():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
