@@ -43,12 +43,19 @@ class Client:
     targets: Callable[[str], Target] = load_target
     # False for commands that only read: a --db-url naming no store is an error, not a new store.
     create_store: bool = True
+    # True for commands that write nothing: the store's full integrity scan is left to writers.
+    read_only: bool = False
     # Whether the last deploy() found the model and config already live and did nothing.
     unchanged: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.home = orchestrate_home()
-        self.store = Store(self.db_url, actor=self.actor or self.owner.owner.split("/")[0], create=self.create_store)
+        self.store = Store(
+            self.db_url,
+            actor=self.actor or self.owner.owner.split("/")[0],
+            create=self.create_store,
+            check_integrity=not self.read_only,
+        )
         self.runner = DeploymentRunner(
             self.store,
             self.owner,

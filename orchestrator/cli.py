@@ -38,14 +38,19 @@ class OrchestrateGroup(click.Group):
             ctx.exit(130)
 
 
-def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = False) -> Any:
+def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = False, read_only: bool = False) -> Any:
     """The API client; only a command that starts deployments (`create_store`) may create a store
-    at a --db-url where there is none."""
+    at a --db-url where there is none; a command that writes nothing says so (`read_only`)."""
     from .api import Client
     from .progress import Progress
 
     reporter = Progress() if progress else None
-    client = Client(db_url=ctx.obj.get("db_url"), echo=reporter.detail if reporter else None, create_store=create_store)
+    client = Client(
+        db_url=ctx.obj.get("db_url"),
+        echo=reporter.detail if reporter else None,
+        create_store=create_store,
+        read_only=read_only,
+    )
     if reporter:
         client.store.listeners.append(_settle_on_success)  # before the line that shows it
         client.store.listeners.append(reporter.on_event)
@@ -222,7 +227,7 @@ def _report_end(client: Any, deployment_id: int, as_json: bool, *, detach: bool 
 @click.pass_context
 def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     """Where an endpoint (NAME) or a deployment (ID) stands; every endpoint without REF."""
-    client = _client(ctx)
+    client = _client(ctx, read_only=True)
     if ref is None:
         rows = client.list_endpoints()
         if as_json:
@@ -309,7 +314,7 @@ def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
 @click.pass_context
 def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -> None:
     """Recent deployments, newest first."""
-    rows = _client(ctx).list_deployments(limit=limit, endpoint=endpoint)
+    rows = _client(ctx, read_only=True).list_deployments(limit=limit, endpoint=endpoint)
     if as_json:
         _print_json(rows)
         return
@@ -327,7 +332,7 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
 @click.pass_context
 def history(ctx: click.Context, ref: str, limit: int, as_json: bool) -> None:
     """The event log of an endpoint (NAME) or a deployment (ID)."""
-    rows = _client(ctx).history(ref, limit=limit)
+    rows = _client(ctx, read_only=True).history(ref, limit=limit)
     if as_json:
         _print_json(rows)
         return
@@ -369,7 +374,7 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
     """The audit log: every event, with its actor, as lines or JSON lines."""
     import time
 
-    client = _client(ctx)
+    client = _client(ctx, read_only=True)
     after_id, moment = _parse_since(since)
     while True:
         rows = client.events(after_id=after_id, since=moment, endpoint=endpoint)
@@ -635,7 +640,7 @@ def predict(
             replace_process=False,
         )
         return
-    target, outputs = _client(ctx).live_target(ref)
+    target, outputs = _client(ctx, read_only=True).live_target(ref)
     answer = target.invoke(outputs, body, "text/csv" if kind == "csv" else "application/json")
     text = answer.body.decode(errors="replace")
     if 400 <= answer.status < 500:  # the input is what is wrong, as `predict MODEL` says with exit 2
@@ -752,7 +757,7 @@ def _run_scoring(
 @click.pass_context
 def logs(ctx: click.Context, name: str, tail: int) -> None:
     """The last lines of endpoint NAME's live server log."""
-    target, outputs = _client(ctx).live_target(name)
+    target, outputs = _client(ctx, read_only=True).live_target(name)
     click.echo(target.logs(outputs, tail))
 
 

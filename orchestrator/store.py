@@ -384,10 +384,14 @@ class Store:
         migrate_schema: bool = True,
         pool_size: int = 5,
         create: bool = True,
+        check_integrity: bool = True,
     ) -> None:
         """Open (and on first use create and migrate) the store. With `create=False`, a store
         named by --db-url / ORCHESTRATE_DB_URL that does not exist yet is a NotFound, not a new
-        empty store. Raises ConfigError when the store cannot be used as it is."""
+        empty store. `check_integrity=False` (commands that only read) skips the scan of a
+        SQLite file for corruption: it reads the whole file (0.9 s at 100,000 deployments), and
+        a damaged page a read meets is reported as corruption anyway. Raises ConfigError when
+        the store cannot be used as it is."""
         self.url = resolve_db_url(db_url)
         url = _parsed(self.url)
         if is_in_memory(url):
@@ -407,7 +411,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.listeners: list[EventListener] = []
         try:
-            if sqlite_path is not None:
+            if sqlite_path is not None and check_integrity:
                 _check_integrity(self.engine)
             if must_exist and migrate.current_revision(self.engine) is None:
                 raise _no_store(self.url)
