@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
-from . import claims, leases, mlmodel, requirements, secret_values
+from . import claims, leases, migrate, mlmodel, requirements, secret_values
 from . import config as config_module
 from . import model_uri as model_uri_module
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
@@ -27,7 +27,7 @@ from .states import (
 )
 from .store import Store, describe_failure, orchestrate_home
 from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
-from .target_contract import DeploymentView, ResourceView, Target, load_target, merged_outputs
+from .target_contract import DeploymentView, Invocation, ResourceView, Target, load_target, merged_outputs
 
 
 @dataclass
@@ -737,7 +737,18 @@ class Client:
                 tx.session.rollback()
         return counts
 
-    def live_target(self, name: str) -> tuple[Any, dict[str, Any]]:
+    def predict(self, name: str, body: bytes, content_type: str = "application/json") -> Invocation:
+        """Send `body` (JSON or CSV, as `content_type` says) to endpoint `name`'s live deployment
+        and return its answer as it came, whatever its status."""
+        target, outputs = self.live_target(name)
+        return target.invoke(outputs, body, content_type)
+
+    def logs(self, name: str, tail: int = 100) -> str:
+        """The last `tail` lines of endpoint `name`'s live server log."""
+        target, outputs = self.live_target(name)
+        return target.logs(outputs, tail)
+
+    def live_target(self, name: str) -> tuple[Target, dict[str, Any]]:
         """The target plugin and recorded outputs of the endpoint's live deployment."""
         with self.store.read() as session:
             endpoint = self._endpoint(session, name)
@@ -749,6 +760,68 @@ class Client:
             outputs = merged_outputs(session, endpoint.live_deployment_id)
             target = endpoint.target
         return self.targets(target), outputs
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    """What `StoreSchema.downgrade` to `revision` would do, for a person to confirm first."""
+
+    store: str  # the store's URL, password masked
+    revision: str
+    steps: tuple[migrate.Revision, ...]  # the migrations reverted, newest first
+    dropped_rows: Mapping[str, int] | None  # to `base`: every table dropped, with its rows
+    backup: bool  # a SQLite store is backed up beside itself first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "revision": self.revision,
+            "steps": [{"id": step.id, "doc": step.doc} for step in self.steps],
+            "dropped_rows": dict(self.dropped_rows) if self.dropped_rows is not None else None,
+            "backup": self.backup,
+        }
+
+
+class StoreSchema:
+    """The state store's schema revision, moved by hand (`orchestrate db`): it opens the store
+    without migrating it, and only `upgrade` (with `create=True`) makes a store where none is."""
+
+    def __init__(self, db_url: str | None = None, *, create: bool = False) -> None:
+        self.store = Store(db_url, actor="cli", migrate_schema=False, create=create)
+
+    @property
+    def display_url(self) -> str:
+        return self.store.display_url
+
+    def current(self) -> str | None:
+        return migrate.current_revision(self.store.engine)
+
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Apply the migrations up to `revision`; returns the revision the store is at."""
+        migrate.upgrade(self.store.engine, revision)
+        return self.current()
+
+    def downgrade_plan(self, revision: str) -> DowngradePlan:
+        engine = self.store.engine
+        steps = tuple(migrate.downgrade_steps(engine, revision))
+        return DowngradePlan(
+            store=self.display_url,
+            revision=revision,
+            steps=steps,
+            dropped_rows=migrate.table_row_counts(engine) if revision == "base" and steps else None,
+            backup=self.store.sqlite_path is not None,
+        )
+
+    def downgrade(self, plan: DowngradePlan) -> Path | None:
+        """Carry `plan` out: back a SQLite store up, then revert its steps; returns the backup."""
+        if not plan.steps:
+            return None
+        backup = migrate.backup_sqlite(self.store.engine) if plan.backup else None
+        migrate.downgrade(self.store.engine, plan.revision)
+        return backup
+
+    def close(self) -> None:
+        self.store.dispose()
 
 
 @dataclass(frozen=True)

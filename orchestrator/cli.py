@@ -640,8 +640,7 @@ def predict(
             replace_process=False,
         )
         return
-    target, outputs = _client(ctx, read_only=True).live_target(ref)
-    answer = target.invoke(outputs, body, "text/csv" if kind == "csv" else "application/json")
+    answer = _client(ctx, read_only=True).predict(ref, body, "text/csv" if kind == "csv" else "application/json")
     text = answer.body.decode(errors="replace")
     if 400 <= answer.status < 500:  # the input is what is wrong, as `predict MODEL` says with exit 2
         raise ConfigError(f"endpoint {ref} refused the input (HTTP {answer.status}): {text}")
@@ -757,8 +756,7 @@ def _run_scoring(
 @click.pass_context
 def logs(ctx: click.Context, name: str, tail: int) -> None:
     """The last lines of endpoint NAME's live server log."""
-    target, outputs = _client(ctx, read_only=True).live_target(name)
-    click.echo(target.logs(outputs, tail))
+    click.echo(_client(ctx, read_only=True).logs(name, tail))
 
 
 @cli.command()
@@ -1007,12 +1005,12 @@ def db() -> None:
     """State store schema."""
 
 
-def _schema_store(ctx: click.Context, *, create: bool = False) -> Any:
-    from .store import Store
+def _schema(ctx: click.Context, *, create: bool = False) -> Any:
+    from .api import StoreSchema
 
-    store = Store(ctx.obj.get("db_url"), actor="cli", migrate_schema=False, create=create)
-    ctx.call_on_close(store.dispose)
-    return store
+    schema = StoreSchema(ctx.obj.get("db_url"), create=create)
+    ctx.call_on_close(schema.close)
+    return schema
 
 
 @db.command("upgrade")
@@ -1020,11 +1018,9 @@ def _schema_store(ctx: click.Context, *, create: bool = False) -> Any:
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Apply migrations up to REVISION (creates the store if there is none)."""
-    from . import migrate
-
-    store = _schema_store(ctx, create=True)
-    migrate.upgrade(store.engine, revision)
-    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine)}")
+    schema = _schema(ctx, create=True)
+    reached = schema.upgrade(revision)
+    click.echo(f"state store {schema.display_url} at revision {reached}")
 
 
 @db.command("downgrade")
@@ -1036,45 +1032,35 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 def db_downgrade(ctx: click.Context, revision: str, yes: bool) -> None:
     """Revert migrations down to REVISION. Says what it will drop and asks, unless --yes; a SQLite
     store is backed up beside itself first."""
-    from sqlalchemy import inspect, text
-
-    from . import migrate
-
-    store = _schema_store(ctx)
-    steps = migrate.downgrade_steps(store.engine, revision)
-    if not steps:
-        click.echo(f"state store {store.display_url} is already at revision {revision}; nothing to do")
+    schema = _schema(ctx)
+    plan = schema.downgrade_plan(revision)
+    if not plan.steps:
+        click.echo(f"state store {plan.store} is already at revision {revision}; nothing to do")
         return
-    lines = [f"Downgrading {store.display_url} to {revision} reverts:"]
-    lines += [f"  {step.id}  {step.doc}" for step in steps]
-    if revision == "base":
-        with store.engine.connect() as connection:
-            tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
-            counts = {t: connection.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in tables}
+    lines = [f"Downgrading {plan.store} to {revision} reverts:"]
+    lines += [f"  {step.id}  {step.doc}" for step in plan.steps]
+    if plan.dropped_rows is not None:
         lines.append(
             "and DROPS every table with its rows: "
-            + ", ".join(f"{table} ({count} rows)" for table, count in sorted(counts.items()))
+            + ", ".join(f"{table} ({count} rows)" for table, count in plan.dropped_rows.items())
         )
-    sqlite = store.engine.url.get_backend_name() == "sqlite"
     lines.append(
         "A backup of the SQLite file is written first."
-        if sqlite
+        if plan.backup
         else "orchestrate cannot back PostgreSQL up: take a pg_dump first."
     )
     _confirm("\n".join(lines), yes, command="db downgrade")
-    if sqlite:
-        click.echo(f"backed up the state store to {migrate.backup_sqlite(store.engine)}", err=True)
-    migrate.downgrade(store.engine, revision)
-    click.echo(f"state store {store.display_url} at revision {migrate.current_revision(store.engine) or 'base'}")
+    backup = schema.downgrade(plan)
+    if backup is not None:
+        click.echo(f"backed up the state store to {backup}", err=True)
+    click.echo(f"state store {plan.store} at revision {schema.current() or 'base'}")
 
 
 @db.command("current")
 @click.pass_context
 def db_current(ctx: click.Context) -> None:
     """The schema revision of the state store."""
-    from . import migrate
-
-    click.echo(migrate.current_revision(_schema_store(ctx).engine) or "empty (run `orchestrate db upgrade`)")
+    click.echo(_schema(ctx).current() or "empty (run `orchestrate db upgrade`)")
 
 
 def _install_interrupt_handlers() -> None:

@@ -128,6 +128,13 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(config, revision)
 
 
+def table_row_counts(engine: Engine) -> dict[str, int]:
+    """Rows per table (the migration bookkeeping left out): what a downgrade to base drops."""
+    with engine.connect() as connection:
+        tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
+        return {t: connection.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in sorted(tables)}
+
+
 def backup_sqlite(engine: Engine) -> Path:
     """A consistent copy of a SQLite store beside it (WAL included), readable by its owner only;
     returns its path."""

@@ -232,8 +232,7 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         body = _request_body(inputs)
         with _as_mlflow_errors(), self._client() as client:
             self._check_target(self._status(client, name))
-            target, outputs = client.live_target(name)
-            answer = target.invoke(outputs, body, "application/json")
+            answer = client.predict(name, body)
         text = answer.body.decode(errors="replace")
         if answer.status != 200:
             raise OrchestrateMlflowError.of(

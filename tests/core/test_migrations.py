@@ -89,3 +89,30 @@ def test_wheel_install_runs_db_upgrade_without_a_checkout(tmp_path: Path) -> Non
     current = subprocess.run([str(venv / "bin" / "orchestrate"), "db", "current"], cwd=workdir, env=env,
                              capture_output=True, text=True, check=True)
     assert current.stdout.strip() == migrate.SCHEMA_HEAD
+
+
+def test_store_schema_plans_a_downgrade_before_carrying_it_out(db_url: str, example_model: Path) -> None:
+    """`orchestrate db` through the Python API: the plan names what a downgrade to base drops,
+    with the rows, and nothing changes until it is carried out."""
+    from orchestrator.api import StoreSchema
+
+    client = Client(db_url=db_url)
+    client.deploy(str(example_model), name="rows", target="noop")
+    client.close()
+    schema = StoreSchema(db_url)
+    try:
+        assert schema.current() == migrate.SCHEMA_HEAD
+        plan = schema.downgrade_plan("base")
+        assert [step.id for step in plan.steps] == [r.id for r in reversed(migrate.revisions(schema.store.engine))]
+        assert plan.dropped_rows is not None and plan.dropped_rows["deployments"] == 1
+        assert plan.dropped_rows["events"] > 5 and "alembic_version" not in plan.dropped_rows
+        assert plan.backup == db_url.startswith("sqlite")
+        assert plan.to_dict()["steps"][0]["id"] == migrate.SCHEMA_HEAD
+        assert schema.current() == migrate.SCHEMA_HEAD  # planning changed nothing
+        backup = schema.downgrade(plan)
+        assert schema.current() is None
+        assert (backup is not None and backup.is_file()) == plan.backup
+        assert schema.downgrade_plan("base").steps == ()
+        assert schema.upgrade() == migrate.SCHEMA_HEAD
+    finally:
+        schema.close()
