@@ -33,7 +33,9 @@ What it serves (JSON only, plain HTTP on 127.0.0.1):
   (also the outcome of every other fault once ``progress_deadline_s`` has passed) sets the
   Deployment's ``Progressing`` condition to False with that reason.
 
-Not served (yet): the service and pod proxy, ``pods/log``, KServe's InferenceService, running
+- ``pods/<name>/log`` (``tailLines``): the lines of the pod template's ``LOG_ANNOTATION``.
+
+Not served (yet): the service and pod proxy, KServe's InferenceService, running
 pods' images (container mode), admission and defaulting beyond the fields above, protobuf and
 Table output (kubectl prints client-side).
 """
@@ -56,6 +58,8 @@ from urllib.parse import parse_qs
 import yaml
 
 FAULT_ANNOTATION = "fake.orchestrate.io/fault"
+# A pod's log (``pods/<name>/log``): these lines of its template's annotation, newline-separated.
+LOG_ANNOTATION = "fake.orchestrate.io/log"
 POD_FAULTS = ("ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "CreateContainerConfigError", "OOMKilled")
 GIT_VERSION = "v1.31.0"
 
@@ -77,7 +81,7 @@ class Kind:
 
 KINDS = (
     Kind("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",)),
-    Kind("", "v1", "Pod", "pods", short_names=("po",)),
+    Kind("", "v1", "Pod", "pods", ("status", "log"), short_names=("po",)),
     Kind("", "v1", "Service", "services", short_names=("svc",)),
     Kind("", "v1", "Event", "events", subresources=(), short_names=("ev",)),
     Kind("apps", "v1", "Deployment", "deployments", ("status", "scale"), short_names=("deploy",)),
@@ -355,6 +359,10 @@ class FakeApiServer:
                 stream = self._watch(path, query)
                 start_response("200 OK", [("Content-Type", "application/json")])
                 return stream
+            if method == "GET" and path.rstrip("/").endswith("/log"):
+                text = self._pod_log(path, query).encode()
+                start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(text)))])
+                return [text]
             status, document = self._handle(method, path, query, body, environ.get("CONTENT_TYPE", ""))
         except ApiError as error:
             status, document = error.code, error.status()
@@ -473,6 +481,20 @@ class FakeApiServer:
             group = f".{kind.group}" if kind.group else ""
             raise ApiError(404, "NotFound", f'{kind.plural}{group} "{name}" not found')
         return obj
+
+    def _pod_log(self, path: str, query: dict[str, str]) -> str:
+        """The lines of the pod's ``LOG_ANNOTATION`` (``tailLines`` honoured); a container
+        that has restarted has a log of its previous run too, and nothing else is modelled."""
+        kind, namespace, name, sub = self._route(path)
+        if kind.kind != "Pod" or name is None or sub != "log":
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        with self._lock:
+            pod = self._existing(kind, namespace, name)
+        annotations = (pod["metadata"].get("annotations") or {})
+        lines = str(annotations.get(LOG_ANNOTATION, "")).splitlines()
+        if query.get("tailLines", "").isdigit():
+            lines = lines[-int(query["tailLines"]):] if int(query["tailLines"]) else []
+        return "".join(line + "\n" for line in lines)
 
     def _read(self, kind: Kind, namespace: str, name: str, sub: str | None) -> dict[str, Any]:
         obj = self._existing(kind, namespace, name)
@@ -731,6 +753,7 @@ class FakeApiServer:
             for index in range(replicas):
                 self._store(pod_kind, {
                     "metadata": {"name": f"{replica_set}-{index}{uuid.uuid4().hex[:4]}", "labels": labels,
+                                 "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
                                  "ownerReferences": [rs_owner]},
                     "spec": copy.deepcopy(template.get("spec") or {}),
                     "status": _pod_status(template, fault, ready=False),
