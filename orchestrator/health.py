@@ -60,12 +60,28 @@ def smoke_predict(
     base_url: str, model_dir: Path, example: str | None, failure_details: Callable[[], str]
 ) -> dict[str, Any]:
     """Send the model's input example; check the answer has one prediction per input row."""
+
+    def send(body: bytes) -> tuple[int, bytes]:
+        status, _type, answer = http("POST", f"{base_url}/invocations", body, "application/json", timeout=60.0)
+        return status, answer
+
+    return smoke_predict_with(send, model_dir, example, failure_details)
+
+
+def smoke_predict_with(
+    send: Callable[[bytes], tuple[int, bytes]],
+    model_dir: Path,
+    example: str | None,
+    failure_details: Callable[[], str],
+) -> dict[str, Any]:
+    """`smoke_predict` through `send` (a JSON body to /invocations -> status and answer), for a
+    server reached some other way than a URL of this machine (the Kubernetes API's proxy)."""
     if example is None:
         return {"smoke_test": "skipped: the model has no input example"}
     body, rows = load_input_example(model_dir, example)
     started = time.monotonic()
     try:
-        status, _type, answer = http("POST", f"{base_url}/invocations", body, "application/json", timeout=60.0)
+        status, answer = send(body)
     except OSError as exc:
         raise PermanentTargetError(f"smoke prediction failed: {exc}\n{failure_details()}") from exc
     latency_ms = round((time.monotonic() - started) * 1000, 2)

@@ -1,15 +1,21 @@
-"""The `kubernetes` target: the shared scoring image as a Deployment behind a Service.
+"""The `kubernetes` target: the shared scoring image as a Deployment per version behind one
+Service, blue/green through the Service's selector.
 
-This release renders the objects (`orchestrate render MODEL --target kubernetes --name N`), for
-review, `kubectl apply -f -` or a GitOps repository; `deploy` to a cluster (server-side apply,
-rollout watching, blue/green through the Service's selector) is not built yet and refuses before
-anything is recorded. The objects are made in `manifests.py`; every config key is checked here,
-against the rules the API server would apply, before anything is built.
+`deploy` builds and pushes the model's image to `-C registry=...` (or runs `-C image=REF`),
+applies the version's Deployment (with its PodDisruptionBudget and HorizontalPodAutoscaler)
+by server-side apply, recording each object's uid, resourceVersion and generation, waits for
+its rollout by kubectl's rules (failing at once on pod signals), sends `/ping` and the model's
+input example to one of its pods through the API server's proxy, then points the Service at
+it (`shift_traffic`) and deletes older versions (Foreground) in `cleanup`. `orchestrate render`
+prints the same objects without a cluster. The objects are made in `manifests.py`, the API
+calls in `cluster.py`; every config key is checked here, against the rules the API server
+would apply, before anything is built.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -17,13 +23,16 @@ from orchestrator import secret_values
 from orchestrator.target_contract import (
     ConfigError,
     ConfigKey,
+    Invocation,
     Outputs,
     PermanentTargetError,
     RenderRequest,
+    ResourceState,
     ResourceView,
     StageContext,
-    Target,
 )
+from targets._container import ContainerImageTarget
+from targets.kubernetes import cluster as kube
 from targets.kubernetes import manifests
 
 # DNS-1035 (Service names: a letter first) and DNS-1123 (namespaces, secret names) labels.
@@ -39,15 +48,31 @@ _KUBERNETES_VERSION = re.compile(r"1\.(\d+)")
 OLDEST_MINOR = 25
 
 
-class KubernetesTarget(Target):
+# Resource kinds recorded in the store, by the Kubernetes kind they stand for.
+RESOURCE_KINDS = {
+    "Deployment": "k8s_deployment",
+    "PodDisruptionBudget": "k8s_pod_disruption_budget",
+    "HorizontalPodAutoscaler": "k8s_autoscaler",
+    "Service": "k8s_service",
+}
+KUBERNETES_KINDS = {recorded: kind for kind, recorded in RESOURCE_KINDS.items()}
+ROLLOUT_POLL_S = 0.5
+
+
+class KubernetesTarget(ContainerImageTarget):
     name = "kubernetes"
-    description = "a Deployment and Service on a Kubernetes cluster (render only so far: `orchestrate render`, then kubectl apply)"
+    description = "a Deployment per version behind a Service on a Kubernetes cluster, blue/green"
     renders = True
+    # Every object is released by cleanup (older deployments'), an abort and delete; one that
+    # another deployment's record also holds (the Service; a version deployed again) is kept
+    # until the last record of it goes (see `release`).
+    disposable_kinds = frozenset(RESOURCE_KINDS.values())
     config_keys: ClassVar[Mapping[str, ConfigKey]] = {
         "image": ConfigKey(str, "", "image the pods run (repository@sha256:... or :tag); default: built and pushed"),
         "registry": ConfigKey(str, "", "registry host[:port][/namespace] the built image is pushed to"),
         "base_image": ConfigKey(str, "", "base image of the build (default: python:X.Y-slim for the model)"),
         "namespace": ConfigKey(str, "default", "namespace of every object"),
+        "context": ConfigKey(str, "", "kubeconfig context of the cluster (default: the current one)"),
         "replicas": ConfigKey(int, 1, "pods (the autoscaler's minimum when autoscaling)", minimum=1, maximum=1000),
         "cpu": ConfigKey(str, "", "CPU request per pod, e.g. 500m or 2 (required for autoscaling)"),
         "memory": ConfigKey(str, "", "memory request per pod, e.g. 1Gi (also the limit unless memory_limit)"),
@@ -80,10 +105,145 @@ class KubernetesTarget(Target):
     }
 
     def preflight(self, config: Mapping[str, Any], live_outputs: Mapping[str, Any] | None) -> None:
-        raise ConfigError(
-            "the kubernetes target renders its objects but cannot deploy them yet",
-            hint="print them with `orchestrate render MODEL --target kubernetes --name NAME [-C ...]` "
-            "and apply them with `kubectl apply -f -`",
+        if not config["image"] and not config["registry"]:
+            raise ConfigError(
+                "the kubernetes target needs an image the cluster can pull",
+                hint="-C registry=HOST[:PORT][/NAMESPACE] builds the model's image and pushes it there; "
+                "-C image=REPOSITORY@sha256:... runs one built already",
+            )
+        kube.Cluster.connect(str(config["namespace"]), context=str(config["context"]))  # a kubeconfig, now
+
+    def validate(self, ctx: StageContext) -> Outputs:
+        check_config(ctx.deployment.endpoint_name, ctx.config)
+        return super().validate(ctx)
+
+    # -- image ------------------------------------------------------------------------------
+
+    def image_repository(self, ctx: StageContext) -> str:
+        return f"orchestrate/{ctx.deployment.endpoint_name}"
+
+    def push_repository(self, ctx: StageContext) -> str | None:
+        return f"{str(ctx.config['registry']).rstrip('/')}/{ctx.deployment.endpoint_name}"
+
+    def build(self, ctx: StageContext) -> Outputs:
+        if ctx.config["image"]:
+            return {"image": ctx.config["image"], "build_skipped": True, "note": "-C image given: nothing built"}
+        return super().build(ctx)
+
+    def push(self, ctx: StageContext) -> Outputs:
+        if ctx.config["image"]:
+            return {"pushed": False, "pushed_image": ctx.config["image"], "note": "-C image given: nothing pushed"}
+        return super().push(ctx)
+
+    # -- the version --------------------------------------------------------------------------
+
+    def create_endpoint(self, ctx: StageContext) -> Outputs:
+        """Apply the version's objects except the Service, each recorded before and after."""
+        version = self._version(ctx)
+        cluster = _cluster(ctx.config)
+        applied = []
+        for obj in manifests.objects(version):
+            if obj["kind"] == "Service":
+                continue  # shift_traffic points it at this version once it is healthy
+            applied.append(_apply(ctx, cluster, obj))
+        ctx.log(f"applied {', '.join(applied)} in namespace {cluster.namespace}")
+        return {
+            "namespace": cluster.namespace,
+            "context": ctx.config["context"],
+            "version": version.version,
+            "deployment": version.versioned_name,
+            "service": version.endpoint,
+            "port": int(ctx.config["port"]),
+            "selector": {manifests.ENDPOINT_LABEL: version.endpoint, manifests.VERSION_LABEL: version.version},
+            "objects": applied,
+        }
+
+    def health_check(self, ctx: StageContext) -> Outputs:
+        """The rollout by kubectl's rules, then /ping and the input example through a pod's proxy."""
+        cluster = _cluster(ctx.config)
+        name = str(ctx.outputs["deployment"])
+        started = time.monotonic()
+        cluster.wait_for_rollout(name, timeout_s=float(ctx.config["startup_timeout"]), poll_s=ROLLOUT_POLL_S)
+        rolled_out_s = time.monotonic() - started
+        ctx.log(f"deployment {name} rolled out after {rolled_out_s:.2f}s")
+        pods = cluster.find("Pod", ctx.outputs["selector"])
+        if not pods:
+            raise PermanentTargetError(f"deployment {name} is rolled out but has no pods")
+        pod = str(pods[0]["metadata"]["name"])
+        status, _type, answer = kube.proxy_call(
+            cluster, "Pod", pod, manifests.CONTAINER_PORT, manifests.READY_PATH, None, "application/json"
+        )
+        if status != 200:
+            raise PermanentTargetError(
+                f"pod {pod} answered {manifests.READY_PATH} with HTTP {status}: {answer[:300]!r}"
+            )
+        return {"rolled_out_s": round(rolled_out_s, 3), "pod": pod, **_smoke(cluster, pod, ctx)}
+
+    def shift_traffic(self, ctx: StageContext) -> Outputs:
+        """Point the endpoint's Service at this version: one apply, every pod of it at once."""
+        cluster = _cluster(ctx.config)
+        service = manifests.service(self._version(ctx))
+        _apply(ctx, cluster, service)
+        ctx.log(f"service {service['metadata']['name']} now selects version {ctx.outputs['version']}")
+        namespace = cluster.namespace
+        return {"url": f"http://{service['metadata']['name']}.{namespace}.svc.cluster.local:{ctx.config['port']}"}
+
+    def release(self, ctx: StageContext, resource: ResourceView) -> None:
+        kind = KUBERNETES_KINDS.get(resource.kind)
+        if kind is None:
+            return  # an image: the registry keeps it
+        holders = [
+            r
+            for r in ctx.endpoint_resources()
+            if r.id != resource.id and (r.kind, r.name) == (resource.kind, resource.name)
+        ]
+        if holders:  # the same inputs deployed again: another deployment's record holds the object
+            ctx.log(f"{kind} {resource.name} is held by deployment {holders[-1].deployment_id}; kept")
+            return
+        cluster = kube.Cluster.connect(
+            str(resource.data.get("namespace") or ctx.config["namespace"]), context=str(ctx.config.get("context") or "")
+        )
+        if cluster.delete(kind, resource.name, propagation="Foreground"):
+            ctx.log(f"deleted {kind} {resource.name} (foreground: its pods first)")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def describe(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        if "deployment" not in outputs:
+            return {}
+        cluster = kube.Cluster.connect(str(outputs["namespace"]), context=str(outputs.get("context") or ""))
+        deployment = cluster.get("Deployment", str(outputs["deployment"]))
+        status = (deployment or {}).get("status") or {}
+        return {
+            "namespace": outputs["namespace"],
+            "deployment": outputs["deployment"],
+            "exists": deployment is not None,
+            "ready_replicas": int(status.get("readyReplicas", 0) or 0),
+            "available_replicas": int(status.get("availableReplicas", 0) or 0),
+        }
+
+    def invoke(self, outputs: Mapping[str, Any], body: bytes, content_type: str) -> Invocation:
+        cluster = kube.Cluster.connect(str(outputs["namespace"]), context=str(outputs.get("context") or ""))
+        status, answer_type, answer = kube.proxy_call(
+            cluster, "Service", str(outputs["service"]), int(outputs["port"]), "invocations", body, content_type
+        )
+        return Invocation(status, answer_type, answer)
+
+    def logs(self, outputs: Mapping[str, Any], tail: int) -> str:
+        cluster = kube.Cluster.connect(str(outputs["namespace"]), context=str(outputs.get("context") or ""))
+        pods = cluster.find("Pod", outputs["selector"])
+        return "".join(
+            f"==> pod {pod['metadata']['name']} <==\n" + cluster.pod_log(pod["metadata"]["name"], lines=tail)
+            for pod in pods
+        )
+
+    def _version(self, ctx: StageContext) -> manifests.EndpointVersion:
+        return manifests.EndpointVersion(
+            endpoint=ctx.deployment.endpoint_name,
+            image=str(ctx.outputs.get("pushed_image") or ctx.outputs["image"]),
+            model_digest=ctx.deployment.model_digest,
+            model_uri=secret_values.mask_credentials(ctx.deployment.model_uri),
+            config=ctx.deployment.config,
         )
 
     def check_render(self, endpoint: str, config: Mapping[str, Any]) -> None:
@@ -100,14 +260,43 @@ class KubernetesTarget(Target):
         )
         return manifests.objects(version)
 
-    def create_endpoint(self, ctx: StageContext) -> Outputs:
-        raise PermanentTargetError("the kubernetes target cannot deploy yet (preflight refuses it first)")
 
-    def health_check(self, ctx: StageContext) -> Outputs:
-        raise PermanentTargetError("the kubernetes target cannot deploy yet (preflight refuses it first)")
+def _cluster(config: Mapping[str, Any]) -> kube.Cluster:
+    return kube.Cluster.connect(str(config["namespace"]), context=str(config["context"]))
 
-    def release(self, ctx: StageContext, resource: ResourceView) -> None:
-        raise PermanentTargetError("the kubernetes target records no resources yet")
+
+def _apply(ctx: StageContext, cluster: kube.Cluster, obj: dict[str, Any]) -> str:
+    """Apply one object, recorded as planned before and created (uid, resourceVersion,
+    generation) after; a rerun adopts the record and applies again, which changes nothing."""
+    kind, name = str(obj["kind"]), str(obj["metadata"]["name"])
+    resource = ctx.plan(RESOURCE_KINDS[kind], name, {"namespace": cluster.namespace})
+    applied = cluster.apply(obj)
+    data = {
+        "namespace": cluster.namespace,
+        "resource_version": applied.resource_version,
+        "generation": applied.generation,
+    }
+    ctx.mark(resource, ResourceState.CREATED, external_id=applied.uid, data=data)
+    return f"{kind}/{name}"
+
+
+def _smoke(cluster: kube.Cluster, pod: str, ctx: StageContext) -> dict[str, Any]:
+    """The model's input example through the pod's proxy; one prediction per input row."""
+    from pathlib import Path
+
+    from orchestrator import health
+
+    def send(body: bytes) -> tuple[int, bytes]:
+        status, _type, answer = kube.proxy_call(
+            cluster, "Pod", pod, manifests.CONTAINER_PORT, "invocations", body, "application/json"
+        )
+        return status, answer
+
+    def details() -> str:
+        return f"(through the API server's proxy to pod {pod}: `kubectl logs {pod} -n {cluster.namespace}`)"
+
+    example = ctx.outputs.get("input_example")
+    return health.smoke_predict_with(send, Path(ctx.outputs["model_dir"]), example, details)
 
 
 def check_config(endpoint: str, config: Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ What it serves (JSON only, plain HTTP on 127.0.0.1):
   as kubectl's rollout rules read it: ``observedGeneration`` at once, then, ``rollout_s``
   seconds later, updated, ready and available replicas and the ``Available`` and
   ``Progressing`` (``NewReplicaSetAvailable``) conditions. A Service gets a ``clusterIP``.
+- A pod whose containers request more CPU than ``node_cpu`` (4 cores) is Unschedulable.
 - Faults, keyed on the pod template's annotation ``FAULT_ANNOTATION``: ``ImagePullBackOff``,
   ``ErrImagePull``, ``CrashLoopBackOff``, ``CreateContainerConfigError`` and ``OOMKilled``
   leave the pods not ready with that reason in their container status; ``Unschedulable``
@@ -35,7 +36,11 @@ What it serves (JSON only, plain HTTP on 127.0.0.1):
 
 - ``pods/<name>/log`` (``tailLines``): the lines of the pod template's ``LOG_ANNOTATION``.
 
-Not served (yet): the service and pod proxy, KServe's InferenceService, running
+- The pod and service proxy (``.../pods/NAME:PORT/proxy/PATH``, ``.../services/...``): the
+  pods run nothing, so every proxied request goes to ``proxy_to`` (a scoring server the test
+  started), or is answered 503 as a Service without endpoints is.
+
+Not served (yet): KServe's InferenceService, running
 pods' images (container mode), admission and defaulting beyond the fields above, protobuf and
 Table output (kubectl prints client-side).
 """
@@ -282,6 +287,10 @@ class FakeApiServer:
         self.rollout_s = 0.3
         self.progress_deadline_s = 3.0  # stands for the Deployment's progressDeadlineSeconds
         self.foreground_delete_s = 0.2
+        # Where the pod and service proxy sends requests (the pods run nothing): a scoring
+        # server a test started, or None, answered 503 as a Service without endpoints is.
+        self.proxy_to: str | None = None
+        self.node_cpu = 4.0  # cores of the one node: a pod requesting more is Unschedulable
         self._compacted = 0
         self._counter = itertools.count(1)
         self._resource_version = 0
@@ -341,7 +350,8 @@ class FakeApiServer:
     def list(self, kind: str, namespace: str = "default") -> list[dict[str, Any]]:
         with self._lock:
             return [
-                copy.deepcopy(obj) for (k, ns, _), obj in sorted(self.objects.items(), key=lambda item: item[0][1:])
+                copy.deepcopy(obj)
+                for (k, ns, _), obj in sorted(self.objects.items(), key=lambda item: item[0][1:])
                 if k.kind == kind and ns == namespace
             ]
 
@@ -359,6 +369,8 @@ class FakeApiServer:
                 stream = self._watch(path, query)
                 start_response("200 OK", [("Content-Type", "application/json")])
                 return stream
+            if "/proxy" in path and path.startswith("/api/v1/namespaces/"):
+                return self._proxy(method, path, environ, body, start_response)
             if method == "GET" and path.rstrip("/").endswith("/log"):
                 text = self._pod_log(path, query).encode()
                 start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(text)))])
@@ -367,14 +379,16 @@ class FakeApiServer:
         except ApiError as error:
             status, document = error.code, error.status()
         data = json.dumps(document).encode()
-        start_response(f"{status} {_REASONS.get(status, 'Unknown')}", [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-        ])
+        start_response(
+            f"{status} {_REASONS.get(status, 'Unknown')}",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(data))),
+            ],
+        )
         return [data]
 
-    def _handle(self, method: str, path: str, query: dict[str, str], body: bytes,
-                content_type: str) -> tuple[int, Any]:
+    def _handle(self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str) -> tuple[int, Any]:
         discovery = self._discovery(path)
         if discovery is not None:
             if method != "GET":
@@ -408,40 +422,70 @@ class FakeApiServer:
         path = path.rstrip("/") or "/"
         if path == "/version":
             major, minor = GIT_VERSION[1:].split(".")[:2]
-            return {"major": major, "minor": minor, "gitVersion": GIT_VERSION, "gitCommit": "0" * 40,
-                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22.0",
-                    "compiler": "gc", "platform": "linux/amd64"}
+            return {
+                "major": major,
+                "minor": minor,
+                "gitVersion": GIT_VERSION,
+                "gitCommit": "0" * 40,
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.22.0",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+            }
         if path == "/apis":
             groups = sorted({(k.group, k.version) for k in KINDS if k.group})
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
-                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in groups]}
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": g,
+                        "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                        "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v},
+                    }
+                    for g, v in groups
+                ],
+            }
         if path == "/openapi/v3":
-            return {"paths": {
-                gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=fake"} for gv in sorted(
-                    {("api/" if not k.group else "apis/") + k.api_version for k in KINDS})
-            }}
+            return {
+                "paths": {
+                    gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash=fake"}
+                    for gv in sorted({("api/" if not k.group else "apis/") + k.api_version for k in KINDS})
+                }
+            }
         if path.startswith("/openapi/v3/"):
-            return _openapi_group_version(path[len("/openapi/v3/"):])
+            return _openapi_group_version(path[len("/openapi/v3/") :])
         if path.startswith("/apis/") and path.count("/") == 2:
             group = path.split("/")[2]
             versions = sorted({k.version for k in KINDS if k.group == group})
             if not versions:
                 raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-            return {"kind": "APIGroup", "apiVersion": "v1", "name": group,
-                    "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
-                    "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]}}
+            return {
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                "name": group,
+                "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
+                "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]},
+            }
         parts = path.strip("/").split("/")
         if parts == ["api", "v1"] or (len(parts) == 3 and parts[0] == "apis"):
             group, version = ("", "v1") if parts[0] == "api" else (parts[1], parts[2])
             kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
             if not kinds:
                 raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": kinds[0].api_version,
-                    "resources": [entry for k in kinds for entry in _resource_entries(k)]}
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": kinds[0].api_version,
+                "resources": [entry for k in kinds for entry in _resource_entries(k)],
+            }
         return None
 
     def _route(self, path: str) -> tuple[Kind, str, str | None, str | None]:
@@ -482,6 +526,40 @@ class FakeApiServer:
             raise ApiError(404, "NotFound", f'{kind.plural}{group} "{name}" not found')
         return obj
 
+    def _proxy(
+        self, method: str, path: str, environ: dict[str, Any], body: bytes, start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """``/api/v1/namespaces/NS/{pods,services}/NAME[:PORT]/proxy/PATH``, forwarded to
+        ``proxy_to`` as the API server forwards to a pod: method, body, Content-Type, status."""
+        import urllib.error
+        import urllib.request
+
+        parts = path.split("/", 7)  # '', api, v1, namespaces, NS, plural, NAME[:PORT], proxy/...
+        if len(parts) < 8 or parts[5] not in ("pods", "services") or not parts[7].startswith("proxy"):
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        with self._lock:
+            self._existing(_kind("Pod" if parts[5] == "pods" else "Service"), parts[4], parts[6].split(":")[0])
+        if self.proxy_to is None:
+            raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{parts[6]}"')
+        rest = parts[7].removeprefix("proxy")
+        query = environ.get("QUERY_STRING", "")
+        request = urllib.request.Request(
+            self.proxy_to + (rest or "/") + (f"?{query}" if query else ""),
+            data=body or None,
+            method=method,
+            headers={"Content-Type": environ.get("CONTENT_TYPE") or "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                status, answer_type, data = answer.status, answer.headers.get("Content-Type", ""), answer.read()
+        except urllib.error.HTTPError as error:
+            status, answer_type, data = error.code, error.headers.get("Content-Type", ""), error.read()
+        start_response(
+            f"{status} {_REASONS.get(status, 'Unknown')}",
+            [("Content-Type", answer_type), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
     def _pod_log(self, path: str, query: dict[str, str]) -> str:
         """The lines of the pod's ``LOG_ANNOTATION`` (``tailLines`` honoured); a container
         that has restarted has a log of its previous run too, and nothing else is modelled."""
@@ -490,10 +568,10 @@ class FakeApiServer:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
         with self._lock:
             pod = self._existing(kind, namespace, name)
-        annotations = (pod["metadata"].get("annotations") or {})
+        annotations = pod["metadata"].get("annotations") or {}
         lines = str(annotations.get(LOG_ANNOTATION, "")).splitlines()
         if query.get("tailLines", "").isdigit():
-            lines = lines[-int(query["tailLines"]):] if int(query["tailLines"]) else []
+            lines = lines[-int(query["tailLines"]) :] if int(query["tailLines"]) else []
         return "".join(line + "\n" for line in lines)
 
     def _read(self, kind: Kind, namespace: str, name: str, sub: str | None) -> dict[str, Any]:
@@ -512,9 +590,12 @@ class FakeApiServer:
         labels = label_matcher(query.get("labelSelector", ""))
         fields = _field_matcher(query.get("fieldSelector", ""))
         return [
-            obj for (k, ns, _), obj in sorted(self.objects.items(), key=lambda item: item[0][1:])
-            if k == kind and (not namespace or ns == namespace)
-            and labels(obj["metadata"].get("labels") or {}) and fields(obj)
+            obj
+            for (k, ns, _), obj in sorted(self.objects.items(), key=lambda item: item[0][1:])
+            if k == kind
+            and (not namespace or ns == namespace)
+            and labels(obj["metadata"].get("labels") or {})
+            and fields(obj)
         ]
 
     def _create(self, kind: Kind, namespace: str, obj: Any, query: dict[str, str]) -> dict[str, Any]:
@@ -532,8 +613,9 @@ class FakeApiServer:
             return obj
         return self._store(kind, obj, namespace=namespace)
 
-    def _replace(self, kind: Kind, namespace: str, name: str, sub: str | None, obj: Any,
-                 query: dict[str, str]) -> dict[str, Any]:
+    def _replace(
+        self, kind: Kind, namespace: str, name: str, sub: str | None, obj: Any, query: dict[str, str]
+    ) -> dict[str, Any]:
         current = self._existing(kind, namespace, name)
         if sub == "scale":
             return self._set_replicas(current, int((obj.get("spec") or {}).get("replicas", 0)))
@@ -541,9 +623,13 @@ class FakeApiServer:
         version = obj["metadata"].get("resourceVersion")
         if version and version != current["metadata"]["resourceVersion"]:
             group = f".{kind.group}" if kind.group else ""
-            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}{group} "{name}": '
-                                            "the object has been modified; please apply your changes to the "
-                                            "latest version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind.plural}{group} "{name}": '
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            )
         if sub == "status":
             updated = dict(current, status=obj.get("status", {}))
         else:
@@ -552,8 +638,16 @@ class FakeApiServer:
             return updated
         return self._store(kind, updated, namespace=namespace, previous=current)
 
-    def _patch(self, kind: Kind, namespace: str, name: str, sub: str | None, body: bytes, content_type: str,
-               query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        sub: str | None,
+        body: bytes,
+        content_type: str,
+        query: dict[str, str],
+    ) -> tuple[int, dict[str, Any]]:
         media = content_type.split(";")[0].strip()
         key = self._key(kind, namespace, name)
         current = self.objects.get(key)
@@ -570,8 +664,7 @@ class FakeApiServer:
                 if sub is not None:
                     raise self._not_found(kind, name)
                 self.applied[(key, manager)] = copy.deepcopy(applied)
-                return 201, self._store(kind, copy.deepcopy(applied), namespace=namespace,
-                                        managers={manager: "Apply"})
+                return 201, self._store(kind, copy.deepcopy(applied), namespace=namespace, managers={manager: "Apply"})
             previous = self.applied.get((key, manager), {})
             base = _prune(copy.deepcopy(current), previous, applied)
             # Lists are replaced whole: one manager per object is what is modelled.
@@ -589,11 +682,15 @@ class FakeApiServer:
             elif media == "application/json-patch+json":
                 updated = json_patch(current, patch if isinstance(patch, list) else [])
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format "
-                                                             f"- accepted media types include: "
-                                                             f"application/json-patch+json, "
-                                                             f"application/merge-patch+json, "
-                                                             f"application/apply-patch+yaml (got {media!r})")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format "
+                    f"- accepted media types include: "
+                    f"application/json-patch+json, "
+                    f"application/merge-patch+json, "
+                    f"application/apply-patch+yaml (got {media!r})",
+                )
             managers = {query.get("fieldManager") or "kubectl-patch": "Update"}
         if sub == "scale":
             return 200, self._set_replicas(current, int((updated.get("spec") or {}).get("replicas", 0)))
@@ -639,7 +736,8 @@ class FakeApiServer:
     def _dependents(self, owner: dict[str, Any]) -> list[Key]:
         uid = owner["metadata"]["uid"]
         return [
-            key for key, obj in self.objects.items()
+            key
+            for key, obj in self.objects.items()
             if any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
         ]
 
@@ -652,12 +750,21 @@ class FakeApiServer:
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
             raise ApiError(400, "BadRequest", f"the body is not a {kind.kind} object")
         if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (None, kind.api_version):
-            raise ApiError(400, "BadRequest",
-                           f"the body is a {obj.get('apiVersion')}/{obj.get('kind')}, not {kind.api_version}/"
-                           f"{kind.kind}")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the body is a {obj.get('apiVersion')}/{obj.get('kind')}, not {kind.api_version}/{kind.kind}",
+            )
 
-    def _store(self, kind: Kind, obj: dict[str, Any], *, namespace: str, previous: dict[str, Any] | None = None,
-               managers: dict[str, str] | None = None) -> dict[str, Any]:
+    def _store(
+        self,
+        kind: Kind,
+        obj: dict[str, Any],
+        *,
+        namespace: str,
+        previous: dict[str, Any] | None = None,
+        managers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         obj = copy.deepcopy(obj)
         obj["kind"], obj["apiVersion"] = kind.kind, kind.api_version
         meta = obj["metadata"]
@@ -678,11 +785,18 @@ class FakeApiServer:
             if obj.get("spec") != previous.get("spec"):
                 meta["generation"] = int(previous["metadata"].get("generation", 1)) + 1
         if managers:
-            entries = {entry["manager"]: entry for entry in (previous or {}).get("metadata", {}).get(
-                "managedFields") or []}
+            entries = {
+                entry["manager"]: entry for entry in (previous or {}).get("metadata", {}).get("managedFields") or []
+            }
             for manager, operation in managers.items():
-                entries[manager] = {"manager": manager, "operation": operation, "apiVersion": kind.api_version,
-                                    "time": _now(), "fieldsType": "FieldsV1", "fieldsV1": {}}
+                entries[manager] = {
+                    "manager": manager,
+                    "operation": operation,
+                    "apiVersion": kind.api_version,
+                    "time": _now(),
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {},
+                }
             meta["managedFields"] = list(entries.values())
         elif previous is not None and "managedFields" in previous["metadata"]:
             meta["managedFields"] = previous["metadata"]["managedFields"]
@@ -731,43 +845,79 @@ class FakeApiServer:
         replicas = int(spec.get("replicas", 1))
         generation = deployment["metadata"]["generation"]
         fault = ((template.get("metadata") or {}).get("annotations") or {}).get(FAULT_ANNOTATION)
+        if fault is None and _cpu_requested(template) > self.node_cpu:
+            fault = "Unschedulable"
         namespace = key[1]
         template_hash = uuid.uuid5(uuid.NAMESPACE_OID, json.dumps(template, sort_keys=True)).hex[:10]
         replica_set = f"{key[2]}-{template_hash}"
         rs_kind, pod_kind = _kind("ReplicaSet"), _kind("Pod")
-        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": key[2],
-                 "uid": deployment["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
-        for other in [k for k, obj in self.objects.items() if k[0] == rs_kind and k[1] == namespace
-                      and any(r.get("uid") == owner["uid"] for r in obj["metadata"].get("ownerReferences") or [])
-                      and k[2] != replica_set]:
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": key[2],
+            "uid": deployment["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        for other in [
+            k
+            for k, obj in self.objects.items()
+            if k[0] == rs_kind
+            and k[1] == namespace
+            and any(r.get("uid") == owner["uid"] for r in obj["metadata"].get("ownerReferences") or [])
+            and k[2] != replica_set
+        ]:
             self._delete(other[0], other[1], other[2], "Background")  # the old template's pods go
         labels = dict((template.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": template_hash})
         rs_key = (rs_kind, namespace, replica_set)
         if rs_key not in self.objects:
-            rs = self._store(rs_kind, {
-                "metadata": {"name": replica_set, "labels": labels, "ownerReferences": [owner]},
-                "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template},
-            }, namespace=namespace)
-            rs_owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set,
-                        "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+            rs = self._store(
+                rs_kind,
+                {
+                    "metadata": {"name": replica_set, "labels": labels, "ownerReferences": [owner]},
+                    "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template},
+                },
+                namespace=namespace,
+            )
+            rs_owner = {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": replica_set,
+                "uid": rs["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
             for index in range(replicas):
-                self._store(pod_kind, {
-                    "metadata": {"name": f"{replica_set}-{index}{uuid.uuid4().hex[:4]}", "labels": labels,
-                                 "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
-                                 "ownerReferences": [rs_owner]},
-                    "spec": copy.deepcopy(template.get("spec") or {}),
-                    "status": _pod_status(template, fault, ready=False),
-                }, namespace=namespace)
-        self._set_status(key, {
-            "observedGeneration": generation,
-            "replicas": replicas,
-            "updatedReplicas": 0,
-            "readyReplicas": 0,
-            "availableReplicas": 0,
-            "unavailableReplicas": replicas,
-            "conditions": [_condition("Progressing", "True", "ReplicaSetUpdated",
-                                      f'ReplicaSet "{replica_set}" is progressing.')],
-        })
+                self._store(
+                    pod_kind,
+                    {
+                        "metadata": {
+                            "name": f"{replica_set}-{index}{uuid.uuid4().hex[:4]}",
+                            "labels": labels,
+                            "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
+                            "ownerReferences": [rs_owner],
+                        },
+                        "spec": copy.deepcopy(template.get("spec") or {}),
+                        "status": _pod_status(template, fault, ready=False),
+                    },
+                    namespace=namespace,
+                )
+        self._set_status(
+            key,
+            {
+                "observedGeneration": generation,
+                "replicas": replicas,
+                "updatedReplicas": 0,
+                "readyReplicas": 0,
+                "availableReplicas": 0,
+                "unavailableReplicas": replicas,
+                "conditions": [
+                    _condition(
+                        "Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{replica_set}" is progressing.'
+                    )
+                ],
+            },
+        )
         if fault in POD_FAULTS or fault == "Unschedulable":
             self._later(self.rollout_s, lambda: self._settle(key, generation, replica_set, fault))
             self._later(self.progress_deadline_s, lambda: self._deadline(key, generation, replica_set))
@@ -783,27 +933,41 @@ class FakeApiServer:
                 return  # superseded or deleted
             template = (deployment.get("spec") or {}).get("template") or {}
             for pod_key, pod in list(self.objects.items()):
-                if pod_key[0].kind == "Pod" and pod_key[1] == key[1] and any(
-                    r.get("name") == replica_set for r in pod["metadata"].get("ownerReferences") or []
+                if (
+                    pod_key[0].kind == "Pod"
+                    and pod_key[1] == key[1]
+                    and any(r.get("name") == replica_set for r in pod["metadata"].get("ownerReferences") or [])
                 ):
-                    self._store(pod_key[0], dict(pod, status=_pod_status(template, fault, ready=fault is None)),
-                                namespace=key[1], previous=pod)
+                    self._store(
+                        pod_key[0],
+                        dict(pod, status=_pod_status(template, fault, ready=fault is None)),
+                        namespace=key[1],
+                        previous=pod,
+                    )
             if fault is not None:
                 return
             replicas = int((deployment.get("spec") or {}).get("replicas", 1))
-            self._set_status(key, {
-                "observedGeneration": generation,
-                "replicas": replicas,
-                "updatedReplicas": replicas,
-                "readyReplicas": replicas,
-                "availableReplicas": replicas,
-                "conditions": [
-                    _condition("Available", "True", "MinimumReplicasAvailable",
-                               "Deployment has minimum availability."),
-                    _condition("Progressing", "True", "NewReplicaSetAvailable",
-                               f'ReplicaSet "{replica_set}" has successfully progressed.'),
-                ],
-            })
+            self._set_status(
+                key,
+                {
+                    "observedGeneration": generation,
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "conditions": [
+                        _condition(
+                            "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."
+                        ),
+                        _condition(
+                            "Progressing",
+                            "True",
+                            "NewReplicaSetAvailable",
+                            f'ReplicaSet "{replica_set}" has successfully progressed.',
+                        ),
+                    ],
+                },
+            )
 
     def _deadline(self, key: Key, generation: int, replica_set: str) -> None:
         with self._lock:
@@ -812,10 +976,15 @@ class FakeApiServer:
                 return
             status = dict(deployment.get("status") or {})
             status["conditions"] = [
-                _condition("Available", "False", "MinimumReplicasUnavailable",
-                           "Deployment does not have minimum availability."),
-                _condition("Progressing", "False", "ProgressDeadlineExceeded",
-                           f'ReplicaSet "{replica_set}" has timed out progressing.'),
+                _condition(
+                    "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."
+                ),
+                _condition(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    f'ReplicaSet "{replica_set}" has timed out progressing.',
+                ),
             ]
             self._set_status(key, status)
 
@@ -859,8 +1028,12 @@ class FakeApiServer:
                     continue
             for version, event, (k, ns, _), obj in pending:
                 position = max(position, version)
-                if k == kind and (not namespace or ns == namespace) and labels(
-                        obj["metadata"].get("labels") or {}) and fields(obj):
+                if (
+                    k == kind
+                    and (not namespace or ns == namespace)
+                    and labels(obj["metadata"].get("labels") or {})
+                    and fields(obj)
+                ):
                     yield (json.dumps({"type": event, "object": obj}) + "\n").encode()
 
 
@@ -893,17 +1066,24 @@ def _field_matcher(selector: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _resource_entries(kind: Kind) -> list[dict[str, Any]]:
-    entries = [{
-        "name": kind.plural,
-        "singularName": kind.kind.lower(),
-        "namespaced": kind.namespaced,
-        "kind": kind.kind,
-        "verbs": _VERBS,
-        "shortNames": list(kind.short_names),
-    }]
+    entries = [
+        {
+            "name": kind.plural,
+            "singularName": kind.kind.lower(),
+            "namespaced": kind.namespaced,
+            "kind": kind.kind,
+            "verbs": _VERBS,
+            "shortNames": list(kind.short_names),
+        }
+    ]
     for sub in kind.subresources:
-        entry = {"name": f"{kind.plural}/{sub}", "singularName": "", "namespaced": kind.namespaced,
-                 "kind": kind.kind, "verbs": ["get", "patch", "update"]}
+        entry = {
+            "name": f"{kind.plural}/{sub}",
+            "singularName": "",
+            "namespaced": kind.namespaced,
+            "kind": kind.kind,
+            "verbs": ["get", "patch", "update"],
+        }
         if sub == "scale":
             entry.update(kind="Scale", group="autoscaling", version="v1")
         entries.append(entry)
@@ -920,14 +1100,22 @@ def _openapi_group_version(group_version: str) -> dict[str, Any]:
     paths = {}
     for kind in kinds:
         scope = "/namespaces/{namespace}" if kind.namespaced else ""
-        paths[f"/{group_version}{scope}/{kind.plural}/{{name}}"] = {"patch": {
-            "x-kubernetes-group-version-kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
-            "parameters": [{"name": name, "in": "query", "schema": {"type": "string"}}
-                           for name in ("dryRun", "fieldManager", "fieldValidation", "force")],
-            "responses": {"200": {"description": "OK"}},
-        }}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": GIT_VERSION}, "paths": paths,
-            "components": {"schemas": {}}}
+        paths[f"/{group_version}{scope}/{kind.plural}/{{name}}"] = {
+            "patch": {
+                "x-kubernetes-group-version-kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
+                "parameters": [
+                    {"name": name, "in": "query", "schema": {"type": "string"}}
+                    for name in ("dryRun", "fieldManager", "fieldValidation", "force")
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }
+        }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": GIT_VERSION},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _kind(name: str) -> Kind:
@@ -946,16 +1134,39 @@ def _scale(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
     now = _now()
-    return {"type": kind, "status": status, "reason": reason, "message": message,
-            "lastUpdateTime": now, "lastTransitionTime": now}
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
+    }
+
+
+def _cpu_requested(template: dict[str, Any]) -> float:
+    """Cores the pod template's containers request (``500m``, ``2``)."""
+    total = 0.0
+    for container in (template.get("spec") or {}).get("containers") or []:
+        cpu = str(((container.get("resources") or {}).get("requests") or {}).get("cpu", "0"))
+        total += float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return total
 
 
 def _pod_status(template: dict[str, Any], fault: str | None, *, ready: bool) -> dict[str, Any]:
     containers = ((template.get("spec") or {}).get("containers")) or [{"name": "main", "image": ""}]
     if fault == "Unschedulable":
-        return {"phase": "Pending", "conditions": [{
-            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": "0/1 nodes are available: 1 Insufficient cpu."}]}
+        return {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                }
+            ],
+        }
     statuses = []
     for container in containers:
         state: dict[str, Any]
@@ -975,16 +1186,37 @@ def _pod_status(template: dict[str, Any], fault: str | None, *, ready: bool) -> 
             state = {"waiting": {"reason": fault, "message": f'{fault}: image "{container.get("image")}"'}}
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
-        statuses.append({"name": container["name"], "image": container.get("image", ""),
-                         "imageID": f"docker-pullable://{container.get('image', '')}" if ready else "", "ready": ready,
-                         "restartCount": restarts, "state": state, "lastState": last, "started": ready})
+        statuses.append(
+            {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": f"docker-pullable://{container.get('image', '')}" if ready else "",
+                "ready": ready,
+                "restartCount": restarts,
+                "state": state,
+                "lastState": last,
+                "started": ready,
+            }
+        )
     return {
         "phase": "Running" if ready or fault in ("CrashLoopBackOff", "OOMKilled") else "Pending",
-        "conditions": [{"type": "PodScheduled", "status": "True"},
-                       {"type": "Ready", "status": "True" if ready else "False"}],
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True" if ready else "False"},
+        ],
         "containerStatuses": statuses,
     }
 
 
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            409: "Conflict", 410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Entity"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+    409: "Conflict",
+    410: "Gone",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
+}

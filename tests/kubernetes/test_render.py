@@ -7,6 +7,7 @@ No cluster: render asks none, and none can run here (docs/targets.md says what i
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -171,11 +172,19 @@ def test_without_an_image_or_a_registry_render_says_how_to_give_one(noop_model: 
     assert "render needs an image the cluster can pull" in done.stderr and "-C registry=" in done.stderr
 
 
-def test_deploy_refuses_before_recording_anything(noop_model: Path) -> None:
+def test_deploy_without_a_cluster_refuses_before_recording_anything(noop_model: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig"), "HOME": str(tmp_path)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
     done = subprocess.run([sys.executable, "-m", "orchestrator", "deploy", str(noop_model), "--name", "churn",
                            "--target", "kubernetes", "-C", f"image={IMAGE}"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
-    assert done.returncode == 2 and "cannot deploy them yet" in done.stderr and "orchestrate render" in done.stderr
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False, env=env)
+    assert done.returncode == 2 and "no usable Kubernetes cluster configuration" in done.stderr, done.stderr
+    assert "KUBECONFIG" in done.stderr and "Traceback" not in done.stderr
+    for args in ((), ("-C", "registry=")):
+        unset = subprocess.run([sys.executable, "-m", "orchestrator", "deploy", str(noop_model), "--name", "churn",
+                                "--target", "kubernetes", *args], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=120, check=False, env=env)
+        assert unset.returncode == 2 and "needs an image the cluster can pull" in unset.stderr, unset.stderr
     listed = subprocess.run([sys.executable, "-m", "orchestrator", "list", "--json"], capture_output=True, text=True,
                             timeout=60, check=False)
     assert "churn" not in listed.stdout
