@@ -197,12 +197,19 @@ class KubernetesTarget(ContainerImageTarget):
             for r in ctx.endpoint_resources()
             if r.id != resource.id and (r.kind, r.name) == (resource.kind, resource.name)
         ]
-        if holders:  # the same inputs deployed again: another deployment's record holds the object
-            ctx.log(f"{kind} {resource.name} is held by deployment {holders[-1].deployment_id}; kept")
-            return
         cluster = kube.Cluster.connect(
             str(resource.data.get("namespace") or ctx.config["namespace"]), context=str(ctx.config.get("context") or "")
         )
+        if holders:  # the Service, or the same version deployed again: another record holds it
+            newest = max(holders, key=lambda r: r.deployment_id)
+            if kind == "Service" and newest.data.get("document"):
+                # A failed update that had flipped the Service: traffic goes back to the version
+                # the newest other record applied (the live one), not to nothing.
+                cluster.apply(newest.data["document"])
+                ctx.log(f"service {resource.name} selects deployment {newest.deployment_id}'s version again")
+            else:
+                ctx.log(f"{kind} {resource.name} is held by deployment {newest.deployment_id}; kept")
+            return
         if cluster.delete(kind, resource.name, propagation="Foreground"):
             ctx.log(f"deleted {kind} {resource.name} (foreground: its pods first)")
 
@@ -271,11 +278,13 @@ def _apply(ctx: StageContext, cluster: kube.Cluster, obj: dict[str, Any]) -> str
     kind, name = str(obj["kind"]), str(obj["metadata"]["name"])
     resource = ctx.plan(RESOURCE_KINDS[kind], name, {"namespace": cluster.namespace})
     applied = cluster.apply(obj)
-    data = {
+    data: dict[str, Any] = {
         "namespace": cluster.namespace,
         "resource_version": applied.resource_version,
         "generation": applied.generation,
     }
+    if kind == "Service":  # what `release` applies again to give traffic back to this version
+        data["document"] = obj
     ctx.mark(resource, ResourceState.CREATED, external_id=applied.uid, data=data)
     return f"{kind}/{name}"
 

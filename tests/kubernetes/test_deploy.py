@@ -160,3 +160,34 @@ def test_a_version_that_does_not_roll_out_fails_and_leaves_the_live_one_serving(
     finally:
         client.delete("churn")
         client.close()
+
+
+def test_an_update_that_fails_after_the_flip_gives_traffic_back_to_the_live_version(
+    fake: FakeApiServer, cluster_env: str, example_model: Path, orchestrate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = cluster_env
+    client = Client()
+    try:
+        client.deploy(str(example_model), name="churn", target="kubernetes", config={"image": IMAGE, "namespace": namespace})
+        v1 = selected_version(fake, namespace)
+    finally:
+        client.close()
+    monkeypatch.setenv("ORCHESTRATE_FAULTS", "cleanup:permanent")  # after shift_traffic flipped the Service
+    failing = Client()
+    try:
+        record = failing.deployment_record(
+            failing.deploy(str(example_model), name="churn", target="kubernetes", config={"replicas": 2})
+        )
+        assert record["status"] in ("rolled_back", "failed"), record
+        assert selected_version(fake, namespace) == v1  # the Service selects the live version again
+        assert f"churn-{v1}" in deployments(fake, namespace)
+        answer = failing.predict("churn", json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode())
+        assert answer.status == 200
+    finally:
+        monkeypatch.delenv("ORCHESTRATE_FAULTS")
+        failing.close()
+    cleaner = Client()
+    try:
+        cleaner.delete("churn")
+    finally:
+        cleaner.close()
