@@ -1001,6 +1001,59 @@ def render(
 
 
 @cli.group()
+def emulator() -> None:
+    """Fakes of the services targets talk to, on 127.0.0.1, to rehearse a rollout without them."""
+
+
+@emulator.command("kubernetes")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option(
+    "--kubeconfig",
+    "kubeconfig_path",
+    type=click.Path(dir_okay=False),
+    help="Where to write its kubeconfig (default: ORCHESTRATE_HOME/emulators/kubernetes/kubeconfig).",
+)
+@click.option("--proxy-to", metavar="URL", help="Scoring server the pod and service proxy forwards to.")
+@click.option(
+    "--rollout-seconds", default=1.0, show_default=True, type=Seconds(0.01, 600), help="How long a rollout takes."
+)
+def emulator_kubernetes(port: int, kubeconfig_path: str | None, proxy_to: str | None, rollout_seconds: float) -> None:
+    """A fake Kubernetes API server (orchestrator/emulators/kubernetes.py says what it serves; its
+    pods run nothing). Prints one JSON line, {"config": ..., "env": {"KUBECONFIG": ...}}, the
+    settings that point `deploy --target kubernetes` and kubectl at it; serves until Ctrl-C."""
+    import threading
+
+    import yaml
+
+    from .emulators.kubernetes import FakeApiServer
+    from .store import orchestrate_home, private_directory, private_opener
+
+    path = Path(kubeconfig_path) if kubeconfig_path else orchestrate_home() / "emulators" / "kubernetes" / "kubeconfig"
+    private_directory(path.parent)
+    server = FakeApiServer()
+    server.rollout_s = rollout_seconds
+    server.proxy_to = proxy_to.rstrip("/") if proxy_to else None
+    try:
+        server.start(port)
+    except (OSError, SystemExit):  # werkzeug reports a port in use with sys.exit(1)
+        from .errors import ConfigError
+
+        raise ConfigError(f"the emulator cannot listen on 127.0.0.1:{port}", hint="pick another --port") from None
+    try:
+        with open(path, "w", opener=private_opener) as handle:
+            yaml.safe_dump(server.kubeconfig(), handle)
+        click.echo(
+            json.dumps({"config": {"namespace": "default"}, "env": {"KUBECONFIG": str(path)}, "url": server.url})
+        )
+        click.echo(f"fake Kubernetes API server at {server.url}; Ctrl-C stops it", err=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@cli.group()
 def db() -> None:
     """State store schema."""
 

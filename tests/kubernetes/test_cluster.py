@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from orchestrator.config import ENGINE_KEYS
+from orchestrator.emulators.kubernetes import FAULT_ANNOTATION, LOG_ANNOTATION, FakeApiServer
 from targets.kubernetes import KubernetesTarget, manifests
 from targets.kubernetes.cluster import FIELD_MANAGER, Cluster, RolloutFailed, pod_failure, rollout_verdict
-from tests.emulators.kubernetes import FAULT_ANNOTATION, LOG_ANNOTATION, FakeApiServer
 
 IMAGE = "127.0.0.1:5000/churn@sha256:" + "a" * 64
 

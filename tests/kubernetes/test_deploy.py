@@ -4,7 +4,7 @@ example sent through a pod's proxy, the Service flipped, the old version deleted
 predict, logs and delete; and `render` printing exactly what `deploy` applied.
 
 The fake's pods run nothing: its pod and Service proxy forwards to a real scoring server of
-the same model that this module starts (tests/emulators/kubernetes.py says what is emulated).
+the same model that this module starts (orchestrator/emulators/kubernetes.py says what is emulated).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import yaml
 
 from orchestrator import render_objects
 from orchestrator.api import Client
+from orchestrator.emulators.kubernetes import FakeApiServer
 from targets.kubernetes import manifests
-from tests.emulators.kubernetes import FakeApiServer
 from tests.scoring.conftest import free_port, start_server
 
 IMAGE = "127.0.0.1:5000/churn@sha256:" + "b" * 64

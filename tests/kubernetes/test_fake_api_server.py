@@ -1,4 +1,4 @@
-"""The fake Kubernetes API server (tests/emulators/kubernetes.py) against the tools that will
+"""The fake Kubernetes API server (orchestrator/emulators/kubernetes.py) against the tools that will
 drive it: the official Python client and kubectl, unchanged. What a test here passes, the
 kubernetes target's tests can rely on.
 
@@ -23,7 +23,7 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.emulators.kubernetes import FAULT_ANNOTATION, FakeApiServer
+from orchestrator.emulators.kubernetes import FAULT_ANNOTATION, FakeApiServer
 from tests.kubernetes.test_render import IMAGE, run
 
 MANAGED = "app.kubernetes.io/managed-by=orchestrate"

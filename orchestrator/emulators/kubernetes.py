@@ -47,6 +47,7 @@ Table output (kubectl prints client-side).
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import json
@@ -304,11 +305,11 @@ class FakeApiServer:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> FakeApiServer:
+    def start(self, port: int = 0) -> FakeApiServer:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", 0, self, threaded=True)
+        self._server = make_server("127.0.0.1", port, self, threaded=True)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-kube-apiserver").start()
         return self
 
@@ -396,9 +397,9 @@ class FakeApiServer:
             return 200, discovery
         kind, namespace, name, sub = self._route(path)
         with self._lock:
-            if method == "GET" and name is None:
-                return 200, self._list_document(kind, namespace, query)
             if method == "GET":
+                if name is None:
+                    return 200, self._list_document(kind, namespace, query)
                 return 200, self._read(kind, namespace, name, sub)
             if method == "POST" and name is None:
                 if kind.namespaced and not namespace:
@@ -586,7 +587,7 @@ class FakeApiServer:
             "items": [copy.deepcopy(obj) for obj in self._matching(kind, namespace, query)],
         }
 
-    def _matching(self, kind: Kind, namespace: str, query: dict[str, str]) -> list[dict[str, Any]]:
+    def _matching(self, kind: Kind, namespace: str, query: dict[str, str]) -> builtins.list[dict[str, Any]]:
         labels = label_matcher(query.get("labelSelector", ""))
         fields = _field_matcher(query.get("fieldSelector", ""))
         return [
@@ -610,7 +611,7 @@ class FakeApiServer:
             group = f".{kind.group}" if kind.group else ""
             raise ApiError(409, "AlreadyExists", f'{kind.plural}{group} "{name}" already exists')
         if query.get("dryRun") == "All":
-            return obj
+            return dict(obj)
         return self._store(kind, obj, namespace=namespace)
 
     def _replace(
@@ -733,7 +734,7 @@ class FakeApiServer:
             del self.applied[held]
         self._record("DELETED", key, obj, bump=True)
 
-    def _dependents(self, owner: dict[str, Any]) -> list[Key]:
+    def _dependents(self, owner: dict[str, Any]) -> builtins.list[Key]:
         uid = owner["metadata"]["uid"]
         return [
             key
@@ -1002,7 +1003,7 @@ class FakeApiServer:
         fields = _field_matcher(query.get("fieldSelector", ""))
         deadline = time.monotonic() + min(float(query.get("timeoutSeconds") or 60), 300)
         since = query.get("resourceVersion") or "0"
-        initial: list[dict[str, Any]] = []
+        initial: builtins.list[dict[str, Any]] = []
         with self._lock:  # nothing is written to the client while the lock is held
             start = int(since) if since.isdigit() else 0
             expired = start and start < self._compacted
