@@ -10,6 +10,9 @@ the same model that this module starts (orchestrator/emulators/kubernetes.py say
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -191,3 +194,39 @@ def test_an_update_that_fails_after_the_flip_gives_traffic_back_to_the_live_vers
         cleaner.delete("churn")
     finally:
         cleaner.close()
+
+
+def _cli(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        timeout=180, check=False, env={**os.environ, **(extra_env or {})},
+    )
+
+
+@pytest.mark.parametrize("fault", ["create_endpoint:crash-after", "health_check:crash-during:0.3"])
+def test_a_runner_killed_after_the_apply_or_during_the_rollout_resumes_with_one_deployment(
+    fake: FakeApiServer, cluster_env: str, example_model: Path, orchestrate_home: Path, fault: str
+) -> None:
+    namespace = cluster_env
+    fake.rollout_s = 1.5  # still rolling out when the runner is killed
+    try:
+        crashed = _cli("deploy", str(example_model), "--name", "churn", "--target", "kubernetes",
+                       "-C", f"image={IMAGE}", "-C", f"namespace={namespace}", extra_env={"ORCHESTRATE_FAULTS": fault})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        assert len(deployments(fake, namespace)) == 1
+        resumed = _cli("resume", "1")
+        assert resumed.returncode == 0 and "deployment 1 succeeded" in resumed.stdout, resumed.stderr
+    finally:
+        fake.rollout_s = 0.2
+    (name,) = deployments(fake, namespace)
+    assert selected_version(fake, namespace) == name.removeprefix("churn-")
+    client = Client()
+    try:
+        record = client.deployment_record(1)
+        held = fake.get("Deployment", name, namespace)
+        assert held is not None
+        recorded = [r for r in record["resources"] if r["kind"] == "k8s_deployment"]
+        assert [(r["name"], r["state"], r["external_id"]) for r in recorded] == [(name, "created", held["metadata"]["uid"])]
+        client.delete("churn")
+    finally:
+        client.close()
