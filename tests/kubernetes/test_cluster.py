@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator.config import ENGINE_KEYS
 from orchestrator.emulators.kubernetes import FAULT_ANNOTATION, LOG_ANNOTATION, FakeApiServer
@@ -30,13 +29,6 @@ def fake() -> Iterator[FakeApiServer]:
     server.progress_deadline_s = 30.0  # far beyond every fast failure below
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(fake: FakeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(yaml.safe_dump(fake.kubeconfig()))
-    return path
 
 
 @pytest.fixture

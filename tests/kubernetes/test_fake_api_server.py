@@ -38,13 +38,6 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApiServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def kubeconfig(fake: FakeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(yaml.safe_dump(fake.kubeconfig()))
-    return path
-
-
 @pytest.fixture
 def namespace(kubeconfig: Path) -> str:
     name = f"test-{uuid.uuid4().hex[:8]}"
