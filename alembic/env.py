@@ -1,4 +1,4 @@
-"""Alembic environment: metadata from orchestrator.tables, a connection handed in when there is one."""
+"""Alembic environment: metadata from orchestrator.store.tables, a connection handed in when there is one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
 from orchestrator.store import resolve_db_url
-from orchestrator.tables import Base
+from orchestrator.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -32,7 +32,7 @@ def seed(db_url: str, n_deployments: int) -> dict[str, Any]:
     from sqlalchemy import insert
 
     from orchestrator.store import Store
-    from orchestrator.tables import Deployment, Endpoint, Event, Resource, StageAttempt
+    from orchestrator.store.tables import Deployment, Endpoint, Event, Resource, StageAttempt
 
     store = Store(db_url, actor="bench")  # runs the migrations
     n_endpoints = max(1, n_deployments // DEPLOYMENTS_PER_ENDPOINT)

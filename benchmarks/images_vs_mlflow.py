@@ -98,7 +98,8 @@ def train(out: Path, *args: str) -> Path:
 
 
 def bench_orchestrate(client: Any, v1: Path, v2: Path, registry: str, home: Path) -> dict[str, Any]:
-    from orchestrator import images, mlmodel
+    from orchestrator import images
+    from orchestrator.model import mlmodel
 
     env = {**os.environ, "ORCHESTRATE_HOME": str(home)}
     repository = f"{registry}/bench/iris-orchestrate"

@@ -4,7 +4,7 @@ and the rest, cold (no snapshot of that version here) and warm (snapshot present
 A real `mlflow server` (ORCHESTRATE_TEST_MLFLOW_URI, which scripts/test.sh starts; else one is
 started here on a free port) gets the example model as a registered version, logged through the
 MLflow client. Each run deploys it in-process through `orchestrator.api.Client`, timing the call to
-`orchestrator.model_uri.resolve` (ask the registry, download into staging, read, snapshot) and
+`orchestrator.model.uri.resolve` (ask the registry, download into staging, read, snapshot) and
 the whole deploy; "rest" is the difference (record, validate, build — the virtualenv is already
 cached —, start the server, health check, shift, cleanup). Cold: a fresh ORCHESTRATE_HOME per
 run. Warm: the same home, the version already downloaded (no second download), `force=True`.
@@ -82,7 +82,8 @@ def _register(url: str, model: Path) -> str:
 def _deploy(home: Path, uri: str, name: str, force: bool) -> tuple[float, float, float]:
     """(total, resolve + download, snapshot) seconds of one in-process deploy."""
     os.environ["ORCHESTRATE_HOME"] = str(home)
-    from orchestrator import api, model_uri
+    from orchestrator import api
+    from orchestrator.model import uri as model_uri
 
     timings: list[model_uri.ResolvedModel] = []
     resolve = model_uri.resolve

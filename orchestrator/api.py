@@ -12,21 +12,22 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
-from . import claims, leases, migrate, mlmodel, requirements, secret_values
 from . import config as config_module
-from . import model_uri as model_uri_module
+from . import secret_values
 from .errors import ConfigError, EndpointBusy, NotFound, StateError, StoreUnavailable
-from .faults import Faults
-from .model_uri import ModelSource
+from .model import mlmodel, requirements
+from .model import uri as model_uri_module
+from .model.uri import ModelSource
 from .runner import DeploymentRunner, Echo
+from .runner.faults import Faults
 from .states import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     DeploymentStatus,
     EventKind,
 )
-from .store import Store, describe_failure, orchestrate_home
-from .tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
+from .store import Store, claims, describe_failure, leases, migrate, orchestrate_home
+from .store.tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
 from .target_contract import DeploymentView, Invocation, ResourceView, Target, load_target, merged_outputs
 
 

@@ -347,7 +347,7 @@ def _parse_since(value: str | None) -> tuple[int, Any]:
     from .arguments import MAX_ID
     from .config import looks_like_duration, parse_duration
     from .errors import ConfigError
-    from .tables import utcnow
+    from .store.tables import utcnow
 
     if value is None:
         return 0, None
@@ -533,7 +533,7 @@ def requirements_trust_options(command: Any) -> Any:
 
 
 def _requirements_policy() -> Any:
-    from .requirements import Policy
+    from .model.requirements import Policy
 
     return Policy.from_config(dict.fromkeys(click.get_current_context().meta.get(_OPTED_IN, ()), True))
 
@@ -729,8 +729,8 @@ def _run_scoring(
     import os
     import subprocess
 
-    from .environments import parse_overrides
     from .errors import ConfigError, TargetError
+    from .model.environments import parse_overrides
     from .serving import scoring_command
 
     command, env = scoring_command(
@@ -825,8 +825,8 @@ def worker(
     name: str | None,
 ) -> None:
     """Run queued deployments (deploy --detach) and take over those whose runner died."""
+    from .runner.worker import Worker
     from .target_contract import available_targets
-    from .worker import Worker
 
     only = [t.strip() for t in target_names.split(",") if t.strip()] if target_names is not None else None
     if only is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PermanentTargetError
-from .mlmodel import load_input_example
+from .model.mlmodel import load_input_example
 
 
 def http(

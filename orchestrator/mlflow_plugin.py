@@ -414,8 +414,8 @@ def run_local(name: str, model_uri: str, flavor: str | None = None, config: Mapp
     workers, env_manager (`virtualenv` or `local`), pip_requirements_override and the
     requirements opt-ins allow_index_options and allow_direct_references."""
     from .config import ENGINE_KEYS
-    from .environments import parse_overrides
-    from .requirements import Policy
+    from .model.environments import parse_overrides
+    from .model.requirements import Policy
     from .serving import scoring_command
 
     _check_flavor(flavor)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import model_uri
+from .model import uri as model_uri
 from .states import EventKind
 from .store import Store
-from .tables import Deployment, Endpoint
+from .store.tables import Deployment, Endpoint
 from .target_contract import merged_outputs
 
 

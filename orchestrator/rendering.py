@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_module
-from . import mlmodel, requirements
 from .errors import ConfigError
+from .model import mlmodel, requirements
 from .target_contract import RenderRequest, Target, available_targets, load_target
 
 
@@ -30,7 +30,7 @@ def render(
     targets: Callable[[str], Target] = load_target,
 ) -> list[dict[str, Any]]:
     """The objects, in apply order; ConfigError for a target with nothing to render or a bad value."""
-    from . import model_uri as model_uri_module
+    from .model import uri as model_uri_module
 
     mlmodel.check_endpoint_name(name)
     plugin = targets(target)
@@ -65,7 +65,7 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
 
 def _built_image(model_uri: str, name: str, config: Mapping[str, Any], home: Path, log: Callable[[str], None]) -> str:
     from . import images
-    from .dockerfile import USER_NAME
+    from .images.dockerfile import USER_NAME
 
     registry = str(config.get("registry") or "").rstrip("/")
     if not registry:

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import environments, requirements
-from . import model_uri as model_uris
 from .errors import ConfigError
+from .model import environments, requirements
+from .model import uri as model_uris
 from .store import orchestrate_home
 
 ENV_MANAGERS = ("virtualenv", "local")

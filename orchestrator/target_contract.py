@@ -34,7 +34,7 @@ from .states import (
 
 # Files a target writes under ORCHESTRATE_HOME are its owner's only.
 from .store import private_directory, private_opener
-from .tables import Deployment, Resource, StageAttempt, utcnow
+from .store.tables import Deployment, Resource, StageAttempt, utcnow
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -144,8 +144,8 @@ def _resource_view(row: Any) -> ResourceView:
 
 
 if TYPE_CHECKING:
-    from .mlmodel import ModelInfo
-    from .model_uri import ModelSource
+    from .model.mlmodel import ModelInfo
+    from .model.uri import ModelSource
     from .store import Fence, Store
 
 
@@ -448,7 +448,8 @@ class Target(ABC):
 def validated_model(ctx: StageContext) -> Outputs:
     """The model's facts for later stages, from a snapshot under ORCHESTRATE_HOME/models, so a
     later edit of the user's directory cannot leak into this deployment or its rollback."""
-    from . import model_uri, requirements
+    from .model import requirements
+    from .model import uri as model_uri
 
     # The snapshot made when the deployment was created; never the URI resolved again.
     info = model_uri.materialize(

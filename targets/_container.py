@@ -60,7 +60,8 @@ class ContainerImageTarget(Target):
 
     def image_spec(self, ctx: StageContext) -> images.ImageSpec:
         """The one description of this deployment's image: what decides its tag and content."""
-        from orchestrator import dockerfile, images
+        from orchestrator import images
+        from orchestrator.images import dockerfile
 
         return images.ImageSpec(
             model_dir=Path(ctx.outputs["model_dir"]),
@@ -80,7 +81,7 @@ class ContainerImageTarget(Target):
 
     def build(self, ctx: StageContext) -> Outputs:
         from orchestrator import images
-        from orchestrator.docker_engine import connect
+        from orchestrator.images.docker_engine import connect
 
         client = connect()
         spec = self.image_spec(ctx)
@@ -117,7 +118,7 @@ class ContainerImageTarget(Target):
 
     def push(self, ctx: StageContext) -> Outputs:
         from orchestrator import images, secret_values
-        from orchestrator.docker_engine import connect, translated
+        from orchestrator.images.docker_engine import connect, translated
 
         repository = self.push_repository(ctx)
         if repository is None:

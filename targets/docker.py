@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from orchestrator import health, images, secret_values
 from orchestrator.addresses import check_listen_address, free_port
-from orchestrator.docker_engine import connect, image_exists, translated
+from orchestrator.images.docker_engine import connect, image_exists, translated
 from orchestrator.target_contract import (
     ConfigError,
     ConfigKey,

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import environments, health
+from orchestrator import health
 from orchestrator.addresses import check_listen_address
+from orchestrator.model import environments
 from orchestrator.processes import find_started_with, pid_alive, started_with
 from orchestrator.target_contract import (
     ConfigError,

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 from orchestrator.target_contract import (
     ConfigError,
     ConfigKey,
@@ -387,7 +387,7 @@ class SageMakerTarget(ContainerImageTarget):
         given = str(ctx.config.get("image") or "")
         if not given:
             return super().build(ctx)
-        from orchestrator import docker_engine
+        from orchestrator.images import docker_engine
 
         with docker_engine.translated(f"looking up image {given}", hint="build or pull it, or leave -C image out"):
             local = docker_engine.connect().images.get(given)

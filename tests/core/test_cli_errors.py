@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from orchestrator.cli import cli
 from orchestrator.store import make_engine
-from orchestrator.tables import Base
+from orchestrator.store.tables import Base
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from _plain_pyfunc import ANSWER, save_plain_pyfunc
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from orchestrator import environments, images, requirements
+from orchestrator import images
 from orchestrator.errors import ConfigError, PermanentTargetError
+from orchestrator.model import environments, requirements
 
 MLFLOW = metadata.version("mlflow")
 SERVER = ("flask>=3.0",)
@@ -149,7 +150,7 @@ def test_the_plain_pyfunc_is_what_mlflow_writes(plain_pyfunc: Path) -> None:
 
 def test_a_model_with_only_the_conda_yaml_mlflow_wrote_reads_its_pip_section(plain_pyfunc: Path,
                                                                             tmp_path: Path) -> None:
-    from orchestrator import mlmodel
+    from orchestrator.model import mlmodel
 
     older = tmp_path / "older"
     shutil.copytree(plain_pyfunc, older)

@@ -13,10 +13,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select
 
-from orchestrator import migrate
 from orchestrator.api import Client
-from orchestrator.store import make_engine
-from orchestrator.tables import Base, Deployment, Event
+from orchestrator.store import make_engine, migrate
+from orchestrator.store.tables import Base, Deployment, Event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +81,7 @@ def test_wheel_install_runs_db_upgrade_without_a_checkout(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert f"at revision {migrate.SCHEMA_HEAD}" in result.stdout
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import orchestrator.migrate as m; print(m.script_location())"],
+        [str(venv / "bin" / "python"), "-c", "import orchestrator.store.migrate as m; print(m.script_location())"],
         cwd=workdir, env=env, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert where.startswith(str(venv)) and where.endswith("_alembic")

@@ -6,7 +6,7 @@ import io
 
 from orchestrator.progress import Progress
 from orchestrator.store import EventRecord
-from orchestrator.tables import utcnow
+from orchestrator.store.tables import utcnow
 
 
 class _Terminal(io.StringIO):

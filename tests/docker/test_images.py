@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import docker_engine, images
+from orchestrator import images
+from orchestrator.images import docker_engine
 
 pytestmark = pytest.mark.docker
 
@@ -73,7 +74,7 @@ def test_image_serves_on_8080_as_non_root_with_labels_and_healthcheck(
     assert "8080/tcp" in config["ExposedPorts"]
     assert config["Healthcheck"]["Test"] == ["CMD", "healthcheck"]
     labels = config["Labels"]
-    from orchestrator import mlmodel
+    from orchestrator.model import mlmodel
 
     assert labels["io.orchestrate.model-digest"] == mlmodel.read_model(str(example_model)).digest
     for key in ("requirements-hash", "server-version", "version", "base-image-id"):
@@ -260,7 +261,7 @@ def test_mlflow_is_served_by_skinny_of_the_same_version() -> None:
 
 
 def test_host_pip_settings_become_uv_options(tmp_path: Path) -> None:
-    from orchestrator import host_install
+    from orchestrator.images import host_install
 
     config = tmp_path / "pip.conf"
     config.write_text("[global]\nindex-url = https://pypi.example/simple\n"
@@ -287,8 +288,8 @@ def test_host_pip_settings_become_uv_options(tmp_path: Path) -> None:
 
 
 def test_uv_platform_is_the_newest_manylinux_the_glibc_accepts() -> None:
-    from orchestrator.host_install import uv_platform
-    from orchestrator.wheelhouse import Platform
+    from orchestrator.images.host_install import uv_platform
+    from orchestrator.images.wheelhouse import Platform
 
     assert uv_platform(Platform("3.11", "x86_64", "2.36")) == "x86_64-manylinux_2_36"
     assert uv_platform(Platform("3.11", "aarch64", "2.30")) == "aarch64-manylinux_2_28"
@@ -297,8 +298,8 @@ def test_uv_platform_is_the_newest_manylinux_the_glibc_accepts() -> None:
 
 
 def test_host_install_says_why_when_uv_cannot_install(tmp_path: Path) -> None:
-    from orchestrator import dockerfile, host_install
-    from orchestrator.wheelhouse import Platform
+    from orchestrator.images import dockerfile, host_install
+    from orchestrator.images.wheelhouse import Platform
 
     result = host_install.install(["orchestrate-no-such-package==1.0"], Platform("3.11", "x86_64", "2.36"),
                                   tmp_path / "venv", venv=dockerfile.VENV, log_file=tmp_path / "log",
@@ -312,7 +313,7 @@ def test_a_ready_made_layer_is_the_directory_at_its_place_owned_by_root(tmp_path
     import os
     import tarfile
 
-    from orchestrator import layer_image
+    from orchestrator.images import layer_image
 
     tree = tmp_path / "venv"
     (tree / "bin").mkdir(parents=True)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from _plain_pyfunc import ANSWER, save_plain_pyfunc
 
-from orchestrator import dockerfile
+from orchestrator.images import dockerfile
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

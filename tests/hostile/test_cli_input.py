@@ -47,7 +47,7 @@ from sqlalchemy import select
 from orchestrator.api import Client
 from orchestrator.cli import cli
 from orchestrator.store import make_engine
-from orchestrator.tables import Base
+from orchestrator.store.tables import Base
 
 Run = Callable[..., Result]
 

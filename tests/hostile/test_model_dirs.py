@@ -34,7 +34,8 @@ from typing import Any
 import pytest
 from _executables import orchestrate_executable
 
-from orchestrator import dockerfile, mlmodel
+from orchestrator.images import dockerfile
+from orchestrator.model import mlmodel
 
 # -- helpers ----------------------------------------------------------------------------------
 

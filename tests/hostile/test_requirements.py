@@ -33,9 +33,9 @@ import pytest
 from _executables import orchestrate_executable
 from click.testing import CliRunner
 
-from orchestrator import environments, requirements
 from orchestrator.cli import cli
 from orchestrator.errors import PermanentTargetError
+from orchestrator.model import environments, requirements
 
 USER, PASSWORD = "deployer", "Pw-4e1c9b7f2a"
 PROBE = "orchestrate-requirements-probe"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as validate_utils
 
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 
 IMAGE = "registry.example/churn@sha256:" + "ab" * 32
 

@@ -92,7 +92,7 @@ class Cli:
         """Rows in the state store (deployments, endpoints, events): what "nothing recorded" means."""
         from sqlalchemy import create_engine, func, inspect, select
 
-        from orchestrator.tables import Deployment, Endpoint, Event
+        from orchestrator.store.tables import Deployment, Endpoint, Event
 
         path = self.home / "state.db"
         if not path.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from _mlflow_helpers import AuthServer, Cli, artifact_route, describe, secret_in
 
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 

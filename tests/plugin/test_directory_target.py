@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "orchestrate-directory"
 

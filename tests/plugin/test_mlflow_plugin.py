@@ -20,7 +20,7 @@ from mlflow.deployments import PredictionsResponse, get_deploy_client
 from mlflow.exceptions import MlflowException
 
 import orchestrator
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 from tests.emulators.aws import AwsEmulator
 from tests.plugin.conftest import (
     SAGEMAKER_FAST,

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator import claims, leases
 from orchestrator.api import Client
-from orchestrator.store import Store
+from orchestrator.store import Store, claims, leases
 
 
 def _dead_pid() -> int:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from orchestrator import mlmodel
+from orchestrator.model import mlmodel
 from orchestrator.target_contract import (
     LIVE_RESOURCE_STATES,
     ConfigError,

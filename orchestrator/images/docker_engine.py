@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
+from ..errors import ConfigError, PermanentTargetError, RetryableTargetError, TargetError
 
 if TYPE_CHECKING:
     import docker

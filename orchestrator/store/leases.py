@@ -16,9 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from .errors import EndpointBusy
-from .processes import pid_alive
-from .store import END_LEASE, FENCED, Fence, Store, expiry
+from ..errors import EndpointBusy
+from ..processes import pid_alive
+from . import END_LEASE, FENCED, Fence, Store, expiry
 from .tables import Endpoint, utcnow
 
 DEFAULT_TTL_S = 30.0

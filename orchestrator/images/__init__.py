@@ -28,9 +28,10 @@ from typing import Any
 
 import scoring
 
-from . import dockerfile, environments, host_install, layer_image, requirements, wheelhouse
+from ..errors import ConfigError, PermanentTargetError, RetryableTargetError
+from ..model import environments, requirements
+from . import dockerfile, host_install, layer_image, wheelhouse
 from .docker_engine import image_exists, translated
-from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 
 Log = Callable[[str], None]
 
@@ -68,7 +69,7 @@ def image_requirements(
     applies (mlflow → mlflow-skinny with what mlflow.pyfunc needs, the overrides, the server's).
     What the rule did goes to `log`; mlflow's metadata is cached under `home` (default: the
     orchestrate home)."""
-    from .store import orchestrate_home
+    from ..store import orchestrate_home
 
     plan = requirements.serving_requirements(
         model_requirements,
@@ -758,8 +759,8 @@ def spec_for_model(
     policy: requirements.Policy = requirements.Policy(),  # noqa: B008 - frozen
 ) -> ImageSpec:
     """The image spec of a model directory (read, checked and snapshotted)."""
-    from . import mlmodel
-    from . import model_uri as model_uris
+    from ..model import mlmodel
+    from ..model import uri as model_uris
 
     info = model_uris.local_model(model_uri, snapshot_dir)  # a models:/… URI is downloaded here
     requirements.check_policy(info.requirements, policy, how_to_allow="{flag}")
@@ -858,7 +859,7 @@ def generate_command(
     """`orchestrate generate-dockerfile`: the build directory of a model's image."""
     import platform as host
 
-    from .errors import TargetError
+    from ..errors import TargetError
 
     spec = spec_for_model(
         model_uri,

@@ -90,7 +90,7 @@ class Deployment(Base):
     target: Mapped[str] = mapped_column(String(64))
     model_uri: Mapped[str] = mapped_column(Text)
     model_digest: Mapped[str] = mapped_column(String(64))
-    # What model_uri resolved to when the deployment was created (orchestrator.model_uri.ModelSource):
+    # What model_uri resolved to when the deployment was created (orchestrator.model.uri.ModelSource):
     # registered name, version, alias, run; resume and rollback read it, never the registry.
     model_source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Resolved config as given by the user; secrets stay as references, never values.

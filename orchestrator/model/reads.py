@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 TEXT_FILE_MAX_BYTES = 1 << 20  # requirements.txt, python_env.yaml, conda.yaml
 

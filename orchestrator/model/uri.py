@@ -32,8 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from . import mlmodel, secret_values
-from .errors import ConfigError, PermanentTargetError
+from .. import secret_values
+from ..errors import ConfigError, PermanentTargetError
+from . import mlmodel
 
 MLFLOW_EXTRA_HINT = "install MLflow's client with `pip install 'orchestrate[mlflow]'` (brings mlflow-skinny)"
 # Tries of a download that failed with a transient fault (connection refused or reset, 5xx).
@@ -347,7 +348,7 @@ _DOWNLOAD_PREFIX = ".download-"
 
 def _remove_abandoned_downloads(snapshot_dir: Path) -> None:
     """Staging directories of downloads whose process died (killed mid-download)."""
-    from .processes import pid_alive
+    from ..processes import pid_alive
 
     for staging in snapshot_dir.glob(f"{_DOWNLOAD_PREFIX}*"):
         pid = staging.name[len(_DOWNLOAD_PREFIX) :].split("-", 1)[0]
@@ -650,7 +651,7 @@ def _tag_warning(exc: Exception, what: str, source: ModelSource) -> str:
 
 def recorded_source(store: Any, deployment_id: int) -> ModelSource:
     """The model source deployment `deployment_id` recorded when it was created."""
-    from .tables import Deployment
+    from ..store.tables import Deployment
 
     with store.read() as session:
         deployment = session.get_one(Deployment, deployment_id)

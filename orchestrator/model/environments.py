@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, PermanentTargetError, RetryableTargetError
 from . import requirements as model_requirements
-from .errors import ConfigError, PermanentTargetError, RetryableTargetError
 from .requirements import apply_overrides, parse_overrides, requirement_name
 
 __all__ = [

@@ -35,10 +35,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from . import secret_values
-from .errors import ConfigError
-from .model_reads import load_model_yaml, read_model_text
-from .secret_values import REDACTED
+from .. import secret_values
+from ..errors import ConfigError
+from ..secret_values import REDACTED
+from .reads import load_model_yaml, read_model_text
 
 #: What `mlflow.pyfunc` imports unconditionally that mlflow-skinny does not install.
 PYFUNC_RUNTIME = ("numpy", "pandas")

@@ -13,10 +13,9 @@ from typing import Any, Unpack
 from sqlalchemy import Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
-from . import leases
-from .errors import EndpointBusy
-from .states import AttemptStatus, DeploymentStatus, ErrorKind, EventKind
-from .store import Fence, Store, Tx
+from ..errors import EndpointBusy
+from ..states import AttemptStatus, DeploymentStatus, ErrorKind, EventKind
+from . import Fence, Store, Tx, leases
 from .tables import Deployment, Endpoint, StageAttempt, utcnow
 
 # How many candidates one claim looks at before giving up for this round.

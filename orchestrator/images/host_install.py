@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .environments import find_uv
-from .requirements import mask
+from ..model.environments import find_uv
+from ..model.requirements import mask
 from .wheelhouse import Platform
 
 # The manylinux levels uv's --python-platform names (besides manylinux2014 = 2_17).

@@ -12,8 +12,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from .errors import ConfigError, PermanentTargetError, RetryableTargetError
-from .states import Stage
+from ..errors import ConfigError, PermanentTargetError, RetryableTargetError
+from ..states import Stage
 
 ENV_VAR = "ORCHESTRATE_FAULTS"
 _KINDS = ("transient", "permanent", "crash-before", "crash-after", "crash-during")

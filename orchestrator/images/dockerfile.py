@@ -274,7 +274,7 @@ def write_model_files(context: Path, model_dir: Path) -> None:
     `mlmodel.model_files` refuses a link leading out of the model, so no file of the host ever
     enters the image; a link inside it is copied as the file it names. Readable by all: the
     image's non-root user must read every file."""
-    from . import mlmodel
+    from ..model import mlmodel
 
     destination = context / "model"
     files = mlmodel.model_files(model_dir)

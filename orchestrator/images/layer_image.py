@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from ..errors import PermanentTargetError
 from .docker_engine import translated
-from .errors import PermanentTargetError
 
 _CHUNK = 1 << 20
 

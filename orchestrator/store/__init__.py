@@ -18,9 +18,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import migrate, secret_values
-from .errors import ConfigError, LeaseLost, NotFound
-from .states import EventKind
+from .. import secret_values
+from ..errors import ConfigError, LeaseLost, NotFound
+from ..states import EventKind
+from . import migrate
 from .tables import Endpoint, Event, utcnow
 
 SQLITE_BUSY_TIMEOUT_S = 30

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PermanentTargetError, RetryableTargetError
-from .requirements import mask, requirement_name
+from ..errors import PermanentTargetError, RetryableTargetError
+from ..model.requirements import mask, requirement_name
 
 _NO_MATCH = re.compile(r"No matching distribution found for ([^\s]+)")
 _TRANSIENT = re.compile(

@@ -13,11 +13,10 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from . import leases, secret_values
-from .errors import LeaseLost, OrchestrateError, RetryableTargetError
-from .faults import Faults
-from .registry_feedback import update_registry_tags
-from .states import (
+from .. import secret_values
+from ..errors import LeaseLost, OrchestrateError, RetryableTargetError
+from ..registry_feedback import update_registry_tags
+from ..states import (
     REUSABLE_STAGES,
     STAGES,
     TRANSITIONS,
@@ -29,9 +28,9 @@ from .states import (
     Stage,
     check_transition,
 )
-from .store import Fence, Store, Tx
-from .tables import Deployment, Endpoint, Resource, StageAttempt, utcnow
-from .target_contract import (
+from ..store import Fence, Store, Tx, leases
+from ..store.tables import Deployment, Endpoint, Resource, StageAttempt, utcnow
+from ..target_contract import (
     DeploymentView,
     ResourceView,
     StageContext,
@@ -40,6 +39,7 @@ from .target_contract import (
     merged_outputs,
     stage_outputs,
 )
+from .faults import Faults
 
 Echo = Callable[[str], None]
 
@@ -411,7 +411,7 @@ class DeploymentRunner:
         return self.log_path(deployment_id, f"{stage.value}-{attempt}.log")
 
     def log_path(self, deployment_id: int, name: str) -> Path:
-        from .store import private_directory
+        from ..store import private_directory
 
         # Logs can quote what a stage saw: the owner's eyes only (0700 directories, 0600 files).
         directory = private_directory(self.home / "logs" / "deployments" / str(deployment_id), "log directory")

@@ -19,13 +19,12 @@ from typing import Any, TextIO
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from . import claims, leases
-from .errors import LeaseLost, OrchestrateError
+from ..errors import LeaseLost, OrchestrateError
+from ..states import LIFECYCLE_EVENTS, STAGE_EVENTS, DeploymentStatus, EventKind
+from ..store import Fence, Store, claims, leases, orchestrate_home
+from ..store.tables import Deployment, Endpoint, utcnow
+from . import DeploymentRunner
 from .faults import Faults
-from .runner import DeploymentRunner
-from .states import LIFECYCLE_EVENTS, STAGE_EVENTS, DeploymentStatus, EventKind
-from .store import Fence, Store, orchestrate_home
-from .tables import Deployment, Endpoint, utcnow
 
 DATABASE_RETRY_MAX_S = 10.0
 

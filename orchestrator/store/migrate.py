@@ -10,12 +10,12 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, inspect, text
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # The newest revision under alembic/versions; a test keeps it equal to Alembic's head.
 SCHEMA_HEAD = "0003"
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # orchestrator/
 
 
 def script_location() -> Path:

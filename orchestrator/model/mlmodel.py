@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
-from .errors import ConfigError, PermanentTargetError
-from .model_reads import load_model_yaml, open_regular, read_bytes, read_model_text
+from ..errors import ConfigError, PermanentTargetError
+from .reads import load_model_yaml, open_regular, read_bytes, read_model_text
 
 # Files MLflow writes beside a model that serving never reads; they don't change the digest.
 # registered_model_meta: MLflow writes it when a models:/ URI is downloaded (name, version), so
@@ -392,7 +392,7 @@ def _write_error(exc: OSError, store_dir: Path) -> PermanentTargetError:
 
 def _remove_abandoned_staging(store_dir: Path, model_digest: str) -> None:
     """Staging copies of this model left by a process that was killed while copying."""
-    from .processes import pid_alive
+    from ..processes import pid_alive
 
     for leftover in store_dir.glob(f".{model_digest}.*"):
         pid = leftover.name.split(".")[2]

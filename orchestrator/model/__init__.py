@@ -1,0 +1,1 @@
+"""The model directory: reading MLmodel files and model URIs, requirements, environments."""
