@@ -37,9 +37,9 @@ def in_process(db_url: str, home: Path, model: Path, n: int) -> tuple[list[float
         client.deploy(str(model), name="bench-noop", target="noop", config={"sleep_s": 0}, force=True)
         samples.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
-    record = client.deployment_record(client.list_deployments(limit=1)[0]["id"])
-    stages = {a["stage"]: a["outputs"].get("duration_s") or 0.0 for a in record["attempts"]}
-    statuses = {row["status"] for row in client.list_deployments(limit=n)}
+    record = client.deployment_record(client.list_deployments(limit=1)[0].id)
+    stages = {a.stage: a.outputs.get("duration_s") or 0.0 for a in record.attempts or ()}
+    statuses = {row.status for row in client.list_deployments(limit=n)}
     client.close()
     if statuses != {"succeeded"}:
         raise SystemExit(f"some benchmark deployments did not succeed: {statuses}")

@@ -99,7 +99,7 @@ def _deploy(home: Path, uri: str, name: str, force: bool) -> tuple[float, float,
         started = time.perf_counter()
         deployment_id = client.deploy(uri, name=name, target="local", force=force)
         total = time.perf_counter() - started
-        if client.deployment_record(deployment_id)["status"] != "succeeded":
+        if client.deployment_record(deployment_id).status != "succeeded":
             raise SystemExit(f"deployment {deployment_id} did not succeed")
     finally:
         client.close()

@@ -58,7 +58,7 @@ def deploy(
         deployment_id = client.deploy(
             model_uri, name=name, target=target, config=config, detach=detach, reset_config=reset_config, force=force
         )
-        return {**client.deployment_record(deployment_id), "unchanged": client.unchanged}
+        return {**client.deployment_record(deployment_id).to_dict(), "unchanged": client.unchanged}
     finally:
         client.close()
 
@@ -160,10 +160,11 @@ def render_objects(
 
 
 def status(ref: str | int, *, db_url: str | None = None) -> dict[str, Any]:
-    """An endpoint's status by name, or a deployment's record by id."""
+    """An endpoint's status by name, or a deployment's record by id, as `status --json` prints it
+    (`api.Client` returns the typed records)."""
     if isinstance(ref, int) or str(ref).isdigit():
-        return _call("deployment_record", int(ref), describe=True, db_url=db_url)  # type: ignore[no-any-return]
-    return _call("endpoint_status", str(ref), db_url=db_url)  # type: ignore[no-any-return]
+        return _call("deployment_record", int(ref), describe=True, db_url=db_url).to_dict()  # type: ignore[no-any-return]
+    return _call("endpoint_status", str(ref), db_url=db_url).to_dict()  # type: ignore[no-any-return]
 
 
 def resume(deployment_id: int, *, db_url: str | None = None) -> dict[str, Any]:
@@ -186,11 +187,11 @@ def delete(name: str, *, db_url: str | None = None) -> list[str]:
 
 
 def history(ref: str | int, *, db_url: str | None = None) -> list[dict[str, Any]]:
-    return _call("history", str(ref), db_url=db_url)  # type: ignore[no-any-return]
+    return [event.to_dict() for event in _call("history", str(ref), db_url=db_url)]
 
 
 def list_deployments(*, db_url: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    return _call("list_deployments", limit=limit, db_url=db_url)  # type: ignore[no-any-return]
+    return [record.to_dict() for record in _call("list_deployments", limit=limit, db_url=db_url)]
 
 
 __all__ = [

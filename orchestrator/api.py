@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from .states import (
     DeploymentStatus,
     EventKind,
 )
-from .store import Store, claims, describe_failure, leases, migrate, orchestrate_home
+from .store import Store, claims, describe_failure, leases, migrate, orchestrate_home, reads
 from .store.tables import Deployment, Endpoint, Event, Resource, StageAttempt, utcnow
-from .target_contract import DeploymentView, Invocation, ResourceView, Target, load_target, merged_outputs
+from .target_contract import DeploymentView, Invocation, Target, load_target, merged_outputs
 
 
 @dataclass
@@ -523,10 +523,7 @@ class Client:
 
     @staticmethod
     def _get(session: Any, deployment_id: int) -> Deployment:
-        deployment: Deployment | None = session.get(Deployment, deployment_id)
-        if deployment is None:
-            raise NotFound(f"no deployment with id {deployment_id}", hint="see `orchestrate list`")
-        return deployment
+        return reads.deployment_row(session, deployment_id)
 
     @staticmethod
     def _endpoint(session: Any, name: str, *, lock: bool = False) -> Endpoint:
@@ -563,122 +560,43 @@ class Client:
 
     def deployment_record(
         self, deployment_id: int, *, with_attempts: bool = True, describe: bool = False
-    ) -> dict[str, Any]:
+    ) -> reads.DeploymentRecord:
         with self.store.read() as session:
-            deployment = self._get(session, deployment_id)
-            endpoint = session.get_one(Endpoint, deployment.endpoint_id)
-            record = _deployment_dict(deployment, endpoint)
-            outputs = merged_outputs(session, deployment.id)
-            if with_attempts:
-                attempts = (
-                    session.execute(
-                        select(StageAttempt)
-                        .where(StageAttempt.deployment_id == deployment.id)
-                        .order_by(StageAttempt.id)
-                    )
-                    .scalars()
-                    .all()
-                )
-                record["attempts"] = [_attempt_dict(a) for a in attempts]
-                resources = (
-                    session.execute(
-                        select(Resource).where(Resource.deployment_id == deployment.id).order_by(Resource.id)
-                    )
-                    .scalars()
-                    .all()
-                )
-                record["resources"] = [_resource_dict(r) for r in resources]
-        record["url"] = outputs.get("url")
+            outputs = merged_outputs(session, deployment_id)
+            record = reads.deployment(session, deployment_id, with_attempts=with_attempts, outputs=outputs)
         if describe:
-            record["runtime"] = self.targets(record["target"]).describe(outputs)
+            record = replace(record, runtime=self.targets(record.target).describe(outputs))
         return record
 
-    def endpoint_status(self, name: str) -> dict[str, Any]:
+    def endpoint_status(self, name: str) -> reads.EndpointStatus:
         with self.store.read() as session:
-            endpoint = self._endpoint(session, name)
-            latest = (
-                session.execute(
-                    select(Deployment.id).where(Deployment.endpoint_id == endpoint.id).order_by(Deployment.id.desc())
-                )
-                .scalars()
-                .first()
-            )
-            live_id = endpoint.live_deployment_id
-            lease = None
-            if endpoint.lease_owner is not None:
-                lease = {
-                    "owner": endpoint.lease_owner,
-                    "deployment_id": endpoint.lease_deployment_id,
-                    "acquired_at": _iso(endpoint.lease_acquired_at),
-                    "expires_at": _iso(endpoint.lease_expires_at),
-                    "holder_gone": leases.holder_is_gone(endpoint),
-                }
-            summary: dict[str, Any] = {
-                "endpoint": endpoint.name,
-                "target": endpoint.target,
-                "live_deployment_id": live_id,
-                "latest_deployment_id": latest,
-                "lease": lease,
-            }
-        summary["live"] = self.deployment_record(live_id, with_attempts=False, describe=True) if live_id else None
-        summary["url"] = summary["live"]["url"] if summary["live"] else None
-        summary["latest"] = self.deployment_record(latest) if latest is not None and latest != live_id else None
-        return summary
+            status = reads.endpoint_status(session, name)
+        live_id, latest_id = status.live_deployment_id, status.latest_deployment_id
+        return replace(
+            status,
+            live=self.deployment_record(live_id, with_attempts=False, describe=True) if live_id else None,
+            latest=self.deployment_record(latest_id) if latest_id is not None and latest_id != live_id else None,
+        )
 
-    def list_deployments(self, *, limit: int = 50, endpoint: str | None = None) -> list[dict[str, Any]]:
+    def list_deployments(self, *, limit: int = 50, endpoint: str | None = None) -> list[reads.DeploymentRecord]:
         with self.store.read() as session:
-            query = select(Deployment, Endpoint).join(Endpoint, Deployment.endpoint_id == Endpoint.id)
-            if endpoint:
-                query = query.where(Endpoint.name == endpoint)
-            rows = session.execute(query.order_by(Deployment.id.desc()).limit(limit)).all()
-            return [_deployment_dict(d, e) for d, e in rows]
+            return reads.deployments(session, limit=limit, endpoint=endpoint)
 
-    def list_endpoints(self) -> list[dict[str, Any]]:
+    def list_endpoints(self) -> list[reads.EndpointSummary]:
         with self.store.read() as session:
-            rows = session.execute(
-                select(Endpoint, Deployment)
-                .outerjoin(Deployment, Deployment.id == Endpoint.live_deployment_id)
-                .where(Endpoint.deleted_at.is_(None))
-                .order_by(Endpoint.name)
-            ).all()
-            return [
-                {
-                    "endpoint": e.name,
-                    "target": e.target,
-                    "live_deployment_id": e.live_deployment_id,
-                    "model_digest": d.model_digest if d else None,
-                    "busy": not leases.holder_is_gone(e),
-                }
-                for e, d in rows
-            ]
+            return reads.endpoints(session)
 
-    def history(self, ref: str, *, limit: int = 200) -> list[dict[str, Any]]:
+    def history(self, ref: str, *, limit: int = 200) -> list[reads.RecordedEvent]:
         deployment_id, name = self.resolve_ref(ref)
         with self.store.read() as session:
-            query = select(Event)
-            if deployment_id is not None:
-                self._get(session, deployment_id)
-                query = query.where(Event.deployment_id == deployment_id)
-            else:
-                endpoint = session.execute(select(Endpoint).where(Endpoint.name == name)).scalar_one_or_none()
-                if endpoint is None:
-                    raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
-                query = query.where(Event.endpoint_id == endpoint.id)
-            rows = session.execute(query.order_by(Event.id.desc()).limit(limit)).scalars().all()
-            return [_event_dict(e) for e in reversed(rows)]
+            return reads.history(session, deployment_id=deployment_id, endpoint=name, limit=limit)
 
     def events(
         self, *, after_id: int = 0, since: dt.datetime | None = None, endpoint: str | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
+    ) -> list[reads.RecordedEvent]:
         """Events after an event id and/or a time, oldest first, for streaming to CI logs."""
         with self.store.read() as session:
-            query = select(Event).where(Event.id > after_id)
-            if since is not None:
-                query = query.where(Event.time >= since)
-            if endpoint is not None:
-                query = query.where(Event.endpoint_id == self._endpoint(session, endpoint).id)
-            rows = session.execute(query.order_by(Event.id).limit(limit)).scalars().all()
-            return [_event_dict(e) for e in rows]
+            return reads.events(session, after_id=after_id, since=since, endpoint=endpoint, limit=limit)
 
     def gc(self, *, older_than: dt.timedelta, dry_run: bool = False) -> dict[str, int]:
         """Delete attempts, events and deleted-resource rows of deployments that ended before
@@ -874,72 +792,3 @@ def _layered_config(
         else:
             sources[key] = DEFAULT_SOURCE
     return resolved, sources
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _deployment_dict(deployment: Deployment, endpoint: Endpoint) -> dict[str, Any]:
-    source = ModelSource.from_dict(deployment.model_source, deployment.model_uri)
-    return {
-        "id": deployment.id,
-        "endpoint": endpoint.name,
-        "target": deployment.target,
-        "status": deployment.status,
-        "current_stage": deployment.current_stage,
-        "live": endpoint.live_deployment_id == deployment.id,
-        "model_uri": deployment.model_uri,
-        "model_digest": deployment.model_digest,
-        # What the URI resolved to when the deployment was created, and that as one line.
-        "model_source": source.as_dict(),
-        "model": source.summary(),
-        "config": secret_values.redact(deployment.config),
-        "config_sources": dict(deployment.config_sources or {}),
-        "error": deployment.error,
-        "source_deployment_id": deployment.source_deployment_id,
-        "previous_live_id": deployment.previous_live_id,
-        "actor": deployment.actor,
-        "created_at": _iso(deployment.created_at),
-        "started_at": _iso(deployment.started_at),
-        "finished_at": _iso(deployment.finished_at),
-    }
-
-
-def _attempt_dict(attempt: StageAttempt) -> dict[str, Any]:
-    return {
-        "stage": attempt.stage,
-        "attempt": attempt.attempt,
-        "status": attempt.status,
-        "runner": attempt.runner,
-        "started_at": _iso(attempt.started_at),
-        "finished_at": _iso(attempt.finished_at),
-        "error_kind": attempt.error_kind,
-        "error_class": attempt.error_class,
-        "error_message": attempt.error_message,
-        "outputs": attempt.outputs,
-    }
-
-
-def _resource_dict(resource: Resource) -> dict[str, Any]:
-    view = ResourceView.of(resource)
-    return {
-        "kind": view.kind,
-        "name": view.name,
-        "external_id": view.external_id,
-        "state": view.state.value,
-        "stage": view.stage,
-        "data": view.data,
-    }
-
-
-def _event_dict(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "time": _iso(event.time),
-        "actor": event.actor,
-        "kind": event.kind,
-        "deployment_id": event.deployment_id,
-        "message": event.message,
-        "data": event.data,
-    }

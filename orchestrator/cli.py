@@ -7,13 +7,17 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .arguments import COUNT, DEPLOYMENT_ID, DURATION, Seconds, WholeNumber
 from .errors import OrchestrateError
 from .states import EventKind
+
+if TYPE_CHECKING:  # the API and its records load when a command runs, so `--help` stays light
+    from .api import Client
+    from .store.reads import DeploymentRecord
 
 
 class OrchestrateGroup(click.Group):
@@ -38,7 +42,9 @@ class OrchestrateGroup(click.Group):
             ctx.exit(130)
 
 
-def _client(ctx: click.Context, *, progress: bool = False, create_store: bool = False, read_only: bool = False) -> Any:
+def _client(
+    ctx: click.Context, *, progress: bool = False, create_store: bool = False, read_only: bool = False
+) -> Client:
     """The API client; only a command that starts deployments (`create_store`) may create a store
     at a --db-url where there is none; a command that writes nothing says so (`read_only`)."""
     from .api import Client
@@ -189,7 +195,7 @@ def deploy(
     )
     if client.unchanged:
         if as_json:
-            _print_json({**client.deployment_record(deployment_id, with_attempts=False), "unchanged": True})
+            _print_json({**client.deployment_record(deployment_id, with_attempts=False).to_dict(), "unchanged": True})
         else:
             click.echo(
                 f"deployment {deployment_id} is already live on {name} with this model and config; "
@@ -199,25 +205,25 @@ def deploy(
     _report_end(client, deployment_id, as_json, detach=detach)
 
 
-def _report_end(client: Any, deployment_id: int, as_json: bool, *, detach: bool = False) -> None:
+def _report_end(client: Client, deployment_id: int, as_json: bool, *, detach: bool = False) -> None:
     from .errors import DeploymentFailed
 
     record = client.deployment_record(deployment_id, with_attempts=as_json)
     if as_json:
-        _print_json(record)
+        _print_json(record.to_dict())
     elif detach:
         click.echo(deployment_id)
     if detach:
         return
-    if record["status"] != "succeeded":
+    if record.status != "succeeded":
         raise DeploymentFailed(
-            f"deployment {deployment_id} on {record['endpoint']} {record['status']}: {record['error']}",
+            f"deployment {deployment_id} on {record.endpoint} {record.status}: {record.error}",
             hint=f"see `orchestrate status {deployment_id}`",
         )
     if not as_json:
         click.echo(
-            f"deployment {deployment_id} succeeded: {record['endpoint']} is live"
-            + (f" at {record['url']}" if record.get("url") else "")
+            f"deployment {deployment_id} succeeded: {record.endpoint} is live"
+            + (f" at {record.url}" if record.url else "")
         )
 
 
@@ -231,79 +237,72 @@ def status(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     if ref is None:
         rows = client.list_endpoints()
         if as_json:
-            _print_json(rows)
+            _print_json([row.to_dict() for row in rows])
             return
         for row in rows:
             click.echo(
-                f"{row['endpoint']:<24} {row['target']:<10} live={row['live_deployment_id']}"
-                f"{'  busy' if row['busy'] else ''}"
+                f"{row.endpoint:<24} {row.target:<10} live={row.live_deployment_id}{'  busy' if row.busy else ''}"
             )
         return
     deployment_id, name = client.resolve_ref(ref)
-    record = (
-        client.deployment_record(deployment_id, describe=True)
-        if deployment_id is not None
-        else client.endpoint_status(name)
-    )
-    if as_json:
-        _print_json(record)
-        return
     if deployment_id is not None:
-        _echo_deployment(record)
+        record = client.deployment_record(deployment_id, describe=True)
+        if as_json:
+            _print_json(record.to_dict())
+        else:
+            _echo_deployment(record)
         return
-    click.echo(f"endpoint {record['endpoint']} ({record['target']})")
-    if record["lease"]:
-        lease = record["lease"]
-        note = " — its runner is gone; resume or cancel it" if lease["holder_gone"] else ""
-        click.echo(
-            f"  busy: deployment {lease['deployment_id']} held by {lease['owner']} since {lease['acquired_at']}{note}"
-        )
-    if record["live"]:
+    assert name is not None  # resolve_ref gives an id or a name
+    endpoint = client.endpoint_status(name)
+    if as_json:
+        _print_json(endpoint.to_dict())
+        return
+    click.echo(f"endpoint {endpoint.endpoint} ({endpoint.target})")
+    if endpoint.lease:
+        lease = endpoint.lease
+        note = " — its runner is gone; resume or cancel it" if lease.holder_gone else ""
+        click.echo(f"  busy: deployment {lease.deployment_id} held by {lease.owner} since {lease.acquired_at}{note}")
+    if endpoint.live:
         click.echo("live:")
-        _echo_deployment(record["live"], indent="  ")
+        _echo_deployment(endpoint.live, indent="  ")
     else:
         click.echo("live: nothing")
-    if record["latest"]:
+    if endpoint.latest:
         click.echo("latest:")
-        _echo_deployment(record["latest"], indent="  ")
+        _echo_deployment(endpoint.latest, indent="  ")
 
 
-def _echo_deployment(record: dict[str, Any], indent: str = "") -> None:
+def _echo_deployment(record: DeploymentRecord, indent: str = "") -> None:
     click.echo(
-        f"{indent}deployment {record['id']}: {record['status']}"
-        + (f" at {record['current_stage']}" if record["current_stage"] and record["status"] != "succeeded" else "")
-        + (" (live)" if record["live"] else "")
+        f"{indent}deployment {record.id}: {record.status}"
+        + (f" at {record.current_stage}" if record.current_stage and record.status != "succeeded" else "")
+        + (" (live)" if record.live else "")
     )
-    click.echo(f"{indent}  model {record.get('model') or record['model_uri']} ({record['model_digest'][:12]})")
-    chosen = {key: origin for key, origin in (record.get("config_sources") or {}).items() if origin != "default"}
+    click.echo(f"{indent}  model {record.model or record.model_uri} ({record.model_digest[:12]})")
+    chosen = {key: origin for key, origin in record.config_sources.items() if origin != "default"}
     if chosen:
         click.echo(
             f"{indent}  config "
-            + ", ".join(f"{key}={record['config'].get(key)} ({origin})" for key, origin in sorted(chosen.items()))
+            + ", ".join(f"{key}={record.config.get(key)} ({origin})" for key, origin in sorted(chosen.items()))
         )
-    if record.get("url"):
-        click.echo(f"{indent}  url {record['url']}")
-    runtime = record.get("runtime")
-    if runtime:
-        facts = ", ".join(f"{k}={v}" for k, v in runtime.items() if k != "log")
+    if record.url:
+        click.echo(f"{indent}  url {record.url}")
+    if record.runtime:
+        facts = ", ".join(f"{k}={v}" for k, v in record.runtime.items() if k != "log")
         click.echo(f"{indent}  {facts}")
-    if record.get("error"):
-        click.echo(f"{indent}  error: {record['error']}")
-    for attempt in record.get("attempts", []):
-        took = attempt["outputs"].get("duration_s")
+    if record.error:
+        click.echo(f"{indent}  error: {record.error}")
+    for attempt in record.attempts or ():
+        took = attempt.outputs.get("duration_s")
         click.echo(
-            f"{indent}  {attempt['stage']:<16} #{attempt['attempt']} {attempt['status']:<10}"
+            f"{indent}  {attempt.stage:<16} #{attempt.attempt} {attempt.status:<10}"
             + (f" {took:.2f}s" if isinstance(took, (int, float)) else "")
-            + (
-                f"  {attempt['error_kind']}: {attempt['error_message'].splitlines()[0]}"
-                if attempt["error_message"]
-                else ""
-            )
+            + (f"  {attempt.error_kind}: {attempt.error_message.splitlines()[0]}" if attempt.error_message else "")
         )
-    for resource in record.get("resources", []):
+    for resource in record.resources or ():
         click.echo(
-            f"{indent}  resource {resource['kind']} {resource['name']} {resource['state']}"
-            + (f" ({resource['external_id']})" if resource["external_id"] else "")
+            f"{indent}  resource {resource.kind} {resource.name} {resource.state}"
+            + (f" ({resource.external_id})" if resource.external_id else "")
         )
 
 
@@ -316,12 +315,12 @@ def list_(ctx: click.Context, endpoint: str | None, limit: int, as_json: bool) -
     """Recent deployments, newest first."""
     rows = _client(ctx, read_only=True).list_deployments(limit=limit, endpoint=endpoint)
     if as_json:
-        _print_json(rows)
+        _print_json([row.to_dict() for row in rows])
         return
     for row in rows:
         click.echo(
-            f"{row['id']:>6}  {row['endpoint']:<24} {row['target']:<8} {row['status']:<12}"
-            f"{'live' if row['live'] else '':<5} {row['created_at']}  {row['model']}"
+            f"{row.id:>6}  {row.endpoint:<24} {row.target:<8} {row.status:<12}"
+            f"{'live' if row.live else '':<5} {row.created_at}  {row.model}"
         )
 
 
@@ -334,10 +333,10 @@ def history(ctx: click.Context, ref: str, limit: int, as_json: bool) -> None:
     """The event log of an endpoint (NAME) or a deployment (ID)."""
     rows = _client(ctx, read_only=True).history(ref, limit=limit)
     if as_json:
-        _print_json(rows)
+        _print_json([row.to_dict() for row in rows])
         return
     for row in rows:
-        click.echo(f"{row['time']}  {row['actor']:<24} {row['kind']:<20} {row['message']}")
+        click.echo(f"{row.time}  {row.actor:<24} {row.kind:<20} {row.message}")
 
 
 def _parse_since(value: str | None) -> tuple[int, Any]:
@@ -380,11 +379,11 @@ def events(ctx: click.Context, since: str | None, endpoint: str | None, follow: 
         rows = client.events(after_id=after_id, since=moment, endpoint=endpoint)
         for row in rows:
             click.echo(
-                json.dumps(row, default=str)
+                json.dumps(row.to_dict(), default=str)
                 if as_json
-                else f"{row['id']:>7} {row['time']}  {row['actor']:<28} {row['kind']:<22} {row['message']}"
+                else f"{row.id:>7} {row.time}  {row.actor:<28} {row.kind:<22} {row.message}"
             )
-            after_id = row["id"]
+            after_id = row.id
         if not follow:
             return
         time.sleep(0.5)

@@ -25,6 +25,7 @@ from mlflow.protos import databricks_pb2
 
 from .api import Client
 from .errors import ConfigError, EndpointBusy, NotFound, OrchestrateError, StateError, TargetError
+from .store.reads import EndpointStatus
 
 SCHEME = "orchestrate"
 DEFAULT_TARGET = "local"
@@ -133,10 +134,10 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         _check_flavor(flavor)
         with _as_mlflow_errors(), self._client(progress=True) as client:
             existing = _existing_status(client, name)
-            if existing is not None and existing["live"] is not None:
+            if existing is not None and existing.live is not None:
                 raise OrchestrateMlflowError(
-                    f"endpoint {name!r} already exists on target {existing['target']!r} and serves deployment "
-                    f"{existing['live_deployment_id']}",
+                    f"endpoint {name!r} already exists on target {existing.target!r} and serves deployment "
+                    f"{existing.live_deployment_id}",
                     error_code=int(databricks_pb2.RESOURCE_ALREADY_EXISTS),
                     exit_code=2,
                     hint=f"change it with `mlflow deployments update -t {self.target_uri} --name {name} -m MODEL`, "
@@ -163,15 +164,15 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
             raise _invalid(f"nothing to update on {name!r}: give a model URI (-m) or config (-C key=value)")
         with _as_mlflow_errors(), self._client(progress=True) as client:
             status = self._status(client, name)
-            if status["live"] is None:
+            if status.live is None:
                 raise OrchestrateMlflowError(
                     f"endpoint {name!r} has no live deployment to update",
                     error_code=int(databricks_pb2.INVALID_STATE),
                     exit_code=2,
                     hint=f"deploy a model with `mlflow deployments create -t {self.target_uri} --name {name} -m MODEL`"
                     + (
-                        f"; or see `orchestrate status {status['latest_deployment_id']}`"
-                        if status["latest_deployment_id"]
+                        f"; or see `orchestrate status {status.latest_deployment_id}`"
+                        if status.latest_deployment_id
                         else ""
                     ),
                 )
@@ -205,15 +206,15 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
             rows = client.list_endpoints()
         return [
             {
-                "name": row["endpoint"],
+                "name": row.endpoint,
                 "flavor": FLAVOR,
-                "target": row["target"],
-                "live_deployment_id": row["live_deployment_id"],
-                "model_digest": row["model_digest"],
-                "busy": row["busy"],
+                "target": row.target,
+                "live_deployment_id": row.live_deployment_id,
+                "model_digest": row.model_digest,
+                "busy": row.busy,
             }
             for row in rows
-            if row["target"] == self.target and (endpoint is None or row["endpoint"] == endpoint)
+            if row.target == self.target and (endpoint is None or row.endpoint == endpoint)
         ]
 
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
@@ -297,24 +298,24 @@ class OrchestrateDeploymentClient(BaseDeploymentClient):
         finally:
             client.close()
 
-    def _status(self, client: Client, name: str) -> dict[str, Any]:
+    def _status(self, client: Client, name: str) -> EndpointStatus:
         status = client.endpoint_status(name)
         self._check_target(status)
         return status
 
-    def _check_target(self, status: Mapping[str, Any]) -> None:
-        if status["target"] != self.target:
+    def _check_target(self, status: EndpointStatus) -> None:
+        if status.target != self.target:
             raise NotFound(
-                f"endpoint {status['endpoint']!r} is on target {status['target']!r}, not {self.target!r}",
-                hint=f"use -t orchestrate:/{status['target']}",
+                f"endpoint {status.endpoint!r} is on target {status.target!r}, not {self.target!r}",
+                hint=f"use -t orchestrate:/{status.target}",
             )
 
     def _finished(self, client: Client, name: str, deployment_id: int) -> dict[str, Any]:
         record = client.deployment_record(deployment_id, with_attempts=False)
-        if record["status"] != "succeeded":
-            live = client.endpoint_status(name)["live_deployment_id"]
+        if record.status != "succeeded":
+            live = client.endpoint_status(name).live_deployment_id
             raise OrchestrateMlflowError(
-                f"deployment {deployment_id} on {name} {record['status']}: {record['error']}",
+                f"deployment {deployment_id} on {name} {record.status}: {record.error}",
                 error_code=int(databricks_pb2.INTERNAL_ERROR),
                 exit_code=1,
                 hint=(f"deployment {live} still serves; " if live else "")
@@ -353,33 +354,38 @@ def _not_supported(what: str, hint: str) -> OrchestrateMlflowError:
     )
 
 
-def _existing_status(client: Client, name: str) -> dict[str, Any] | None:
+def _existing_status(client: Client, name: str) -> EndpointStatus | None:
     try:
         return client.endpoint_status(name)
     except NotFound:
         return None
 
 
-def _deployment_summary(status: Mapping[str, Any]) -> dict[str, Any]:
+def _deployment_summary(status: EndpointStatus) -> dict[str, Any]:
     """MLflow's deployment dict (`name`, `flavor`) over an endpoint's status."""
-    live = status["live"]
+    live = status.live
     summary: dict[str, Any] = {
-        "name": status["endpoint"],
+        "name": status.endpoint,
         "flavor": FLAVOR,
-        "target": status["target"],
-        "url": status["url"],
-        "deployment_id": status["live_deployment_id"],
-        "status": live["status"] if live else None,
-        "model_uri": live["model_uri"] if live else None,
-        "model_digest": live["model_digest"] if live else None,
-        "config": live["config"] if live else None,
-        "config_sources": live.get("config_sources") if live else None,  # default, -C, inherited…
-        "model_source": live.get("model_source") if live else None,  # what a models:/ URI resolved to
-        "runtime": live.get("runtime") if live else None,
+        "target": status.target,
+        "url": status.url,
+        "deployment_id": status.live_deployment_id,
+        "status": live.status if live else None,
+        "model_uri": live.model_uri if live else None,
+        "model_digest": live.model_digest if live else None,
+        "config": live.config if live else None,
+        "config_sources": live.config_sources if live else None,  # default, -C, inherited…
+        "model_source": live.model_source if live else None,  # what a models:/ URI resolved to
+        "runtime": live.runtime if live else None,
     }
-    latest = status.get("latest")
+    latest = status.latest
     if latest:
-        summary["latest_deployment"] = {key: latest[key] for key in ("id", "status", "current_stage", "error")}
+        summary["latest_deployment"] = {
+            "id": latest.id,
+            "status": latest.status,
+            "current_stage": latest.current_stage,
+            "error": latest.error,
+        }
     return summary
 
 

@@ -95,7 +95,7 @@ class Orchestrate:
         if self._reader is None:
             self._reader = Client(db_url=self.db_url, actor="test")
         try:
-            record: dict[str, Any] = self._reader.deployment_record(deployment_id)
+            record: dict[str, Any] = self._reader.deployment_record(deployment_id).to_dict()
         except NotFound:
             return None
         return record

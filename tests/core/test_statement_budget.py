@@ -50,7 +50,7 @@ def test_a_noop_deployment_stays_within_its_statement_budget(db_url: str, noop_m
         with counted(client.store.engine) as counts:
             deployment_id = client.deploy(str(noop_model), name="budget", target="noop", config={"sleep_s": 0},
                                           force=True)
-        assert client.deployment_record(deployment_id)["status"] == "succeeded"
+        assert client.deployment_record(deployment_id).status == "succeeded"
     finally:
         client.close()
     statements, commits = BUDGETS[backend]

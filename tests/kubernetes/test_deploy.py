@@ -91,17 +91,17 @@ def test_deploy_update_rollback_predict_delete(
     try:
         first = client.deploy(str(example_model), name="churn", target="kubernetes", config=config)
         record = client.deployment_record(first)
-        assert record["status"] == "succeeded", record
-        outputs = {k: v for a in record["attempts"] for k, v in (a.get("outputs") or {}).items()}
+        assert record.status == "succeeded", record
+        outputs = {k: v for a in record.attempts or () for k, v in a.outputs.items()}
         v1 = str(outputs["version"])
         assert deployments(fake, namespace) == {f"churn-{v1}"} and selected_version(fake, namespace) == v1
         assert outputs["smoke_predictions"] >= 1 and outputs["pod"].startswith(f"churn-{v1}")
         assert outputs["url"] == f"http://churn.{namespace}.svc.cluster.local:80"
-        recorded = {(r["kind"], r["name"]): r for r in record["resources"]}
+        recorded = {(r.kind, r.name): r for r in record.resources or ()}
         held = fake.get("Deployment", f"churn-{v1}", namespace)
         assert held is not None
-        assert recorded[("k8s_deployment", f"churn-{v1}")]["external_id"] == held["metadata"]["uid"]
-        assert recorded[("k8s_service", "churn")]["state"] == "created"
+        assert recorded[("k8s_deployment", f"churn-{v1}")].external_id == held["metadata"]["uid"]
+        assert recorded[("k8s_service", "churn")].state == "created"
 
         # render prints exactly what deploy applied
         rendered = render_objects(str(example_model), name="churn", config=config)
@@ -118,7 +118,7 @@ def test_deploy_update_rollback_predict_delete(
 
         # an update: a new version, the Service flipped, the old version deleted after
         second = client.deploy(str(example_model), name="churn", target="kubernetes", config={"replicas": 2})
-        assert client.deployment_record(second)["status"] == "succeeded"
+        assert client.deployment_record(second).status == "succeeded"
         v2 = selected_version(fake, namespace)
         assert v2 != v1
         wait_gone(fake, namespace, f"churn-{v1}")
@@ -127,12 +127,12 @@ def test_deploy_update_rollback_predict_delete(
 
         # rollback: the first version again, without a rebuild, and the second one deleted
         back = client.rollback("churn")
-        assert client.deployment_record(back)["status"] == "succeeded"
+        assert client.deployment_record(back).status == "succeeded"
         assert selected_version(fake, namespace) == v1
         wait_gone(fake, namespace, f"churn-{v2}")
         assert deployments(fake, namespace) == {f"churn-{v1}"}
         assert "==> pod churn-" in client.logs("churn")
-        runtime = json.dumps(client.endpoint_status("churn"), default=str)
+        runtime = json.dumps(client.endpoint_status("churn").to_dict(), default=str)
         assert '"available_replicas": 1' in runtime and f'"deployment": "churn-{v1}"' in runtime
 
         client.delete("churn")
@@ -151,13 +151,13 @@ def test_a_version_that_does_not_roll_out_fails_and_leaves_the_live_one_serving(
         first = client.deploy(str(example_model), name="churn", target="kubernetes",
                               config={"image": IMAGE, "namespace": namespace})
         v1 = selected_version(fake, namespace)
-        assert client.deployment_record(first)["status"] == "succeeded"
+        assert client.deployment_record(first).status == "succeeded"
         # the node (4 cores) cannot take what the new version asks for
         failed = client.deployment_record(
             client.deploy(str(example_model), name="churn", target="kubernetes", config={"cpu": "64"})
         )
-        assert failed["status"] == "rolled_back", failed  # the live version kept serving
-        assert "Unschedulable" in str(failed["error"]) and "lower -C cpu" in str(failed["error"])
+        assert failed.status == "rolled_back", failed  # the live version kept serving
+        assert "Unschedulable" in str(failed.error) and "lower -C cpu" in str(failed.error)
         assert selected_version(fake, namespace) == v1  # traffic never moved
         assert deployments(fake, namespace) == {f"churn-{v1}"}  # the failed version was released
     finally:
@@ -181,7 +181,7 @@ def test_an_update_that_fails_after_the_flip_gives_traffic_back_to_the_live_vers
         record = failing.deployment_record(
             failing.deploy(str(example_model), name="churn", target="kubernetes", config={"replicas": 2})
         )
-        assert record["status"] in ("rolled_back", "failed"), record
+        assert record.status in ("rolled_back", "failed"), record
         assert selected_version(fake, namespace) == v1  # the Service selects the live version again
         assert f"churn-{v1}" in deployments(fake, namespace)
         answer = failing.predict("churn", json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode())
@@ -225,8 +225,8 @@ def test_a_runner_killed_after_the_apply_or_during_the_rollout_resumes_with_one_
         record = client.deployment_record(1)
         held = fake.get("Deployment", name, namespace)
         assert held is not None
-        recorded = [r for r in record["resources"] if r["kind"] == "k8s_deployment"]
-        assert [(r["name"], r["state"], r["external_id"]) for r in recorded] == [(name, "created", held["metadata"]["uid"])]
+        recorded = [r for r in record.resources or () if r.kind == "k8s_deployment"]
+        assert [(r.name, r.state, r.external_id) for r in recorded] == [(name, "created", held["metadata"]["uid"])]
         client.delete("churn")
     finally:
         client.close()

@@ -7,6 +7,7 @@ forked child and the one that resumes in this process see the same world.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ import pytest
 from orchestrator.api import Client
 from orchestrator.errors import PermanentTargetError, RetryableTargetError
 from orchestrator.states import EventKind
+from orchestrator.store import reads
 from orchestrator.target_contract import Outputs, ResourceState, ResourceView, StageContext, Target
 
 SERVER = "server"
@@ -146,11 +148,11 @@ def client(db_url: str, target: RecordingTarget) -> Any:
 
 def attempts(client: Client, deployment_id: int) -> list[tuple[str, int, str]]:
     record = client.deployment_record(deployment_id)
-    return [(a["stage"], a["attempt"], a["status"]) for a in record["attempts"]]
+    return [(a.stage, a.attempt, a.status) for a in record.attempts]
 
 
 def resources(client: Client, deployment_id: int) -> list[tuple[str, str]]:
-    return [(r["name"], r["state"]) for r in client.deployment_record(deployment_id)["resources"]]
+    return [(r.name, r.state) for r in client.deployment_record(deployment_id).resources]
 
 
 def test_a_deployment_calls_each_stage_once_in_order_and_records_each(
@@ -161,9 +163,9 @@ def test_a_deployment_calls_each_stage_once_in_order_and_records_each(
     assert attempts(client, deployment) == [(stage, 1, "succeeded") for stage in STAGES]
     assert resources(client, deployment) == [(f"churn-{deployment}", "created")]
     record = client.deployment_record(deployment)
-    assert (record["status"], record["live"]) == ("succeeded", True)
+    assert (record.status, record.live) == ("succeeded", True)
     assert target.world == {f"churn-{deployment}": 1}
-    kinds = [EventKind(event["kind"]) for event in client.events()]
+    kinds = [EventKind(event.kind) for event in client.events()]
     per_stage = {"create_endpoint": [EventKind.RESOURCE_PLANNED, EventKind.RESOURCE_CREATED],
                  "shift_traffic": [EventKind.TRAFFIC_SHIFTED]}
     assert kinds == [EventKind.DEPLOYMENT_CREATED,
@@ -183,9 +185,9 @@ def test_a_transient_fault_is_retried_after_the_policy_wait(
     assert [call for call, _ in target.calls] == ["validate", "build", "push", "push", *STAGES[3:]]
     assert attempts(client, deployment)[2:4] == [("push", 1, "failed"), ("push", 2, "succeeded")]
     assert len(sleeps) == 1 and 0 < sleeps[0] <= 60  # one wait, through the given clock
-    failed = client.deployment_record(deployment)["attempts"][2]
-    assert (failed["error_kind"], failed["error_message"]) == ("transient", "registry answered 503")
-    assert client.deployment_record(deployment)["status"] == "succeeded"
+    failed = client.deployment_record(deployment).attempts[2]
+    assert (failed.error_kind, failed.error_message) == ("transient", "registry answered 503")
+    assert client.deployment_record(deployment).status == "succeeded"
     client.close()
 
 
@@ -200,8 +202,8 @@ def test_a_permanent_fault_fails_at_once_and_releases_what_the_deployment_made(
     assert resources(client, deployment) == [(f"churn-{deployment}", "deleted")]
     assert target.world == {}
     record = client.deployment_record(deployment)
-    assert record["status"] == "failed" and "the model does not load" in record["error"]
-    assert record["live"] is False
+    assert record.status == "failed" and "the model does not load" in record.error
+    assert record.live is False
 
 
 def _deploy_and_die_in_create_endpoint(db_url: str, directory: str, model: str) -> None:
@@ -223,7 +225,7 @@ def test_a_runner_that_dies_mid_stage_is_resumed_without_creating_anything_twice
     assert [call for call, _ in died] == STAGES[:4]
     deployment = died[0][1]
     client = make_client(db_url, target)
-    assert client.deployment_record(deployment)["status"] == "running"  # what a crash leaves
+    assert client.deployment_record(deployment).status == "running"  # what a crash leaves
 
     client.resume(deployment)  # the dead runner's lease is taken over at once: its pid is gone
 
@@ -232,7 +234,7 @@ def test_a_runner_that_dies_mid_stage_is_resumed_without_creating_anything_twice
                                                  ("create_endpoint", 2, "succeeded")]
     assert target.world == {f"churn-{deployment}": 1}  # created once, adopted by the resume
     assert resources(client, deployment) == [(f"churn-{deployment}", "created")]
-    assert client.deployment_record(deployment)["status"] == "succeeded"
+    assert client.deployment_record(deployment).status == "succeeded"
     client.close()
 
 
@@ -250,7 +252,7 @@ def test_a_cancel_is_honoured_at_the_next_stage_boundary_and_releases(
     assert [call for call, _ in target.calls] == [*STAGES[:4], "release"]  # no health check
     assert attempts(client, deployment) == [(stage, 1, "succeeded") for stage in STAGES[:4]]
     assert resources(client, deployment) == [(f"churn-{deployment}", "deleted")]
-    assert client.deployment_record(deployment)["status"] == "cancelled"
+    assert client.deployment_record(deployment).status == "cancelled"
     assert target.world == {}
 
 
@@ -267,6 +269,36 @@ def test_a_rollback_reuses_the_recorded_build_and_cleans_up_the_version_it_repla
     assert attempts(client, restored) == (
         [(stage, 1, "skipped") for stage in STAGES[:3]] + [(stage, 1, "succeeded") for stage in STAGES[3:]])
     record = client.deployment_record(restored)
-    assert (record["source_deployment_id"], record["live"], record["status"]) == (first, True, "succeeded")
+    assert (record.source_deployment_id, record.live, record.status) == (first, True, "succeeded")
     assert target.world == {f"churn-{restored}": 1}
     assert resources(client, second) == [(f"churn-{second}", "deleted")]
+
+
+def test_reads_return_frozen_records_whose_to_dict_is_the_json_shape(client: Client, noop_model: Path) -> None:
+    deployment = client.deploy(str(noop_model), name="churn", target="recording")
+
+    record = client.deployment_record(deployment)
+    assert isinstance(record, reads.DeploymentRecord) and record.attempts is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.status = "failed"  # type: ignore[misc]
+    shown = json.loads(json.dumps(record.to_dict()))
+    assert list(shown) == [
+        "id", "endpoint", "target", "status", "current_stage", "live", "model_uri", "model_digest",
+        "model_source", "model", "config", "config_sources", "error", "source_deployment_id",
+        "previous_live_id", "actor", "created_at", "started_at", "finished_at", "url", "attempts", "resources",
+    ]
+    assert [a["stage"] for a in shown["attempts"]] == [a.stage for a in record.attempts] == STAGES
+    assert "attempts" not in client.deployment_record(deployment, with_attempts=False).to_dict()
+
+    status = client.endpoint_status("churn")
+    assert (status.live_deployment_id, status.latest_deployment_id, status.latest) == (deployment, deployment, None)
+    assert status.live is not None and status.live.runtime is not None  # the target's describe
+    assert status.to_dict()["live"] == client.deployment_record(deployment, with_attempts=False, describe=True).to_dict()
+
+    [summary] = client.list_endpoints()
+    assert summary == reads.EndpointSummary("churn", "recording", deployment, record.model_digest, busy=False)
+    assert [row.id for row in client.list_deployments()] == [deployment]
+    events = client.history("churn")
+    assert all(isinstance(e, reads.RecordedEvent) for e in events)
+    assert {e.id for e in client.history(str(deployment))} <= {e.id for e in events}
+    assert events[-1].to_dict()["kind"] == events[-1].kind

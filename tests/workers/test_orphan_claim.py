@@ -47,7 +47,7 @@ def test_orphan_that_ended_after_the_unlocked_read_is_not_adopted(fresh_pg_url: 
         assert interleaved
         assert taken is None, f"adopted deployment {taken.deployment_id}, which had been cancelled"
         record = client.deployment_record(deployment_id, with_attempts=False)
-        assert record["status"] == "cancelled"
+        assert record.status == "cancelled"
         with store.read() as session:
             assert session.connection().exec_driver_sql("SELECT lease_owner FROM endpoints").scalar_one() is None
     finally:
