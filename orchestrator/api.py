@@ -527,11 +527,7 @@ class Client:
 
     @staticmethod
     def _endpoint(session: Any, name: str, *, lock: bool = False) -> Endpoint:
-        query = select(Endpoint).where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
-        endpoint: Endpoint | None = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
-        if endpoint is None:
-            raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
-        return endpoint
+        return reads.endpoint_row(session, name, lock=lock)
 
     def _live(self, name: str, target: str) -> _Live:
         """Endpoint `name`'s live deployment, in one read: its config (what a redeploy on

@@ -256,11 +256,11 @@ def deployment_row(session: Session, deployment_id: int) -> Deployment:
     return row
 
 
-def endpoint_row(session: Session, name: str) -> Endpoint:
-    """The endpoint named `name` that is not deleted (NotFound otherwise)."""
-    row = session.execute(
-        select(Endpoint).where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
-    ).scalar_one_or_none()
+def endpoint_row(session: Session, name: str, *, lock: bool = False) -> Endpoint:
+    """The endpoint named `name` that is not deleted (NotFound otherwise), locked for the
+    transaction when a command changes it."""
+    query = select(Endpoint).where(Endpoint.name == name, Endpoint.deleted_at.is_(None))
+    row = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
     if row is None:
         raise NotFound(f"no endpoint named {name!r}", hint="see `orchestrate list`")
     return row
